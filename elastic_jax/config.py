@@ -1,0 +1,207 @@
+"""Model configuration: one frozen, hashable, validated value that every module and tool reads.
+
+Width fields may be a single int (every layer of that kind) or a per-layer tuple (one entry per layer,
+the entry of a layer of another kind is ignored): heterogeneous nested models are the same modules
+built from a config whose per-layer widths are smaller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+BLOCK_TYPES = {"M": "mamba", "*": "attention", "E": "moe", "-": "mlp"}
+HF_LAYER_TYPES = {"M": "linear_attention", "*": "full_attention", "E": "moe", "-": "mlp"}
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+# Width fields that may be per layer, and the block character whose layers use them.
+PER_LAYER_FIELDS = {
+    "mamba_num_heads": "M",
+    "num_attention_heads": "*",
+    "num_key_value_heads": "*",
+    "intermediate_size": "-",
+    "n_routed_experts": "E",
+    "moe_intermediate_size": "E",
+    "moe_shared_expert_intermediate_size": "E",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what is allowed."""
+
+
+IntOrTuple = int | tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a Nemotron-H hybrid model (Mamba-2 `M`, attention `*`, MoE `E`, MLP `-`)."""
+
+    vocab_size: int = 256
+    hidden_size: int = 64
+    pattern: str = "M*E-"
+    # Mamba-2
+    mamba_num_heads: IntOrTuple = 4
+    mamba_head_dim: int = 16
+    mamba_n_groups: int = 2
+    ssm_state_size: int = 16
+    conv_kernel: int = 4
+    chunk_size: int = 16
+    time_step_limit: tuple[float, float] = (0.0, math.inf)
+    time_step_min: float = 0.001
+    time_step_max: float = 0.1
+    time_step_floor: float = 1e-4
+    # attention
+    num_attention_heads: IntOrTuple = 4
+    num_key_value_heads: IntOrTuple = 2
+    head_dim: int = 16
+    # dense MLP
+    intermediate_size: IntOrTuple = 128
+    # MoE
+    n_routed_experts: IntOrTuple = 8
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: IntOrTuple = 32
+    moe_shared_expert_intermediate_size: IntOrTuple = 64
+    routed_scaling_factor: float = 1.0
+    n_group: int = 1
+    topk_group: int = 1
+    norm_topk_prob: bool = True
+    # numerics and special tokens
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    rescale_prenorm_residual: bool = True
+    max_position_embeddings: int = 4096
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in PER_LAYER_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+        if isinstance(self.time_step_limit, list):
+            object.__setattr__(self, "time_step_limit", tuple(float(v) for v in self.time_step_limit))
+        validate(self)
+
+    # ---- derived sizes -------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.pattern)
+
+    def width(self, name: str, layer: int) -> int:
+        """The value of a (possibly per-layer) width field at `layer`."""
+        value = getattr(self, name)
+        return value[layer] if isinstance(value, tuple) else value
+
+    def mamba_heads(self, layer: int) -> int:
+        return self.width("mamba_num_heads", layer)
+
+    def mamba_d_inner(self, layer: int) -> int:
+        return self.mamba_heads(layer) * self.mamba_head_dim
+
+    @property
+    def is_homogeneous(self) -> bool:
+        """True when every layer of a kind has the same widths (what Hugging Face configs can express)."""
+        for name, char in PER_LAYER_FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                used = {v for v, c in zip(value, self.pattern) if c == char}
+                if len(used) > 1:
+                    return False
+        return True
+
+    def uniform(self, name: str) -> int:
+        """The single value of a width field over the layers that use it (homogeneous configs only)."""
+        value = getattr(self, name)
+        if not isinstance(value, tuple):
+            return value
+        used = sorted({v for v, c in zip(value, self.pattern) if c == PER_LAYER_FIELDS[name]})
+        if len(used) > 1:
+            raise ConfigError(f"{name} differs between layers ({used}); this needs a homogeneous config")
+        return used[0] if used else max(value)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        limit = out["time_step_limit"]
+        out["time_step_limit"] = [v if math.isfinite(v) else "inf" for v in limit]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {unknown}; allowed: {sorted(known)}")
+        data = dict(data)
+        if "time_step_limit" in data:
+            data["time_step_limit"] = tuple(float(v) for v in data["time_step_limit"])
+        return cls(**data)
+
+
+def _check(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"model.{field}: {message}")
+
+
+def validate(cfg: ModelConfig) -> None:
+    """Raise ConfigError naming the first invalid field and what is allowed."""
+    _check(isinstance(cfg.pattern, str) and len(cfg.pattern) > 0, "pattern", "must be a non-empty string")
+    bad = sorted({c for c in cfg.pattern if c not in BLOCK_TYPES})
+    _check(not bad, "pattern", f"unknown block character(s) {bad}; allowed: 'M' (Mamba-2), '*' (attention), "
+           "'E' (MoE), '-' (dense MLP)")
+    for name in ("vocab_size", "hidden_size", "mamba_head_dim", "mamba_n_groups", "ssm_state_size",
+                 "conv_kernel", "chunk_size", "head_dim", "num_experts_per_tok", "n_group", "topk_group",
+                 "max_position_embeddings"):
+        value = getattr(cfg, name)
+        _check(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
+    for name, char in PER_LAYER_FIELDS.items():
+        value = getattr(cfg, name)
+        if isinstance(value, tuple):
+            _check(len(value) == cfg.num_layers, name,
+                   f"per-layer tuple must have one entry per layer ({cfg.num_layers}), got {len(value)}")
+            values = [v for v, c in zip(value, cfg.pattern) if c == char]
+        else:
+            values = [value]
+        for v in values:
+            _check(isinstance(v, int) and v > 0, name, f"must be a positive integer, got {v!r}")
+    _check(cfg.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"must be one of {COMPUTE_DTYPES}")
+    lo, hi = cfg.time_step_limit
+    _check(0.0 <= lo < hi, "time_step_limit", f"must be (low, high) with 0 <= low < high, got {cfg.time_step_limit}")
+    _check(cfg.layer_norm_epsilon > 0, "layer_norm_epsilon", "must be > 0")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(cfg, name)
+        _check(0 <= value < cfg.vocab_size, name, f"must be in [0, vocab_size={cfg.vocab_size}), got {value}")
+    for layer, char in enumerate(cfg.pattern):
+        if char == "M":
+            heads = cfg.mamba_heads(layer)
+            _check(heads % cfg.mamba_n_groups == 0, "mamba_num_heads",
+                   f"layer {layer}: {heads} heads are not divisible by mamba_n_groups={cfg.mamba_n_groups}")
+        elif char == "*":
+            q, kv = cfg.width("num_attention_heads", layer), cfg.width("num_key_value_heads", layer)
+            _check(q % kv == 0, "num_attention_heads",
+                   f"layer {layer}: {q} query heads are not divisible by num_key_value_heads={kv}")
+        elif char == "E":
+            experts = cfg.width("n_routed_experts", layer)
+            _check(cfg.num_experts_per_tok <= experts, "num_experts_per_tok",
+                   f"layer {layer}: top-{cfg.num_experts_per_tok} needs at most n_routed_experts={experts}")
+            _check(experts % cfg.n_group == 0, "n_group",
+                   f"layer {layer}: n_routed_experts={experts} is not divisible by n_group={cfg.n_group}")
+            _check(cfg.topk_group <= cfg.n_group, "topk_group",
+                   f"must be <= n_group={cfg.n_group}, got {cfg.topk_group}")
+            if cfg.n_group > 1:
+                _check(experts // cfg.n_group >= 2, "n_group",
+                       f"group-limited routing scores groups by their top-2 experts; layer {layer} has "
+                       f"{experts // cfg.n_group} expert(s) per group")
+                _check(cfg.topk_group * (experts // cfg.n_group) >= cfg.num_experts_per_tok, "topk_group",
+                       f"layer {layer}: topk_group={cfg.topk_group} groups of {experts // cfg.n_group} experts "
+                       f"cannot supply top-{cfg.num_experts_per_tok}")

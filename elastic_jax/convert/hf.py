@@ -1,0 +1,148 @@
+"""Import and export of Hugging Face NemotronH checkpoint directories (sharded safetensors + index)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import ml_dtypes
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from elastic_jax.config import ModelConfig
+from elastic_jax.convert.hf_config import ConversionError, config_from_hf, config_to_hf
+from elastic_jax.convert.hf_weights import from_hf_tensors, to_hf_tensors
+from elastic_jax.model.functional import param_shapes
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "chat_template.jinja")
+_EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+class _TensorReader:
+    """Lazy reads of named tensors from the safetensors files of a directory (with or without an index)."""
+
+    def __init__(self, path: Path):
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        else:
+            files = sorted(path.glob("*.safetensors"))
+            if not files:
+                raise ConversionError(f"{path}: no *.safetensors files (and no model.safetensors.index.json)")
+            weight_map = {}
+            for f in files:
+                with safe_open(f, framework="numpy") as handle:
+                    weight_map.update({k: f.name for k in handle.keys()})
+        self.path, self.weight_map = path, weight_map
+        self._handles: dict[str, object] = {}
+        self.used: set[str] = set()
+
+    def has(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def __call__(self, name: str) -> np.ndarray:
+        if name not in self.weight_map:
+            raise ConversionError(f"{self.path}: missing tensor {name!r} (the checkpoint does not match its config.json)")
+        file = self.weight_map[name]
+        if file not in self._handles:
+            if not (self.path / file).exists():
+                raise ConversionError(f"{self.path}: shard {file} named in the index is missing")
+            self._handles[file] = safe_open(self.path / file, framework="numpy")
+        self.used.add(name)
+        return np.asarray(self._handles[file].get_tensor(name))  # type: ignore[attr-defined]
+
+
+def _check_shapes(cfg: ModelConfig, params: dict) -> dict:
+    """Cast to float32 and compare every array with the shapes the config implies."""
+    expected = param_shapes(cfg)
+    flat_exp = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = jax.tree_util.keystr(path)
+        if path not in flat_exp:
+            raise ConversionError(f"unexpected parameter {name}")
+        if tuple(leaf.shape) != tuple(flat_exp[path].shape):
+            raise ConversionError(f"tensor for {name} has shape {tuple(leaf.shape)}; config.json implies "
+                                  f"{tuple(flat_exp[path].shape)}")
+        out[path] = np.asarray(leaf, dtype=np.float32)
+    missing = set(flat_exp) - set(out)
+    if missing:
+        raise ConversionError(f"missing parameters: {sorted(jax.tree_util.keystr(p) for p in missing)[:5]}")
+    treedef = jax.tree_util.tree_structure(expected)
+    return jax.tree_util.tree_unflatten(treedef, [out[p] for p, _ in jax.tree_util.tree_flatten_with_path(expected)[0]])
+
+
+def from_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
+    """(config, float32 params) of a NemotronH directory in NVIDIA's or transformers' layout."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ConversionError(f"{path}: no config.json; expected a Hugging Face NemotronH model directory")
+    cfg = config_from_hf(json.loads((path / "config.json").read_text()))
+    reader = _TensorReader(path)
+    if reader.has("backbone.embeddings.weight"):
+        prefix = "backbone"
+    elif reader.has("model.embeddings.weight"):
+        prefix = "model"
+    else:
+        raise ConversionError(f"{path}: missing tensor 'backbone.embeddings.weight' (or 'model.embeddings.weight')")
+    params = from_hf_tensors(cfg, reader, prefix)
+    return cfg, _check_shapes(cfg, params)
+
+
+def _shards(tensors: list[tuple[str, np.ndarray]], max_shard_bytes: int) -> list[list[tuple[str, np.ndarray]]]:
+    shards: list[list[tuple[str, np.ndarray]]] = [[]]
+    size = 0
+    for item in tensors:
+        nbytes = item[1].nbytes
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += nbytes
+    return shards
+
+
+def to_hf(cfg: ModelConfig, params: dict, path: str | os.PathLike, *, dtype: str = "float32",
+          max_shard_bytes: int = 2 * 1024**3, tokenizer_dir: str | os.PathLike | None = None,
+          layout: str = "nvidia") -> Path:
+    """Write `params` as a NemotronH directory: sharded safetensors + index, config.json, generation_config.json.
+
+    e_score_correction_bias stays float32 whatever `dtype` is, as NVIDIA publishes it. Tokenizer files are
+    copied from `tokenizer_dir` when given.
+    """
+    if dtype not in _EXPORT_DTYPES:
+        raise ConversionError(f"export dtype {dtype!r}; allowed: {sorted(_EXPORT_DTYPES)}")
+    if layout not in ("nvidia", "transformers"):
+        raise ConversionError(f"export layout {layout!r}; allowed: 'nvidia', 'transformers'")
+    hf_config = config_to_hf(cfg, dtype)
+    _check_shapes(cfg, jax.device_get(params))
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = []
+    for name, array in to_hf_tensors(cfg, jax.device_get(params), layout):
+        target = np.float32 if name.endswith("e_score_correction_bias") else _EXPORT_DTYPES[dtype]
+        tensors.append((name, np.ascontiguousarray(array.astype(target))))
+    shards = _shards(tensors, max_shard_bytes)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(dict(shard), str(path / fname), metadata={"format": "pt"})
+        for name, array in shard:
+            weight_map[name] = fname
+            total += array.nbytes
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (path / "config.json").write_text(json.dumps(hf_config, indent=2))
+    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
+    (path / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    if tokenizer_dir is not None:
+        for fname in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / fname).exists():
+                shutil.copy(Path(tokenizer_dir) / fname, path / fname)
+    return path

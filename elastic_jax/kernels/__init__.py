@@ -1,0 +1,1 @@
+"""Custom compute kernels (Pallas TPU/GPU with XLA fallbacks)."""

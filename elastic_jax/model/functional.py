@@ -1,0 +1,67 @@
+"""Pure-function entry points over a parameter pytree: init, forward, and input checks."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from elastic_jax.config import ModelConfig
+from elastic_jax.model.hybrid import NemotronH
+
+
+class InputError(ValueError):
+    """Bad model input (e.g. a token id outside the vocabulary); the message says what is allowed."""
+
+
+def build(cfg: ModelConfig, *, ssd_impl: str = "auto", moe_impl: str = "auto") -> NemotronH:
+    return NemotronH(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
+
+
+def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
+    """Random float32 parameters for `cfg`, initialised as transformers initialises NemotronH."""
+    model = build(cfg)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return jax.jit(model.init)(jax.random.PRNGKey(seed), tokens)["params"]
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+    """The parameter pytree as ShapeDtypeStructs, computed without allocating anything."""
+    model = build(cfg)
+    out = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 1), jnp.int32))
+    return out["params"]
+
+
+def check_tokens(cfg: ModelConfig, tokens, name: str = "tokens") -> np.ndarray | jax.Array:
+    """Validate a concrete [batch, length] int array of token ids before anything is compiled."""
+    if isinstance(tokens, jax.core.Tracer):
+        return tokens
+    arr = np.asarray(tokens)
+    if arr.ndim != 2:
+        raise InputError(f"{name}: expected a [batch, length] array of token ids, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{name}: expected integer token ids, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= cfg.vocab_size):
+        bad = int(arr.max()) if arr.max() >= cfg.vocab_size else int(arr.min())
+        raise InputError(f"{name}: token id {bad} is outside the vocabulary; allowed ids are 0..{cfg.vocab_size - 1} "
+                         f"(model.vocab_size={cfg.vocab_size})")
+    if arr.shape[1] > cfg.max_position_embeddings:
+        raise InputError(f"{name}: length {arr.shape[1]} exceeds model.max_position_embeddings="
+                         f"{cfg.max_position_embeddings}")
+    return arr.astype(np.int32)
+
+
+@lru_cache(maxsize=64)
+def _jitted_forward(cfg: ModelConfig, ssd_impl: str, moe_impl: str):
+    model = build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
+    return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens)[0])
+
+
+def apply(cfg: ModelConfig, params: dict, tokens, *, ssd_impl: str = "auto", moe_impl: str = "auto") -> jax.Array:
+    """Logits [batch, length, vocab] (float32) of the full forward pass; compiled once per config and shape."""
+    tokens = check_tokens(cfg, tokens)
+    if isinstance(tokens, jax.core.Tracer):
+        return build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl).apply({"params": params}, tokens)[0]
+    return _jitted_forward(cfg, ssd_impl, moe_impl)(params, jnp.asarray(tokens))

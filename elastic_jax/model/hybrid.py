@@ -1,0 +1,89 @@
+"""The pattern-driven Nemotron-H stack: embeddings, blocks `h = h + mixer(rmsnorm(h))`, norm_f, untied lm_head."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from elastic_jax.config import ModelConfig
+from elastic_jax.model.attention import Attention
+from elastic_jax.model.mamba2 import Mamba2Mixer
+from elastic_jax.model.mlp import MLP, dense
+from elastic_jax.model.moe import MoE
+from elastic_jax.model.norms import RMSNorm
+
+
+def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
+    return jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+
+
+def make_mixer(cfg: ModelConfig, layer: int, *, ssd_impl: str = "auto", moe_impl: str = "auto") -> nn.Module:
+    """The mixer module of `layer`, with that layer's (possibly per-layer) widths."""
+    dtype, std = compute_dtype(cfg), cfg.initializer_range
+    kind = cfg.pattern[layer]
+    if kind == "M":
+        return Mamba2Mixer(cfg.hidden_size, cfg.mamba_heads(layer), cfg.mamba_head_dim, cfg.mamba_n_groups,
+                           cfg.ssm_state_size, cfg.conv_kernel, cfg.chunk_size, cfg.time_step_limit,
+                           cfg.time_step_min, cfg.time_step_max, cfg.time_step_floor, cfg.layer_norm_epsilon,
+                           cfg.num_layers if cfg.rescale_prenorm_residual else 1, ssd_impl, dtype, std, name="mixer")
+    if kind == "*":
+        return Attention(cfg.hidden_size, cfg.width("num_attention_heads", layer),
+                         cfg.width("num_key_value_heads", layer), cfg.head_dim, dtype, std, name="mixer")
+    if kind == "E":
+        return MoE(cfg.hidden_size, cfg.width("n_routed_experts", layer), cfg.num_experts_per_tok,
+                   cfg.width("moe_intermediate_size", layer), cfg.width("moe_shared_expert_intermediate_size", layer),
+                   cfg.n_group, cfg.topk_group, cfg.norm_topk_prob, cfg.routed_scaling_factor, moe_impl, dtype, std,
+                   name="mixer")
+    return MLP(cfg.hidden_size, cfg.width("intermediate_size", layer), dtype, std, name="mixer")
+
+
+class Block(nn.Module):
+    """One residual block; returns (h, new layer cache)."""
+
+    cfg: ModelConfig
+    layer: int
+    ssd_impl: str = "auto"
+    moe_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, h: jax.Array, cache: dict | None = None, pos: jax.Array | None = None):
+        cfg, kind = self.cfg, self.cfg.pattern[self.layer]
+        normed = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm")(h)
+        mixer = make_mixer(cfg, self.layer, ssd_impl=self.ssd_impl, moe_impl=self.moe_impl)
+        if kind == "M":
+            out, cache = mixer(normed, cache)
+        elif kind == "*":
+            out, cache = mixer(normed, cache, pos)
+        else:
+            out = mixer(normed)
+        return h + out.astype(h.dtype), cache
+
+
+class NemotronH(nn.Module):
+    """tokens [batch, length] -> logits [batch, length, vocab] (float32), and the updated cache if one is given.
+
+    The cache is {"pos": int32 scalar, "layers": [per-layer cache or None]} (see elastic_jax/model/cache.py).
+    """
+
+    cfg: ModelConfig
+    ssd_impl: str = "auto"
+    moe_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, cache: dict | None = None):
+        cfg = self.cfg
+        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=jnp.float32,
+                         embedding_init=nn.initializers.normal(cfg.initializer_range), name="embeddings")
+        h = embed(tokens).astype(jnp.float32)  # residual stream kept in float32
+        pos = None if cache is None else cache["pos"]
+        new_layers = []
+        for layer in range(cfg.num_layers):
+            layer_cache = None if cache is None else cache["layers"][layer]
+            h, layer_cache = Block(cfg, layer, self.ssd_impl, self.moe_impl, name=f"layers_{layer}")(h, layer_cache, pos)
+            new_layers.append(layer_cache)
+        h = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm_f")(h)
+        logits = dense(cfg.vocab_size, compute_dtype(cfg), "lm_head", cfg.initializer_range)(h).astype(jnp.float32)
+        if cache is None:
+            return logits, None
+        return logits, {"pos": cache["pos"] + tokens.shape[1], "layers": new_layers}

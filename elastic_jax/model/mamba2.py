@@ -1,0 +1,130 @@
+"""The Mamba-2 mixer of Nemotron-H's `M` layers, as transformers' NemotronHMamba2Mixer computes it.
+
+transformers fuses the input projection ([z | x | B | C | dt]) and the convolution ([x | B | C]); here each
+part is its own array so that the elastic axes (heads, ranked within B/C groups) are plain prefixes of
+each array. Conversion concatenates and splits them (see elastic_jax/convert/hf.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from elastic_jax.kernels.ssd import ssd, ssd_decode_step
+from elastic_jax.model.mlp import dense
+from elastic_jax.model.norms import GatedGroupRMSNorm
+
+
+def causal_depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, state: jax.Array) -> jax.Array:
+    """y[t] = bias + sum_k kernel[k] * xs[t + k] over xs = concat(state, x); state holds the K-1 previous inputs."""
+    width = kernel.shape[0]
+    xs = jnp.concatenate([state.astype(x.dtype), x], axis=1)
+    length = x.shape[1]
+    out = sum(xs[:, k:k + length] * kernel[k].astype(x.dtype) for k in range(width))
+    return out + bias.astype(x.dtype)
+
+
+def _dt_bias_init(min_dt: float, max_dt: float, floor: float):
+    """transformers' init: dt ~ log-uniform(min, max), clamped at `floor`, stored as softplus^-1(dt)."""
+    def init(key, shape, dtype=jnp.float32):
+        u = jax.random.uniform(key, shape, dtype)
+        dt = jnp.exp(u * (math.log(max_dt) - math.log(min_dt)) + math.log(min_dt))
+        dt = jnp.maximum(dt, floor)
+        return dt + jnp.log(-jnp.expm1(-dt))
+    return init
+
+
+def _uniform_init(bound: float):
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Mamba2Mixer(nn.Module):
+    """in_proj -> causal depthwise conv + SiLU on [x|B|C] -> SSD scan (+ D skip) -> gated group RMSNorm -> out_proj.
+
+    Cache (optional): {"conv": [batch, K-1, d_inner + 2*G*N], "ssm": [batch, H, P, N] float32}.
+    """
+
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    n_groups: int
+    state_size: int
+    conv_kernel: int
+    chunk_size: int
+    time_step_limit: tuple[float, float] = (0.0, math.inf)
+    time_step_min: float = 0.001
+    time_step_max: float = 0.1
+    time_step_floor: float = 1e-4
+    eps: float = 1e-5
+    num_layers: int = 1
+    ssd_impl: str = "auto"
+    dtype: jnp.dtype = jnp.float32
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, h: jax.Array, cache: dict | None = None):
+        batch, length, _ = h.shape
+        heads, p, g, n = self.num_heads, self.head_dim, self.n_groups, self.state_size
+        d_inner = heads * p
+        conv_dim = d_inner + 2 * g * n
+
+        z = dense(d_inner, self.dtype, "in_z", self.init_std)(h)
+        xbc = jnp.concatenate([dense(d_inner, self.dtype, "in_x", self.init_std)(h),
+                               dense(g * n, self.dtype, "in_B", self.init_std)(h),
+                               dense(g * n, self.dtype, "in_C", self.init_std)(h)], axis=-1)
+        dt_raw = dense(heads, self.dtype, "in_dt", self.init_std)(h)
+
+        bound = 1.0 / math.sqrt(self.conv_kernel)  # PyTorch's default Conv1d init for a depthwise conv
+        conv_w = self.param("conv_kernel", _uniform_init(bound), (self.conv_kernel, conv_dim), jnp.float32)
+        conv_b = self.param("conv_bias", _uniform_init(bound), (conv_dim,), jnp.float32)
+        dt_bias = self.param("dt_bias", _dt_bias_init(self.time_step_min, self.time_step_max, self.time_step_floor),
+                             (heads,), jnp.float32)
+        a_log = self.param("A_log", lambda k, s, d=jnp.float32: jnp.log(jnp.arange(1, s[0] + 1, dtype=d)), (heads,))
+        d_skip = self.param("D", nn.initializers.ones, (heads,), jnp.float32)
+
+        conv_state = (cache["conv"] if cache is not None
+                      else jnp.zeros((batch, self.conv_kernel - 1, conv_dim), xbc.dtype))
+        xs_all = jnp.concatenate([conv_state.astype(xbc.dtype), xbc], axis=1)
+        new_conv_state = xs_all[:, -(self.conv_kernel - 1):] if self.conv_kernel > 1 else conv_state
+        xbc = jax.nn.silu(causal_depthwise_conv(xbc, conv_w, conv_b, conv_state))
+        x, b_, c_ = jnp.split(xbc, [d_inner, d_inner + g * n], axis=-1)
+
+        dt = jax.nn.softplus(dt_raw.astype(jnp.float32) + dt_bias)
+        lo, hi = self.time_step_limit
+        dt = jnp.clip(dt, lo, hi if math.isfinite(hi) else None)
+        a = -jnp.exp(a_log.astype(jnp.float32))
+
+        x = x.reshape(batch, length, heads, p)
+        b_ = b_.reshape(batch, length, g, n)
+        c_ = c_.reshape(batch, length, g, n)
+        new_cache = None
+        if cache is not None and length == 1:
+            y, ssm = ssd_decode_step(cache["ssm"], x[:, 0], dt[:, 0], a, b_[:, 0], c_[:, 0], d_skip)
+            y = y[:, None]
+            new_cache = {"conv": new_conv_state, "ssm": ssm}
+        elif cache is not None:
+            y, ssm = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, initial_state=cache["ssm"],
+                         return_final_state=True, impl=self.ssd_impl)
+            new_cache = {"conv": new_conv_state, "ssm": ssm}
+        else:
+            y = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, impl=self.ssd_impl)
+        y = y.reshape(batch, length, d_inner)
+        y = GatedGroupRMSNorm(d_inner, g, self.eps, self.dtype, name="norm")(y, z)
+        # transformers rescales out_proj at init: kaiming-uniform(a=sqrt 5) / sqrt(num_layers).
+        out_bound = 1.0 / math.sqrt(d_inner) / math.sqrt(self.num_layers)
+        out = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=_uniform_init(out_bound), name="out_proj")(y)
+        return out, new_cache
+
+
+def mamba_cache_shapes(batch: int, num_heads: int, head_dim: int, n_groups: int, state_size: int,
+                       conv_kernel: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of one Mamba layer's decode cache."""
+    conv_dim = num_heads * head_dim + 2 * n_groups * state_size
+    return {"conv": (batch, conv_kernel - 1, conv_dim), "ssm": (batch, num_heads, head_dim, state_size)}
+
+
+__all__ = ["Mamba2Mixer", "causal_depthwise_conv", "mamba_cache_shapes"]

@@ -1,0 +1,32 @@
+"""The non-gated relu^2 MLP used by dense `-` layers and by the MoE shared expert."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def relu2(x: jax.Array) -> jax.Array:
+    """Squared ReLU, the activation of every Nemotron-H feed-forward network."""
+    return jnp.square(jax.nn.relu(x))
+
+
+def dense(features: int, dtype: jnp.dtype, name: str, init_std: float = 0.02) -> nn.Dense:
+    """A bias-free Linear with float32 parameters ([in, out] kernel) computing in `dtype`."""
+    return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.normal(init_std), name=name)
+
+
+class MLP(nn.Module):
+    """down(relu(up(x))^2)."""
+
+    hidden_size: int
+    intermediate_size: int
+    dtype: jnp.dtype = jnp.float32
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = relu2(dense(self.intermediate_size, self.dtype, "up_proj", self.init_std)(x))
+        return dense(self.hidden_size, self.dtype, "down_proj", self.init_std)(h)

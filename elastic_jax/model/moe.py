@@ -1,0 +1,122 @@
+"""Sigmoid-routed mixture of relu^2 experts with a shared expert (Nemotron-H's `E` layers).
+
+Routing follows transformers' NemotronHTopkRouter: scores = sigmoid(x W^T) in float32; experts are
+*chosen* by scores + e_score_correction_bias (optionally limited to the best `topk_group` of `n_group`
+groups, a group scored by its two best experts); the chosen experts are *weighted* by their plain
+scores, renormalised if `norm_topk_prob`, times `routed_scaling_factor`.
+
+Expert compute is dropless: the (token, expert) assignments are sorted by expert and multiplied group by
+group, either with `jax.lax.ragged_dot` (grouped GEMM on GPU/TPU) or, on CPU where ragged_dot lowers to a
+dense product over every expert, with fixed-size row blocks that each belong to one expert.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from elastic_jax.model.mlp import MLP, relu2
+
+MOE_IMPLS = ("auto", "ragged", "blocked")
+
+
+def route(x: jax.Array, gate_w: jax.Array, bias: jax.Array, *, top_k: int, n_group: int, topk_group: int,
+          norm_topk_prob: bool, scaling: float) -> tuple[jax.Array, jax.Array]:
+    """Expert indices [T, k] and weights [T, k] (float32) for tokens x [T, D]; gate_w is [D, E]."""
+    logits = jnp.dot(x.astype(jnp.float32), gate_w.astype(jnp.float32), precision="highest")
+    scores = jax.nn.sigmoid(logits)
+    choice = scores + jax.lax.stop_gradient(bias.astype(jnp.float32))
+    num_experts = choice.shape[-1]
+    if n_group > 1:
+        grouped = choice.reshape(-1, n_group, num_experts // n_group)
+        group_scores = jax.lax.top_k(grouped, 2)[0].sum(-1)
+        _, group_idx = jax.lax.top_k(group_scores, topk_group)
+        keep = jnp.zeros_like(group_scores, dtype=bool).at[jnp.arange(group_scores.shape[0])[:, None], group_idx].set(True)
+        keep = jnp.repeat(keep, num_experts // n_group, axis=-1)
+        choice = jnp.where(keep, choice, -jnp.inf)
+    _, idx = jax.lax.top_k(choice, top_k)
+    weights = jnp.take_along_axis(scores, idx, axis=-1)
+    if norm_topk_prob:
+        weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+    return idx, weights * scaling
+
+
+def _sort_assignments(idx: jax.Array, num_experts: int):
+    """Flatten [T, k] assignments and sort them by expert: (order, token of each row, rows per expert)."""
+    flat = idx.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    token_of_row = order // idx.shape[1]
+    group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+    return order, token_of_row, group_sizes
+
+
+def experts_ragged(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+    """Grouped relu^2 FFN over expert-sorted rows with lax.ragged_dot."""
+    h = relu2(jax.lax.ragged_dot(x_rows, up, group_sizes))
+    return jax.lax.ragged_dot(h.astype(x_rows.dtype), down, group_sizes)
+
+
+def experts_blocked(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array,
+                    block: int = 64) -> jax.Array:
+    """Grouped relu^2 FFN over expert-sorted rows, each expert's rows padded to whole blocks.
+
+    Every block belongs to one expert, so the work is a batched matmul over blocks: dropless, and the
+    compute is that of the routed rows (plus at most one partial block per expert), not of every expert.
+    """
+    rows, num_experts = x_rows.shape[0], up.shape[0]
+    block = max(1, min(block, rows))
+    num_blocks = -(-rows // block) + num_experts  # ceil(rows/block) + one partial block per expert
+    padded = (group_sizes + block - 1) // block * block
+    group_start = jnp.cumsum(group_sizes) - group_sizes
+    padded_start = jnp.cumsum(padded) - padded
+    expert_of_row = jnp.repeat(jnp.arange(num_experts), group_sizes, total_repeat_length=rows)
+    dest = padded_start[expert_of_row] + jnp.arange(rows) - group_start[expert_of_row]
+    slots = jnp.zeros((num_blocks * block, x_rows.shape[1]), x_rows.dtype).at[dest].set(x_rows)
+    block_expert = jnp.searchsorted(jnp.cumsum(padded), jnp.arange(num_blocks) * block, side="right")
+    block_expert = jnp.minimum(block_expert, num_experts - 1)
+    xb = slots.reshape(num_blocks, block, -1)
+    h = relu2(jnp.einsum("nbd,ndf->nbf", xb, up[block_expert]))
+    yb = jnp.einsum("nbf,nfd->nbd", h.astype(x_rows.dtype), down[block_expert])
+    return yb.reshape(num_blocks * block, -1)[dest]
+
+
+class MoE(nn.Module):
+    """Routed experts (stacked [E, in, out] kernels) plus one unweighted shared expert."""
+
+    hidden_size: int
+    num_experts: int
+    top_k: int
+    expert_size: int
+    shared_size: int
+    n_group: int = 1
+    topk_group: int = 1
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = 1.0
+    impl: str = "auto"
+    dtype: jnp.dtype = jnp.float32
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(self.init_std)
+        gate_w = self.param("gate", init, (self.hidden_size, self.num_experts), jnp.float32)
+        bias = self.param("e_score_correction_bias", nn.initializers.zeros, (self.num_experts,), jnp.float32)
+        up = self.param("up_proj", init, (self.num_experts, self.hidden_size, self.expert_size), jnp.float32)
+        down = self.param("down_proj", init, (self.num_experts, self.expert_size, self.hidden_size), jnp.float32)
+
+        tokens = x.reshape(-1, self.hidden_size)
+        idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
+                             topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
+                             scaling=self.routed_scaling_factor)
+        order, token_of_row, group_sizes = _sort_assignments(idx, self.num_experts)
+        x_rows = tokens[token_of_row].astype(self.dtype)
+        impl = self.impl
+        if impl == "auto":
+            impl = "blocked" if jax.default_backend() == "cpu" else "ragged"
+        expert_fn = experts_ragged if impl == "ragged" else experts_blocked
+        y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype))
+        y_rows = y_rows.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
+        routed = jnp.zeros((tokens.shape[0], self.hidden_size), jnp.float32).at[token_of_row].add(y_rows)
+        shared = MLP(self.hidden_size, self.shared_size, self.dtype, self.init_std, name="shared_experts")(x)
+        return (routed.reshape(x.shape).astype(self.dtype) + shared).astype(self.dtype)
