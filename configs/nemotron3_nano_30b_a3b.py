@@ -9,7 +9,7 @@ def get_config() -> ml_collections.ConfigDict:
         vocab_size=131072, hidden_size=2688,
         pattern="MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME",
         mamba_num_heads=64, mamba_head_dim=64, mamba_n_groups=8, ssm_state_size=128, conv_kernel=4, chunk_size=128,
-        time_step_limit=(0.0, "inf"),
+        time_step_limit=(0.001, "inf"),
         num_attention_heads=32, num_key_value_heads=2, head_dim=128,
         intermediate_size=1856,  # no dense `-` layers in this pattern
         n_routed_experts=128, num_experts_per_tok=6, moe_intermediate_size=1856,

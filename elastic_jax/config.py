@@ -49,7 +49,7 @@ class ModelConfig:
     ssm_state_size: int = 16
     conv_kernel: int = 4
     chunk_size: int = 16
-    time_step_limit: tuple[float, float] = (0.0, math.inf)
+    time_step_limit: tuple[float, float] = (0.001, math.inf)
     time_step_min: float = 0.001
     time_step_max: float = 0.1
     time_step_floor: float = 1e-4

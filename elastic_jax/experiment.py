@@ -67,7 +67,8 @@ def model_config_from(section) -> ModelConfig:
     """ModelConfig from a ConfigDict/dict `model` section (lists become tuples, 'inf' becomes math.inf)."""
     data = dict(section.to_dict() if hasattr(section, "to_dict") else section)
     if "time_step_limit" in data:
-        data["time_step_limit"] = tuple(math.inf if v in ("inf", math.inf) else float(v) for v in data["time_step_limit"])
+        limit = data["time_step_limit"]
+        data["time_step_limit"] = tuple(math.inf if v in ("inf", math.inf) else float(v) for v in limit)
     return ModelConfig.from_dict(data)
 
 

@@ -47,7 +47,8 @@ class _TensorReader:
 
     def __call__(self, name: str) -> np.ndarray:
         if name not in self.weight_map:
-            raise ConversionError(f"{self.path}: missing tensor {name!r} (the checkpoint does not match its config.json)")
+            raise ConversionError(f"{self.path}: missing tensor {name!r} "
+                                  "(the checkpoint does not match its config.json)")
         file = self.weight_map[name]
         if file not in self._handles:
             if not (self.path / file).exists():

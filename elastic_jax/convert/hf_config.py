@@ -73,7 +73,8 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         num_key_value_heads=hf.get("num_key_value_heads") or hf.get("num_attention_heads", 32),
         head_dim=hf.get("head_dim") or hf["hidden_size"] // hf.get("num_attention_heads", 32),
         intermediate_size=hf.get("intermediate_size", 21504), n_routed_experts=hf.get("n_routed_experts", 8),
-        num_experts_per_tok=hf.get("num_experts_per_tok", 2), moe_intermediate_size=hf.get("moe_intermediate_size", 7688),
+        num_experts_per_tok=hf.get("num_experts_per_tok", 2),
+        moe_intermediate_size=hf.get("moe_intermediate_size", 7688),
         moe_shared_expert_intermediate_size=hf.get("moe_shared_expert_intermediate_size", 7688),
         routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)), n_group=hf.get("n_group", 1),
         topk_group=hf.get("topk_group", 1), norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
@@ -89,6 +90,11 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         return ModelConfig(**kwargs)
     except ConfigError as err:
         raise ConversionError(f"config.json describes an invalid model: {err}") from err
+
+
+# transformers needs time_step_min > 0 (it draws log-uniform dt at init); a floor of 1e-9 changes nothing
+# unless softplus(dt) < 1e-9, i.e. a pre-activation below -20.7.
+_ZERO_FLOOR = 1e-9
 
 
 def config_to_hf(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
@@ -108,7 +114,8 @@ def config_to_hf(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         "n_groups": cfg.mamba_n_groups, "ssm_state_size": cfg.ssm_state_size, "conv_kernel": cfg.conv_kernel,
         "chunk_size": cfg.chunk_size, "expand": 2, "use_conv_bias": True, "use_bias": False,
         "mamba_proj_bias": False, "mamba_hidden_act": "silu", "mamba_ssm_cache_dtype": "float32",
-        "time_step_min": lo, "time_step_max": cfg.time_step_max, "time_step_floor": cfg.time_step_floor,
+        "time_step_min": lo if lo > 0 else _ZERO_FLOOR, "time_step_max": cfg.time_step_max,
+        "time_step_floor": cfg.time_step_floor,
         "time_step_limit": [lo, hi],
         "num_attention_heads": cfg.uniform("num_attention_heads"),
         "num_key_value_heads": cfg.uniform("num_key_value_heads"), "head_dim": cfg.head_dim,

@@ -21,7 +21,8 @@ def _mamba_split(cfg: ModelConfig, layer: int) -> list[tuple[str, int]]:
     return [("in_z", d_inner), ("in_x", d_inner), ("in_B", gn), ("in_C", gn), ("in_dt", cfg.mamba_heads(layer))]
 
 
-def layer_tensors(cfg: ModelConfig, layer: int, mixer: dict, prefix: str, stacked: bool) -> Iterator[tuple[str, np.ndarray]]:
+def layer_tensors(cfg: ModelConfig, layer: int, mixer: dict, prefix: str,
+                  stacked: bool) -> Iterator[tuple[str, np.ndarray]]:
     """(hf_name, array) pairs of one layer's mixer, in the chosen layout."""
     kind = cfg.pattern[layer]
     p = f"{prefix}.layers.{layer}.mixer"
@@ -72,7 +73,8 @@ def _mixer_from_hf(cfg: ModelConfig, layer: int, get: Callable[[str], np.ndarray
     if kind == "M":
         in_proj = get(f"{p}.in_proj.weight").T
         bounds = np.cumsum([size for _, size in _mamba_split(cfg, layer)])[:-1]
-        mixer = {name: {"kernel": part} for (name, _), part in zip(_mamba_split(cfg, layer), np.split(in_proj, bounds, 1))}
+        parts = np.split(in_proj, bounds, 1)
+        mixer = {name: {"kernel": part} for (name, _), part in zip(_mamba_split(cfg, layer), parts)}
         mixer["conv_kernel"] = get(f"{p}.conv1d.weight")[:, 0, :].T
         mixer["conv_bias"] = get(f"{p}.conv1d.bias")
         for name in ("dt_bias", "A_log", "D"):

@@ -16,7 +16,8 @@ def mixer_params(cfg: ModelConfig, layer: int) -> tuple[int, int]:
         heads, p, gn = cfg.mamba_heads(layer), cfg.mamba_head_dim, cfg.mamba_n_groups * cfg.ssm_state_size
         d_inner = heads * p
         conv_dim = d_inner + 2 * gn
-        total = d * (2 * d_inner + 2 * gn + heads) + conv_dim * (cfg.conv_kernel + 1) + 3 * heads + d_inner + d_inner * d
+        total = (d * (2 * d_inner + 2 * gn + heads) + conv_dim * (cfg.conv_kernel + 1) + 3 * heads + d_inner
+                 + d_inner * d)
         return total, total
     if kind == "*":
         q, kv = cfg.width("num_attention_heads", layer), cfg.width("num_key_value_heads", layer)

@@ -24,7 +24,9 @@ class Attention(nn.Module):
     init_std: float = 0.02
 
     @nn.compact
-    def __call__(self, x: jax.Array, cache: dict | None = None, pos: jax.Array | None = None):
+    def __call__(self, x: jax.Array, cache: dict | None = None, pos: jax.Array | None = None,
+                 head_mask: jax.Array | None = None):
+        """`head_mask` [num_heads] (optional, query-head order) scales each head's output before o_proj."""
         batch, length, _ = x.shape
         q = dense(self.num_heads * self.head_dim, self.dtype, "q_proj", self.init_std)(x)
         k = dense(self.num_kv_heads * self.head_dim, self.dtype, "k_proj", self.init_std)(x)
@@ -44,10 +46,18 @@ class Attention(nn.Module):
         k_pos = jnp.arange(k.shape[1])
         visible = k_pos[None, :] <= q_pos[:, None]  # causal; also hides unwritten cache slots
 
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k.astype(q.dtype)).astype(jnp.float32)
-        scores = scores * (self.head_dim ** -0.5)
+        # Fold the query heads of a KV group into the query axis: one [g*q, s] product per KV head, a layout
+        # XLA's CPU matmuls handle far better than a 5-D einsum.
+        groups = self.num_heads // self.num_kv_heads
+        qf = q.transpose(0, 2, 3, 1, 4).reshape(batch, self.num_kv_heads, groups * length, self.head_dim)
+        kt = k.astype(q.dtype).transpose(0, 2, 1, 3)
+        scores = jnp.einsum("bkqd,bksd->bkqs", qf, kt).astype(jnp.float32) * (self.head_dim ** -0.5)
+        visible = jnp.tile(visible, (groups, 1))
         scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.astype(self.dtype))
+        out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(self.dtype).transpose(0, 2, 1, 3))
+        out = out.reshape(batch, self.num_kv_heads, groups, length, self.head_dim).transpose(0, 3, 1, 2, 4)
+        if head_mask is not None:  # [batch, length, kv, groups, head_dim]: query heads are kv-group major
+            out = out * head_mask.astype(out.dtype).reshape(self.num_kv_heads, groups, 1)
         out = out.reshape(batch, length, self.num_heads * self.head_dim)
         return dense(self.hidden_size, self.dtype, "o_proj", self.init_std)(out), new_cache

@@ -59,9 +59,22 @@ def _jitted_forward(cfg: ModelConfig, ssd_impl: str, moe_impl: str):
     return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens)[0])
 
 
-def apply(cfg: ModelConfig, params: dict, tokens, *, ssd_impl: str = "auto", moe_impl: str = "auto") -> jax.Array:
-    """Logits [batch, length, vocab] (float32) of the full forward pass; compiled once per config and shape."""
+@lru_cache(maxsize=64)
+def _jitted_masked_forward(cfg: ModelConfig, ssd_impl: str, moe_impl: str):
+    model = build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
+    return jax.jit(lambda params, tokens, masks: model.apply({"params": params}, tokens, masks=masks)[0])
+
+
+def apply(cfg: ModelConfig, params: dict, tokens, *, masks: dict | None = None, ssd_impl: str = "auto",
+          moe_impl: str = "auto") -> jax.Array:
+    """Logits [batch, length, vocab] (float32) of the full forward pass; compiled once per config and shape.
+
+    `masks` (optional) runs the elastic masked forward (see NemotronH); the masks are traced arrays, so every
+    mask value of one structure shares one compiled program.
+    """
     tokens = check_tokens(cfg, tokens)
     if isinstance(tokens, jax.core.Tracer):
-        return build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl).apply({"params": params}, tokens)[0]
+        return build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl).apply({"params": params}, tokens, masks=masks)[0]
+    if masks is not None:
+        return _jitted_masked_forward(cfg, ssd_impl, moe_impl)(params, jnp.asarray(tokens), masks)
     return _jitted_forward(cfg, ssd_impl, moe_impl)(params, jnp.asarray(tokens))

@@ -47,23 +47,44 @@ class Block(nn.Module):
     moe_impl: str = "auto"
 
     @nn.compact
-    def __call__(self, h: jax.Array, cache: dict | None = None, pos: jax.Array | None = None):
+    def __call__(self, h: jax.Array, cache: dict | None = None, pos: jax.Array | None = None,
+                 masks: dict | None = None, hidden_mask: jax.Array | None = None):
+        """`masks`: this layer's elastic masks (see NemotronH); `hidden_mask`: the model's hidden-channel mask."""
         cfg, kind = self.cfg, self.cfg.pattern[self.layer]
-        normed = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm")(h)
+        normed = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm")(h, hidden_mask)
         mixer = make_mixer(cfg, self.layer, ssd_impl=self.ssd_impl, moe_impl=self.moe_impl)
+        if masks is None:
+            if kind == "M":
+                out, cache = mixer(normed, cache)
+            elif kind == "*":
+                out, cache = mixer(normed, cache, pos)
+            else:
+                out = mixer(normed)
+            return h + out.astype(h.dtype), cache
         if kind == "M":
-            out, cache = mixer(normed, cache)
+            out, cache = mixer(normed, cache, masks.get("mamba_heads"))
         elif kind == "*":
-            out, cache = mixer(normed, cache, pos)
+            out, cache = mixer(normed, cache, pos, masks.get("attention_heads"))
+        elif kind == "E":
+            out = mixer(normed, masks)
         else:
-            out = mixer(normed)
-        return h + out.astype(h.dtype), cache
+            out = mixer(normed, masks.get("ffn"))
+        out = out.astype(h.dtype)
+        if hidden_mask is not None:
+            out = out * hidden_mask.astype(h.dtype)
+        if masks.get("depth") is not None:
+            out = out * masks["depth"].astype(h.dtype)
+        return h + out, cache
 
 
 class NemotronH(nn.Module):
     """tokens [batch, length] -> logits [batch, length, vocab] (float32), and the updated cache if one is given.
 
     The cache is {"pos": int32 scalar, "layers": [per-layer cache or None]} (see elastic_jax/model/cache.py).
+    `masks` (optional, the elastic masked forward; see elastic_jax/elastic/slicing.py) is
+    {"hidden": [hidden_size], "layers": [one dict per layer]} with float arrays, any key may be left out; a layer's
+    dict holds "depth" (scalar gate on the mixer output) and the masks of its kind: "mamba_heads" [H],
+    "attention_heads" [query heads], "ffn" [F], "experts" [E], "expert_ffn" [F_e], "shared_ffn" [F_s].
     """
 
     cfg: ModelConfig
@@ -71,18 +92,26 @@ class NemotronH(nn.Module):
     moe_impl: str = "auto"
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, cache: dict | None = None):
+    def __call__(self, tokens: jax.Array, cache: dict | None = None, masks: dict | None = None):
         cfg = self.cfg
+        hidden_mask = None if masks is None else masks.get("hidden")
+        layer_masks = [None] * cfg.num_layers if masks is None else masks.get("layers", [{}] * cfg.num_layers)
         embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=jnp.float32,
                          embedding_init=nn.initializers.normal(cfg.initializer_range), name="embeddings")
         h = embed(tokens).astype(jnp.float32)  # residual stream kept in float32
+        if hidden_mask is not None:
+            h = h * hidden_mask.astype(h.dtype)
         pos = None if cache is None else cache["pos"]
         new_layers = []
         for layer in range(cfg.num_layers):
             layer_cache = None if cache is None else cache["layers"][layer]
-            h, layer_cache = Block(cfg, layer, self.ssd_impl, self.moe_impl, name=f"layers_{layer}")(h, layer_cache, pos)
+            block = Block(cfg, layer, self.ssd_impl, self.moe_impl, name=f"layers_{layer}")
+            if masks is None:
+                h, layer_cache = block(h, layer_cache, pos)
+            else:
+                h, layer_cache = block(h, layer_cache, pos, layer_masks[layer] or {}, hidden_mask)
             new_layers.append(layer_cache)
-        h = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm_f")(h)
+        h = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm_f")(h, hidden_mask)
         logits = dense(cfg.vocab_size, compute_dtype(cfg), "lm_head", cfg.initializer_range)(h).astype(jnp.float32)
         if cache is None:
             return logits, None

@@ -65,7 +65,8 @@ class Mamba2Mixer(nn.Module):
     init_std: float = 0.02
 
     @nn.compact
-    def __call__(self, h: jax.Array, cache: dict | None = None):
+    def __call__(self, h: jax.Array, cache: dict | None = None, head_mask: jax.Array | None = None):
+        """`head_mask` [num_heads] (optional) scales each head's output; the gated norm averages over kept heads."""
         batch, length, _ = h.shape
         heads, p, g, n = self.num_heads, self.head_dim, self.n_groups, self.state_size
         d_inner = heads * p
@@ -112,7 +113,8 @@ class Mamba2Mixer(nn.Module):
         else:
             y = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, impl=self.ssd_impl)
         y = y.reshape(batch, length, d_inner)
-        y = GatedGroupRMSNorm(d_inner, g, self.eps, self.dtype, name="norm")(y, z)
+        channel_mask = None if head_mask is None else jnp.repeat(head_mask, p, total_repeat_length=d_inner)
+        y = GatedGroupRMSNorm(d_inner, g, self.eps, self.dtype, name="norm")(y, z, channel_mask)
         # transformers rescales out_proj at init: kaiming-uniform(a=sqrt 5) / sqrt(num_layers).
         out_bound = 1.0 / math.sqrt(d_inner) / math.sqrt(self.num_layers)
         out = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,

@@ -27,6 +27,9 @@ class MLP(nn.Module):
     init_std: float = 0.02
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """`mask` [intermediate_size] (optional) scales the hidden neurons (0 drops a neuron)."""
         h = relu2(dense(self.intermediate_size, self.dtype, "up_proj", self.init_std)(x))
+        if mask is not None:
+            h = h * mask.astype(h.dtype)
         return dense(self.hidden_size, self.dtype, "down_proj", self.init_std)(h)

@@ -22,23 +22,33 @@ MOE_IMPLS = ("auto", "ragged", "blocked")
 
 
 def route(x: jax.Array, gate_w: jax.Array, bias: jax.Array, *, top_k: int, n_group: int, topk_group: int,
-          norm_topk_prob: bool, scaling: float) -> tuple[jax.Array, jax.Array]:
-    """Expert indices [T, k] and weights [T, k] (float32) for tokens x [T, D]; gate_w is [D, E]."""
+          norm_topk_prob: bool, scaling: float, expert_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Expert indices [T, k] and weights [T, k] (float32) for tokens x [T, D]; gate_w is [D, E].
+
+    `expert_mask` [E] (optional): experts with mask <= 0 are not routing candidates (top-k unchanged, as if
+    they had been removed); the chosen experts' final weights are multiplied by their mask value, so a soft
+    mask scales an expert's contribution (and carries the gradient to whatever produced the mask).
+    """
     logits = jnp.dot(x.astype(jnp.float32), gate_w.astype(jnp.float32), precision="highest")
     scores = jax.nn.sigmoid(logits)
     choice = scores + jax.lax.stop_gradient(bias.astype(jnp.float32))
+    if expert_mask is not None:
+        choice = jnp.where(expert_mask > 0, choice, -jnp.inf)
     num_experts = choice.shape[-1]
     if n_group > 1:
         grouped = choice.reshape(-1, n_group, num_experts // n_group)
         group_scores = jax.lax.top_k(grouped, 2)[0].sum(-1)
         _, group_idx = jax.lax.top_k(group_scores, topk_group)
-        keep = jnp.zeros_like(group_scores, dtype=bool).at[jnp.arange(group_scores.shape[0])[:, None], group_idx].set(True)
+        rows = jnp.arange(group_scores.shape[0])[:, None]
+        keep = jnp.zeros_like(group_scores, dtype=bool).at[rows, group_idx].set(True)
         keep = jnp.repeat(keep, num_experts // n_group, axis=-1)
         choice = jnp.where(keep, choice, -jnp.inf)
     _, idx = jax.lax.top_k(choice, top_k)
     weights = jnp.take_along_axis(scores, idx, axis=-1)
     if norm_topk_prob:
         weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+    if expert_mask is not None:
+        weights = weights * expert_mask.astype(jnp.float32)[idx]
     return idx, weights * scaling
 
 
@@ -51,20 +61,29 @@ def _sort_assignments(idx: jax.Array, num_experts: int):
     return order, token_of_row, group_sizes
 
 
-def experts_ragged(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
-    """Grouped relu^2 FFN over expert-sorted rows with lax.ragged_dot."""
+def experts_ragged(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array,
+                   ffn_mask: jax.Array | None = None) -> jax.Array:
+    """Grouped relu^2 FFN over expert-sorted rows with lax.ragged_dot (`ffn_mask` [F] scales hidden channels)."""
     h = relu2(jax.lax.ragged_dot(x_rows, up, group_sizes))
+    if ffn_mask is not None:
+        h = h * ffn_mask.astype(h.dtype)
     return jax.lax.ragged_dot(h.astype(x_rows.dtype), down, group_sizes)
 
 
 def experts_blocked(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array,
-                    block: int = 64) -> jax.Array:
+                    block: int = 64, ffn_mask: jax.Array | None = None) -> jax.Array:
     """Grouped relu^2 FFN over expert-sorted rows, each expert's rows padded to whole blocks.
 
     Every block belongs to one expert, so the work is a batched matmul over blocks: dropless, and the
     compute is that of the routed rows (plus at most one partial block per expert), not of every expert.
     """
     rows, num_experts = x_rows.shape[0], up.shape[0]
+    if rows <= num_experts:  # decode-sized inputs: gather just the routed experts' weights, one per row
+        expert_of_row = jnp.repeat(jnp.arange(num_experts), group_sizes, total_repeat_length=rows)
+        h = relu2(jnp.einsum("rd,rdf->rf", x_rows, up[expert_of_row]))
+        if ffn_mask is not None:
+            h = h * ffn_mask.astype(h.dtype)
+        return jnp.einsum("rf,rfd->rd", h.astype(x_rows.dtype), down[expert_of_row])
     block = max(1, min(block, rows))
     num_blocks = -(-rows // block) + num_experts  # ceil(rows/block) + one partial block per expert
     padded = (group_sizes + block - 1) // block * block
@@ -77,6 +96,8 @@ def experts_blocked(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, do
     block_expert = jnp.minimum(block_expert, num_experts - 1)
     xb = slots.reshape(num_blocks, block, -1)
     h = relu2(jnp.einsum("nbd,ndf->nbf", xb, up[block_expert]))
+    if ffn_mask is not None:
+        h = h * ffn_mask.astype(h.dtype)
     yb = jnp.einsum("nbf,nfd->nbd", h.astype(x_rows.dtype), down[block_expert])
     return yb.reshape(num_blocks * block, -1)[dest]
 
@@ -98,7 +119,9 @@ class MoE(nn.Module):
     init_std: float = 0.02
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, masks: dict | None = None) -> jax.Array:
+        """`masks` (optional): {"experts": [E], "expert_ffn": [F], "shared_ffn": [F_shared]}, any subset."""
+        masks = masks or {}
         init = nn.initializers.normal(self.init_std)
         gate_w = self.param("gate", init, (self.hidden_size, self.num_experts), jnp.float32)
         bias = self.param("e_score_correction_bias", nn.initializers.zeros, (self.num_experts,), jnp.float32)
@@ -108,15 +131,20 @@ class MoE(nn.Module):
         tokens = x.reshape(-1, self.hidden_size)
         idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
                              topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
-                             scaling=self.routed_scaling_factor)
+                             scaling=self.routed_scaling_factor, expert_mask=masks.get("experts"))
         order, token_of_row, group_sizes = _sort_assignments(idx, self.num_experts)
         x_rows = tokens[token_of_row].astype(self.dtype)
         impl = self.impl
         if impl == "auto":
             impl = "blocked" if jax.default_backend() == "cpu" else "ragged"
         expert_fn = experts_ragged if impl == "ragged" else experts_blocked
-        y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype))
+        if masks.get("expert_ffn") is None:
+            y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype))
+        else:
+            y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype),
+                               ffn_mask=masks["expert_ffn"])
         y_rows = y_rows.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
         routed = jnp.zeros((tokens.shape[0], self.hidden_size), jnp.float32).at[token_of_row].add(y_rows)
-        shared = MLP(self.hidden_size, self.shared_size, self.dtype, self.init_std, name="shared_experts")(x)
+        shared = MLP(self.hidden_size, self.shared_size, self.dtype, self.init_std, name="shared_experts")(
+            x, masks.get("shared_ffn"))
         return (routed.reshape(x.shape).astype(self.dtype) + shared).astype(self.dtype)

@@ -159,7 +159,8 @@ def ssd_decode_step(
     state [b,h,p,n]; x [b,h,p]; dt [b,h] (softplus'ed); A [h]; B, C [b,g,n]; D [h] or None.
     """
     if getattr(x, "ndim", None) != 3:
-        raise ValueError(f"ssd_decode_step: `x` must have shape [batch, heads, head_dim], got {getattr(x, 'shape', None)}")
+        got = getattr(x, "shape", None)
+        raise ValueError(f"ssd_decode_step: `x` must have shape [batch, heads, head_dim], got {got}")
     b, h, p = x.shape
     if getattr(B, "ndim", None) != 3 or B.shape[0] != b or B.shape[1] < 1 or h % B.shape[1] != 0:
         raise ValueError(

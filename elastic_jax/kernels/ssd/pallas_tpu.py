@@ -111,7 +111,7 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
         pl.BlockSpec((None, None, n, p), lambda i, j, k: (i, j, 0, 0)),
     ]
     flops = 2 * b * h * nc * (q * q * n + q * q * p + 2 * q * n * p)
-    bytes_accessed = sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in (xt, dt_t, bt, ct)) + xt.size * x.dtype.itemsize
+    bytes_accessed = sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in (xt, xt, dt_t, bt, ct))
     y_t, sf = pl.pallas_call(
         functools.partial(_ssd_chunk_kernel, num_chunks=nc),
         out_shape=(jax.ShapeDtypeStruct((b, h, lp, p), x.dtype), jax.ShapeDtypeStruct((b, h, n, p), f32)),

@@ -1,8 +1,10 @@
-"""Chunked SSD (state-space duality) scan in plain jnp: quadratic attention-like block inside each chunk,
-a linear `lax.scan` recurrence over chunk boundary states. Memory and time are linear in sequence length.
+"""Chunked SSD (state-space duality) scan in plain jnp, with a hand-written chunked backward pass.
 
-All arithmetic is float32 whatever the input dtype; the output is cast back to x.dtype. Gradients come from JAX
-autodiff of this function.
+The sequence is cut into chunks of `chunk_size` steps. `lax.scan` walks the chunks carrying the [p, n] state of
+every head; inside a chunk the output is an attention-like quadratic block (C B^T masked by the decay matrix) plus
+the contribution of the incoming state. The backward pass is a reverse `lax.scan` over chunks that recomputes the
+chunk-local quantities from the saved chunk-entry states, so fwd+bwd memory is linear in sequence length with a
+small constant (one [b, h, p, n] state per chunk). All arithmetic is float32; y is cast back to x.dtype.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import jax.numpy as jnp
 from jax import lax
 
 _HI = lax.Precision.HIGHEST
+
+
+def _ein(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, a, b, precision=_HI, preferred_element_type=jnp.float32)
 
 
 def pad_to_chunks(v: jax.Array, chunk_size: int) -> jax.Array:
@@ -24,28 +30,114 @@ def pad_to_chunks(v: jax.Array, chunk_size: int) -> jax.Array:
     return jnp.pad(v, widths)
 
 
-def _chunk_local(
-    xc: jax.Array, dtc: jax.Array, a: jax.Array, bc: jax.Array, cc: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Per-chunk work, vectorised over chunks: (y_diag, chunk_state, chunk_decay, exp(acum)).
-
-    Shapes: xc [b,c,g,r,l,p], dtc/a [b,c,g,r,l], bc/cc [b,c,g,l,n].
-    """
-    q = a.shape[-1]
-    acum = jnp.cumsum(a, axis=-1)  # [b,c,g,r,l], non-increasing since a <= 0
-    # Segment sums acum[l] - acum[s] for s <= l; masked to -inf above the diagonal *before* exp so that nothing
-    # overflows and the masked entries get exactly zero gradient.
-    seg = acum[..., :, None] - acum[..., None, :]
+def _decay(acum: jax.Array) -> jax.Array:
+    """exp(acum[l] - acum[s]) for s <= l else 0, masked to -inf *before* exp so nothing overflows ([..., l, s])."""
+    q = acum.shape[-1]
     causal = jnp.tril(jnp.ones((q, q), dtype=bool))
-    decay = jnp.exp(jnp.where(causal, seg, -jnp.inf))  # [b,c,g,r,l,s]
-    cb = jnp.einsum("bcgln,bcgsn->bcgls", cc, bc, precision=_HI)  # shared by all heads of a group
-    m = cb[:, :, :, None] * decay * dtc[..., None, :]
-    y_diag = jnp.einsum("bcgrls,bcgrsp->bcgrlp", m, xc, precision=_HI)
+    return jnp.exp(jnp.where(causal, acum[..., :, None] - acum[..., None, :], -jnp.inf))
 
-    total = acum[..., -1:]  # [b,c,g,r,1]
-    w = jnp.exp(total - acum) * dtc  # weight of step l in the state at the end of its chunk
-    chunk_state = jnp.einsum("bcgrlp,bcgln->bcgrpn", xc * w[..., None], bc, precision=_HI)
-    return y_diag, chunk_state, jnp.exp(total[..., 0]), jnp.exp(acum)
+
+def _sum_heads(v: jax.Array) -> jax.Array:
+    """Sum over the heads-per-group axis 2 as unrolled adds (XLA:CPU reduces a major axis ~50x slower)."""
+    out = v[:, :, 0]
+    for i in range(1, v.shape[2]):
+        out = out + v[:, :, i]
+    return out
+
+
+def _chunk_forward(state, xk, dk, bk, ck, A, D):
+    """One chunk. state [b,g,r,p,n], xk [b,g,r,l,p], dk [b,g,r,l], bk/ck [b,g,l,n], A/D [g,r] -> (new_state, y)."""
+    acum = jnp.cumsum(dk * A[..., None], axis=-1)
+    decay = _decay(acum)
+    cb = _ein("bgln,bgsn->bgls", ck, bk)  # shared by the heads of a group
+    xdt = xk * dk[..., None]
+    y = _ein("bgrls,bgrsp->bgrlp", cb[:, :, None] * decay, xdt)
+    y = y + _ein("bgln,bgrpn->bgrlp", ck, state) * jnp.exp(acum)[..., None]
+    y = y + D[..., None, None] * xk
+    total = acum[..., -1]
+    w = jnp.exp(total[..., None] - acum)  # decay from step l to the end of the chunk
+    new_state = state * jnp.exp(total)[..., None, None] + _ein("bgrlp,bgln->bgrpn", xdt * w[..., None], bk)
+    return new_state, y
+
+
+def _chunk_backward(state, xk, dk, bk, ck, A, D, d_new, dy):
+    """VJP of `_chunk_forward` (recomputing its intermediates): returns (d_state, dx, ddt, dB, dC, dA, dD)."""
+    acum = jnp.cumsum(dk * A[..., None], axis=-1)
+    decay = _decay(acum)
+    cb = _ein("bgln,bgsn->bgls", ck, bk)
+    xdt = xk * dk[..., None]
+    g_mat = cb[:, :, None] * decay
+    e = jnp.exp(acum)
+    total = acum[..., -1]
+    et = jnp.exp(total)
+    w = jnp.exp(total[..., None] - acum)
+
+    d_D = jnp.sum(dy * xk, axis=(0, 3, 4))
+    dx = D[..., None, None] * dy
+    # y_off = (C S^T) * e
+    y_off = _ein("bgln,bgrpn->bgrlp", ck, state) * e[..., None]
+    dacum = jnp.sum(dy * y_off, axis=-1)
+    dz = dy * e[..., None]
+    dC = _ein("bgrlp,bgrpn->bgln", dz, state)
+    d_state = _ein("bgrlp,bgln->bgrpn", dz, ck)
+    # y_diag = (CB * decay) @ xdt
+    dg = _ein("bgrlp,bgrsp->bgrls", dy, xdt)
+    dxdt = _ein("bgrls,bgrlp->bgrsp", g_mat, dy)
+    dcb = _sum_heads(dg * decay)
+    dseg = dg * g_mat  # zero above the diagonal
+    dacum = dacum + jnp.sum(dseg, axis=-1) - jnp.sum(dseg, axis=-2)
+    dC = dC + _ein("bgls,bgsn->bgln", dcb, bk)
+    dB = _ein("bgls,bgln->bgsn", dcb, ck)
+    # new_state = et * state + (xdt * w)^T B
+    d_state = d_state + d_new * et[..., None, None]
+    dtotal = jnp.sum(state * d_new, axis=(-2, -1)) * et
+    du = _ein("bgln,bgrpn->bgrlp", bk, d_new)
+    dB = dB + _ein("bgrlp,bgrpn->bgln", xdt * w[..., None], d_new)
+    dxdt = dxdt + du * w[..., None]
+    dww = jnp.sum(du * xdt, axis=-1) * w
+    dtotal = dtotal + jnp.sum(dww, axis=-1)
+    dacum = (dacum - dww).at[..., -1].add(dtotal)
+    # xdt = x * dt ; acum = cumsum(dt * A)
+    dx = dx + dxdt * dk[..., None]
+    da = lax.cumsum(dacum, axis=dacum.ndim - 1, reverse=True)
+    ddt = jnp.sum(dxdt * xk, axis=-1) + da * A[..., None]
+    dA = jnp.sum(da * dk, axis=(0, 3))
+    return d_state, dx, ddt, dB, dC, dA, d_D
+
+
+@jax.custom_vjp
+def _chunked_scan(xc, dtc, bc, cc, A, D, state0):
+    """Chunk-major inputs (xc [c,b,g,r,l,p], dtc [c,b,g,r,l], bc/cc [c,b,g,l,n]) -> (y like xc, final_state)."""
+    return _chunked_scan_fwd(xc, dtc, bc, cc, A, D, state0)[0]
+
+
+def _chunked_scan_fwd(xc, dtc, bc, cc, A, D, state0):
+    def step(state, inp):
+        new_state, y = _chunk_forward(state, *inp, A, D)
+        return new_state, (y, state)
+
+    final_state, (y, entry_states) = lax.scan(step, state0, (xc, dtc, bc, cc))
+    return (y, final_state), (xc, dtc, bc, cc, A, D, entry_states)
+
+
+def _chunked_scan_bwd(res, cts):
+    xc, dtc, bc, cc, A, D, entry_states = res
+    dy, d_final = cts
+
+    def step(carry, inp):
+        d_new, dA_acc, dD_acc = carry
+        state, xk, dk, bk, ck, dyk = inp
+        d_state, dx, ddt, dB, dC, dA, d_D = _chunk_backward(state, xk, dk, bk, ck, A, D, d_new, dyk)
+        return (d_state, dA_acc + dA, dD_acc + d_D), (dx, ddt, dB, dC)
+
+    init = (d_final, jnp.zeros_like(A), jnp.zeros_like(D))
+    (d_state0, dA, dD), (dx, ddt, dB, dC) = lax.scan(
+        step, init, (entry_states, xc, dtc, bc, cc, dy), reverse=True
+    )
+    return dx, ddt, dB, dC, dA, dD, d_state0
+
+
+_chunked_scan.defvjp(_chunked_scan_fwd, _chunked_scan_bwd)
 
 
 def ssd_xla(
@@ -58,7 +150,7 @@ def ssd_xla(
     initial_state: jax.Array | None,
     chunk_size: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Chunked SSD forward; returns (y [b,L,h,p] in x.dtype, final_state [b,h,p,n] fp32). Inputs are pre-validated."""
+    """Chunked SSD; returns (y [b,L,h,p] in x.dtype, final_state [b,h,p,n] fp32). Inputs are pre-validated."""
     b, seqlen, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r = h // g
@@ -67,31 +159,18 @@ def ssd_xla(
 
     xp, dtp, bp, cp = (pad_to_chunks(v.astype(f32), q) for v in (x, dt, B, C))
     c = xp.shape[1] // q
-    # Head-major layouts so every contraction is a plain batched matmul over (b, c, g[, r]).
-    xc = xp.reshape(b, c, q, g, r, p).transpose(0, 1, 3, 4, 2, 5)  # [b,c,g,r,l,p]
-    dtc = dtp.reshape(b, c, q, g, r).transpose(0, 1, 3, 4, 2)  # [b,c,g,r,l]
-    bc = bp.reshape(b, c, q, g, n).transpose(0, 1, 3, 2, 4)  # [b,c,g,l,n]
-    cc = cp.reshape(b, c, q, g, n).transpose(0, 1, 3, 2, 4)
-    a = dtc * A.astype(f32).reshape(g, r)[:, :, None]
-
-    y_diag, chunk_state, chunk_decay, decay_in = _chunk_local(xc, dtc, a, bc, cc)
-
+    # Chunk-major, head-major layouts so every contraction is a plain batched matmul.
+    xc = xp.reshape(b, c, q, g, r, p).transpose(1, 0, 3, 4, 2, 5)  # [c,b,g,r,l,p]
+    dtc = dtp.reshape(b, c, q, g, r).transpose(1, 0, 3, 4, 2)  # [c,b,g,r,l]
+    bc = bp.reshape(b, c, q, g, n).transpose(1, 0, 3, 2, 4)  # [c,b,g,l,n]
+    cc = cp.reshape(b, c, q, g, n).transpose(1, 0, 3, 2, 4)
+    a_gr = A.astype(f32).reshape(g, r)
+    d_gr = jnp.zeros((g, r), f32) if D is None else D.astype(f32).reshape(g, r)
     if initial_state is None:
         state0 = jnp.zeros((b, g, r, p, n), f32)
     else:
         state0 = initial_state.astype(f32).reshape(b, g, r, p, n)
 
-    def carry_state(state, inputs):
-        cs, dec = inputs
-        return state * dec[..., None, None] + cs, state  # emit the state *entering* the chunk
-
-    final_state, start_states = lax.scan(
-        carry_state, state0, (jnp.moveaxis(chunk_state, 1, 0), jnp.moveaxis(chunk_decay, 1, 0))
-    )
-    start_states = jnp.moveaxis(start_states, 0, 1)  # [b,c,g,r,p,n]
-    y_off = jnp.einsum("bcgln,bcgrpn->bcgrlp", cc, start_states, precision=_HI) * decay_in[..., None]
-    y = y_diag + y_off
-    if D is not None:
-        y = y + D.astype(f32).reshape(g, r)[:, :, None, None] * xc
-    y = y.transpose(0, 1, 4, 2, 3, 5).reshape(b, c * q, h, p)[:, :seqlen]
+    y, final_state = _chunked_scan(xc, dtc, bc, cc, a_gr, d_gr, state0)
+    y = y.transpose(1, 0, 4, 2, 3, 5).reshape(b, c * q, h, p)[:, :seqlen]
     return y.astype(x.dtype), final_state.reshape(b, h, p, n)

@@ -1,0 +1,74 @@
+"""Prefill and cached-decode throughput of elastic_jax vs transformers' NemotronH on the same weights (CPU).
+
+Prints tokens/s of each and the ratio. Usage: python benchmarks/forward_vs_transformers.py [--config small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import jax
+import numpy as np
+import torch
+from transformers import NemotronHForCausalLM
+
+import elastic_jax as ej
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--prefill-batch", type=int, default=4)
+    parser.add_argument("--prefill-len", type=int, default=512)
+    parser.add_argument("--decode-prompt", type=int, default=16)
+    parser.add_argument("--decode-new", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = ej.load_config(args.config)
+    params = ej.init_params(cfg, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ej.to_hf(cfg, params, tmp)
+        model = NemotronHForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    total, active = ej.count_params(cfg)
+    print(f"config={args.config} params total={total / 1e6:.1f}M active={active / 1e6:.1f}M "
+          f"backend={jax.default_backend()} torch_threads={torch.get_num_threads()}")
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, cfg.vocab_size, (args.prefill_batch, args.prefill_len)).astype(np.int32)
+    t_jax = best_time(lambda: ej.apply(cfg, params, tokens).block_until_ready(), args.repeats)
+    with torch.no_grad():
+        tt = torch.from_numpy(tokens.astype(np.int64))
+        t_hf = best_time(lambda: model(tt, use_cache=False), args.repeats)
+    n = tokens.size
+    print(f"prefill {args.prefill_batch}x{args.prefill_len}: jax {n / t_jax:,.0f} tok/s | transformers "
+          f"{n / t_hf:,.0f} tok/s | ratio {t_hf / t_jax:.2f}x")
+
+    prompt = rng.integers(3, cfg.vocab_size, (1, args.decode_prompt)).astype(np.int32)
+    never = cfg.vocab_size  # an id no model emits, so both run all steps
+    t_jax = best_time(lambda: ej.generate(cfg, params, prompt, args.decode_new, eos_id=never), args.repeats)
+    with torch.no_grad():
+        tp = torch.from_numpy(prompt.astype(np.int64))
+        t_hf = best_time(lambda: model.generate(tp, max_new_tokens=args.decode_new, min_new_tokens=args.decode_new,
+                                                do_sample=False, pad_token_id=cfg.pad_token_id), args.repeats)
+    print(f"decode 1x{args.decode_new} (prompt {args.decode_prompt}): jax {args.decode_new / t_jax:,.1f} tok/s | "
+          f"transformers {args.decode_new / t_hf:,.1f} tok/s | ratio {t_hf / t_jax:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""The single Orbax checkpoint of a run: train state, data-iterator state and metadata, one directory per step.
+
+Layout: `<dir>/<step>/{state, data, metadata}`. `state` is the {step, params, opt_state} pytree (OCDBT +
+zarr, written by Orbax in a temporary directory and renamed when complete, so a step directory is either
+whole or absent); `data` the per-process data-iterator states (JSON); `metadata` the model config, tokenizer,
+experiment config and a free-form "elastic" field (JSON). Arrays are chunked finely enough that
+`restore_slice` reads a prefix sub-model with tensorstore partial reads, touching about its own bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import tensorstore as ts
+from jax.experimental import multihost_utils
+
+from elastic_jax.config import ConfigError
+from elastic_jax.distributed import path_str
+from elastic_jax.train.config import CheckpointConfig
+
+log = logging.getLogger(__name__)
+ITEMS = ("state", "data", "metadata")
+FORMAT_VERSION = 1
+UNREADABLE_DIR = "unreadable"
+
+
+class CheckpointMismatchError(ConfigError):
+    """A checkpoint was written for another model (config fields or parameter shapes differ)."""
+
+
+class _QuietChunkWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "target_byte_size too small" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietChunkWarning())
+
+
+def chunk_save_args(leaf: Any, cfg: CheckpointConfig) -> ocp.SaveArgs:
+    """SaveArgs whose chunks split every axis into ~chunk_pieces parts (experts: one chunk row each)."""
+    shape = tuple(leaf.shape)
+    nbytes = math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    if nbytes <= cfg.min_chunk_bytes or not shape:
+        return ocp.SaveArgs()
+    shard_axes = (0,) if len(shape) == 3 else ()
+    rest = [d for i, d in enumerate(shape) if i not in shard_axes and d > 1]
+    per_row = nbytes // (shape[0] if shard_axes else 1)
+    target = max(cfg.min_chunk_bytes, per_row // (cfg.chunk_pieces ** max(len(rest), 1)))
+    return ocp.SaveArgs(chunk_byte_size=int(target), shard_axes=shard_axes)
+
+
+def abstract_like(tree: Any, shardings: Any = None) -> Any:
+    """ShapeDtypeStructs of `tree`, carrying the given target shardings (for restoring onto another mesh)."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                            tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-able `obj`, in process order (collective: all processes must call it)."""
+    if jax.process_count() == 1:
+        return [obj]
+    data = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
+    size = int(np.max(multihost_utils.process_allgather(np.array([data.size], np.int32))))
+    padded = np.zeros(size, np.uint8)
+    padded[:data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(jax.process_count(), size)
+    return [json.loads(bytes(r).rstrip(b"\0").decode()) for r in rows]
+
+
+def config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """'field (checkpoint X, now Y)' for every field whose value differs."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k} (checkpoint {saved.get(k)!r}, now {current.get(k)!r})" for k in keys
+            if saved.get(k) != current.get(k)]
+
+
+def shape_diff(saved: Any, target: Any) -> list[str]:
+    """'path: checkpoint shape S, now T' for every array whose shape (or presence) differs."""
+    def flat(tree):
+        return {path_str(p): tuple(getattr(x, "shape", ())) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    a, b = flat(saved), flat(target)
+    return [f"{k}: checkpoint {a.get(k, 'missing')}, now {b.get(k, 'missing')}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+class Checkpointer:
+    """Save and restore one run's checkpoints in `directory` (keep-last-N, async, atomic, fall back when unreadable)."""
+
+    def __init__(self, directory: str | Path, cfg: CheckpointConfig | None = None):
+        self.directory = Path(directory).absolute()
+        self.cfg = cfg or CheckpointConfig()
+        options = ocp.CheckpointManagerOptions(max_to_keep=self.cfg.max_to_keep, create=True,
+                                               enable_async_checkpointing=self.cfg.async_save,
+                                               cleanup_tmp_directories=True)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                    "metadata": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: Mapping[str, Any], data_state: Any, metadata: Mapping[str, Any]) -> bool:
+        """Start saving `state` ({step, params, opt_state}) at `step`; returns False if that step exists.
+
+        Collective over processes: `data_state` is this process's iterator state (gathered here).
+        """
+        data = {"process_count": jax.process_count(), "states": gather_json(data_state)}
+        if step in self.manager.all_steps():
+            return False
+        save_args = jax.tree.map(lambda x: chunk_save_args(x, self.cfg), dict(state))
+        meta = {"format": FORMAT_VERSION, **metadata}
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(dict(state), save_args=save_args),
+            data=ocp.args.JsonSave(data), metadata=ocp.args.JsonSave(meta)), force=True)
+
+    def wait(self) -> None:
+        """Block until pending async saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def read_metadata(self, step: int) -> dict[str, Any]:
+        return dict(self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"])
+
+    def check_compatible(self, step: int, metadata: Mapping[str, Any], abstract_state: Any) -> None:
+        """Raise CheckpointMismatchError naming differing model-config fields or parameter shapes."""
+        saved = self.read_metadata(step)
+        where = f"checkpoint step {step} in {self.directory}"
+        diff = config_diff(saved.get("model", {}), metadata.get("model", {}))
+        if diff:
+            raise CheckpointMismatchError(f"{where} was written for a different model config; differing fields: "
+                                          + "; ".join(diff))
+        stored = self.manager.item_metadata(step)["state"]
+        shapes = shape_diff(getattr(stored, "tree", stored), abstract_state) if stored is not None else []
+        if shapes:
+            raise CheckpointMismatchError(f"{where} has different parameter/optimizer shapes: " + "; ".join(shapes[:8])
+                                          + (f"; ... ({len(shapes)} in all)" if len(shapes) > 8 else ""))
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, list[Any], dict[str, Any]]:
+        """(state tree, per-process data states, metadata) of `step`, arrays laid out as `abstract_state` says."""
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            metadata=ocp.args.JsonRestore()))
+        data = dict(out["data"] or {})
+        return out["state"], list(data.get("states", [])), dict(out["metadata"])
+
+    def restore_latest(self, abstract_state: Any, metadata: Mapping[str, Any] | None = None
+                       ) -> tuple[int, Any, list[Any], dict[str, Any]] | None:
+        """Restore the newest readable step, falling back step by step; None when there is none.
+
+        Unreadable steps (truncated or corrupt files) are logged and moved aside to `<dir>/../unreadable`
+        so that later saves of the same step succeed. A model mismatch is raised, never skipped.
+        """
+        steps = self.all_steps()
+        for i in range(len(steps) - 1, -1, -1):
+            step = steps[i]
+            try:
+                if metadata is not None:
+                    self.check_compatible(step, metadata, abstract_state)
+                state, data, meta = self.restore(step, abstract_state)
+                return step, state, data, meta
+            except CheckpointMismatchError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any read failure means: try the previous step
+                previous = f"falling back to step {steps[i - 1]}" if i else "no older checkpoint; starting fresh"
+                log.warning("checkpoint step %d in %s is unreadable (%s: %s); %s", step, self.directory,
+                            type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "", previous)
+                self._quarantine(step)
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        if jax.process_index() == 0:
+            target = self.directory.parent / UNREADABLE_DIR / f"{self.directory.name}_{step}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(self.directory / str(step)), str(target))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"elastic_jax_quarantine_{step}")
+        self.manager.reload()
+
+
+# ---- partial reads -------------------------------------------------------------------------------------------
+def bytes_read() -> int:
+    """Bytes read by tensorstore key-value stores in this process so far (all drivers)."""
+    total = 0
+    for metric in ts.experimental_collect_matching_metrics("/tensorstore/kvstore/"):
+        if metric["name"].endswith("/bytes_read"):
+            total += sum(int(v.get("value", 0)) for v in metric["values"])
+    return total
+
+
+class ReadCounter:
+    """Bytes read inside a `with count_bytes_read() as counter:` block (`counter.bytes`)."""
+
+    bytes: int = 0
+
+
+@contextlib.contextmanager
+def count_bytes_read() -> Iterator[ReadCounter]:
+    """Measure storage bytes read by tensorstore (e.g. by restore_slice) within the block."""
+    counter, start = ReadCounter(), bytes_read()
+    try:
+        yield counter
+    finally:
+        counter.bytes = bytes_read() - start
+
+
+def _flatten_slices(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(_flatten_slices(value, path))
+        elif value is not None:
+            out[path.replace(".", "/")] = value
+    return out
+
+
+def _resolve_item_dir(path: str | Path, step: int | None, item: str) -> Path:
+    path = Path(path)
+    if (path / "_METADATA").exists():
+        return path
+    if (path / item / "_METADATA").exists():
+        return path / item
+    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / item).exists()) \
+        if path.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"{path}: no checkpoint found (expected <dir>/<step>/{item}/_METADATA)")
+    chosen = steps[-1] if step is None else step
+    if chosen not in steps:
+        raise FileNotFoundError(f"{path}: no checkpoint for step {step}; available: {steps}")
+    return path / str(chosen) / item
+
+
+def _index(idx: Any) -> Any:
+    if idx is Ellipsis or idx == ():
+        return ()
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    return tuple(np.asarray(i, np.int64) if isinstance(i, (list, np.ndarray)) else i for i in idx)
+
+
+def restore_slice(path: str | Path, slices: Mapping[str, Any], *, step: int | None = None,
+                  subtree: str = "params", item: str = "state") -> dict[str, Any]:
+    """Read only a sub-block of each named parameter, as a nested dict of numpy arrays.
+
+    `path` is a checkpoint directory (newest step, or `step`), a step directory, or its `state` item.
+    `slices` maps parameters to static indices: either a pytree shaped like the params (leaf = tuple of
+    slice / int / int-array per axis; `...` for the whole array; None to skip) or a flat dict
+    {"layers_2/mixer/up_proj": (slice(0, 4), slice(None), slice(0, 32))}. Only parameters named in
+    `slices` are read, and of those only the chunks that the indices touch (tensorstore partial reads).
+    """
+    item_dir = _resolve_item_dir(path, step, item).absolute()
+    info = json.loads((item_dir / "_METADATA").read_text())
+    driver = "zarr3" if info.get("use_zarr3") else "zarr"
+    context = ts.Context({"cache_pool": {"total_bytes_limit": 256 << 20}})
+    reads = {}
+    for name, idx in _flatten_slices(slices).items():
+        key = ".".join([subtree, *name.split("/")]) if subtree else ".".join(name.split("/"))
+        if info.get("use_ocdbt", True):
+            kvstore = {"driver": "ocdbt", "base": f"file://{item_dir}/", "path": key + "/"}
+        else:
+            kvstore = {"driver": "file", "path": f"{item_dir}/{key}/"}
+        try:
+            array = ts.open({"driver": driver, "kvstore": kvstore}, context=context, open=True).result()
+        except ValueError as err:
+            raise KeyError(f"restore_slice: parameter {name!r} is not in {item_dir} ({err})") from None
+        index = _index(idx)
+        view = array.oindex[index] if any(isinstance(i, np.ndarray) for i in index) else array[index]
+        reads[name] = view.read()
+    out: dict[str, Any] = {}
+    for name, future in reads.items():
+        node = out
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = np.asarray(future.result())
+    return out
+
+
+def load_params(path: str | Path, *, step: int | None = None, subtree: str = "params") -> dict[str, Any]:
+    """All parameters of a checkpoint (newest step, or `step`) as a nested dict of numpy arrays."""
+    item_dir = _resolve_item_dir(path, step, "state")
+    tree = json.loads((item_dir / "_METADATA").read_text())["tree_metadata"]
+    names = {}
+    for entry in tree.values():
+        keys = [k["key"] for k in entry["key_metadata"]]
+        if keys and keys[0] == subtree:
+            names["/".join(keys[1:])] = ...
+    if not names:
+        raise KeyError(f"{item_dir} has no {subtree!r} subtree")
+    return restore_slice(item_dir, names, subtree=subtree)

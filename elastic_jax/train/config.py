@@ -1,0 +1,137 @@
+"""The `train` and `checkpoint` sections of an experiment config: frozen, validated values with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from elastic_jax.config import ConfigError, ModelConfig
+
+DATA_LOADING = ("per_process", "global")
+
+
+def _to_dict(section: Any) -> dict[str, Any]:
+    if section is None:
+        return {}
+    return dict(section.to_dict() if hasattr(section, "to_dict") else section)
+
+
+def _from_dict(cls: type, section: Any, where: str):
+    data = _to_dict(section)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+    return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, batch shape, logging and evaluation settings of a pretraining run.
+
+    data_loading: "per_process" reads a separate stream per process (scales to many hosts); "global" has
+    every process read the whole global batch and keep its rows, so results do not depend on the process count.
+    schedule_steps: length of the warmup + cosine schedule; 0 means total_steps (set it to stop a run early
+    on the same schedule, or to share one compiled step between runs of different lengths).
+    eval_every / checkpoint cadence of 0 disables it; eval_prompts is the number of reasoning problems
+    answered greedily for the accuracy figure.
+    """
+
+    seed: int = 0
+    seq_len: int = 128
+    global_batch: int = 16
+    total_steps: int = 500
+    schedule_steps: int = 0
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 4
+    eval_prompts: int = 64
+    eval_max_new_tokens: int = 32
+    data_loading: str = "per_process"
+    progress_bar: bool = True
+
+    @classmethod
+    def from_dict(cls, section: Any) -> TrainConfig:
+        return _from_dict(cls, section, "train")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __post_init__(self):
+        ints = ("seed", "seq_len", "global_batch", "total_steps", "schedule_steps", "warmup_steps", "log_every",
+                "eval_every", "eval_batches", "eval_prompts", "eval_max_new_tokens")
+        for name in ints:
+            value = getattr(self, name)
+            positive = name in ("seq_len", "global_batch", "total_steps", "log_every")
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if positive else 0):
+                raise ConfigError(f"train.{name}: must be an integer {'>= 1' if positive else '>= 0'}, got {value!r}")
+        for name in ("lr", "weight_decay", "eps", "clip_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"train.{name}: must be a number >= 0, got {value!r}")
+        for name in ("min_lr_ratio", "b1", "b2"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"train.{name}: must be in [0, 1], got {value!r}")
+        if self.warmup_steps > self.decay_steps:
+            raise ConfigError(f"train.warmup_steps: {self.warmup_steps} exceeds the schedule length {self.decay_steps} "
+                              "(train.schedule_steps, or train.total_steps when that is 0)")
+        if self.data_loading not in DATA_LOADING:
+            raise ConfigError(f"train.data_loading: must be one of {DATA_LOADING}, got {self.data_loading!r}")
+
+    @property
+    def decay_steps(self) -> int:
+        """Steps of the learning-rate schedule."""
+        return self.schedule_steps or self.total_steps
+
+    def check_model(self, model: ModelConfig) -> None:
+        """Raise ConfigError when the batch shape does not fit the model (before anything is compiled)."""
+        if self.seq_len > model.max_position_embeddings:
+            raise ConfigError(f"train.seq_len: {self.seq_len} exceeds model.max_position_embeddings="
+                              f"{model.max_position_embeddings}; use a seq_len <= {model.max_position_embeddings}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """How often to save, how many to keep, and how arrays are chunked on disk.
+
+    Arrays are split into chunks of about `array_bytes / chunk_pieces**rank` bytes (at least min_chunk_bytes)
+    and expert tensors into one chunk row per expert, so a prefix slice of a parameter reads about its own
+    share of the bytes (see `restore_slice`).
+    """
+
+    every_steps: int = 100
+    max_to_keep: int = 3
+    async_save: bool = True
+    chunk_pieces: int = 16
+    min_chunk_bytes: int = 16384
+
+    @classmethod
+    def from_dict(cls, section: Any) -> CheckpointConfig:
+        return _from_dict(cls, section, "checkpoint")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __post_init__(self):
+        for name, low in (("every_steps", 0), ("max_to_keep", 1), ("chunk_pieces", 1), ("min_chunk_bytes", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"checkpoint.{name}: must be an integer >= {low}, got {value!r}")
+
+
+def section(config: Mapping[str, Any] | Any, name: str) -> Any:
+    """config[name] or None, for ConfigDicts and plain dicts alike."""
+    try:
+        return config[name] if name in config else None
+    except TypeError:
+        return None

@@ -1,0 +1,281 @@
+"""The pretraining loop: validate everything, resume from the newest good checkpoint, train, evaluate, save.
+
+`run_pretrain(experiment_config, workdir)` is what `elastic-jax pretrain` and `python -m elastic_jax.train`
+call. All user errors (bad config, missing data, sequence too long, checkpoint of another model) are raised
+before the first compilation. SIGTERM saves a checkpoint at the current step and returns normally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from elastic_jax import distributed
+from elastic_jax.checkpoint import Checkpointer
+from elastic_jax.config import ConfigError, ModelConfig
+from elastic_jax.data import DataConfig, Tokenizer, eval_prompts, load_tokenizer, make_eval_batches, make_train_iterator
+from elastic_jax.experiment import model_config_from
+from elastic_jax.model.functional import build
+from elastic_jax.train.config import CheckpointConfig, TrainConfig, section
+from elastic_jax.train.evaluation import eval_loss, reasoning_accuracy
+from elastic_jax.train.metrics import MetricsWriter
+from elastic_jax.train.optim import make_optimizer
+from elastic_jax.train.preemption import Preemption
+from elastic_jax.train.state import TrainState
+from elastic_jax.train.step import batch_for_step, make_eval_step, make_train_step
+
+log = logging.getLogger("elastic_jax.train")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """The validated sections of an experiment config."""
+
+    model: ModelConfig
+    train: TrainConfig
+    checkpoint: CheckpointConfig
+    data: DataConfig
+    mesh: dict[str, int]
+    tokenizer: Tokenizer
+    experiment: dict[str, Any]
+
+
+def json_safe(obj: Any) -> Any:
+    """A JSON-serialisable copy (tuples become lists, non-finite floats strings)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def parse_experiment(config: ml_collections.ConfigDict | dict) -> RunSpec:
+    """Validate every section (model, train, checkpoint, data, mesh) without touching a device."""
+    if section(config, "model") is None:
+        raise ConfigError("experiment config has no 'model' section")
+    model = model_config_from(section(config, "model"))
+    train = TrainConfig.from_dict(section(config, "train"))
+    ckpt = CheckpointConfig.from_dict(section(config, "checkpoint"))
+    data_section = section(config, "data")
+    data_dict = dict(data_section.to_dict() if hasattr(data_section, "to_dict") else data_section or {})
+    try:
+        data = DataConfig.from_dict(data_dict).validate()
+        tokenizer = load_tokenizer(data.tokenizer)
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise ConfigError(str(err)) from err
+    train.check_model(model)
+    if tokenizer.vocab_size > model.vocab_size:
+        raise ConfigError(f"model.vocab_size: {model.vocab_size} is smaller than the tokenizer's vocabulary "
+                          f"({tokenizer.vocab_size} ids, data.tokenizer={data.tokenizer!r})")
+    mesh_section = section(config, "mesh")
+    mesh = distributed.check_mesh_config(mesh_section.to_dict() if hasattr(mesh_section, "to_dict")
+                                         else mesh_section or {})
+    experiment = json_safe(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    return RunSpec(model, train, ckpt, data, mesh, tokenizer, experiment)
+
+
+@dataclasses.dataclass
+class Layout:
+    """Mesh, optimizer and the shardings of the train state and batches."""
+
+    mesh: jax.sharding.Mesh
+    optimizer: Any
+    schedule: Any
+    abstract: TrainState
+    state_sharding: TrainState
+    batch_sharding: NamedSharding
+
+
+def make_layout(spec: RunSpec) -> Layout:
+    """Build the mesh (clear error if it does not fit the devices) and shard the abstract train state."""
+    mesh = distributed.make_mesh(spec.mesh)
+    model = build(spec.model)
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
+    optimizer, schedule = make_optimizer(spec.train, abstract_params)
+    abstract = jax.eval_shape(lambda p: TrainState.create(p, optimizer), abstract_params)
+    params_sh = distributed.param_shardings(abstract.params, mesh)
+    opt_sh = distributed.tree_shardings_like(abstract.opt_state, abstract.params, params_sh, mesh)
+    state_sharding = TrainState(step=NamedSharding(mesh, PartitionSpec()), params=params_sh, opt_state=opt_sh)
+    batch_sharding = distributed.batch_sharding(mesh, global_batch=spec.train.global_batch)
+    shards = math.prod(mesh.shape[a] for a in _axes(batch_sharding.spec[0]))
+    if spec.train.global_batch % max(shards, 1) or spec.train.global_batch % jax.process_count():
+        raise ConfigError(f"train.global_batch: {spec.train.global_batch} rows cannot be split over {shards} batch "
+                          f"shards and {jax.process_count()} processes")
+    return Layout(mesh, optimizer, schedule, abstract, state_sharding, batch_sharding)
+
+
+def _axes(entry: Any) -> tuple[str, ...]:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def init_state(spec: RunSpec, layout: Layout) -> TrainState:
+    """Fresh parameters (seeded) and optimizer state, created directly in their shardings."""
+    model = build(spec.model)
+
+    def init() -> TrainState:
+        params = model.init(jax.random.PRNGKey(spec.train.seed), jnp.zeros((1, 1), jnp.int32))["params"]
+        return TrainState.create(params, layout.optimizer)
+    return jax.jit(init, out_shardings=layout.state_sharding)()
+
+
+def restore_or_init(spec: RunSpec, layout: Layout, ckpt: Checkpointer,
+                    metadata: dict[str, Any]) -> tuple[TrainState, list[Any], int | None]:
+    """(state, saved data-iterator states, step resumed from or None)."""
+    shardings = layout.state_sharding.to_tree()
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            layout.abstract.to_tree(), shardings)
+    found = ckpt.restore_latest(abstract, metadata)
+    if found is None:
+        return init_state(spec, layout), [], None
+    step, tree, data_states, _ = found
+    log.info("resumed from checkpoint step %d in %s", step, ckpt.directory)
+    return TrainState.from_tree(tree), data_states, step
+
+
+class DataFeed:
+    """This process's batches as global jax Arrays, and the iterator state to checkpoint."""
+
+    def __init__(self, spec: RunSpec, layout: Layout, data_states: list[Any]):
+        self.spec, self.sharding = spec, layout.batch_sharding
+        self.global_mode = spec.train.data_loading == "global" or jax.process_count() == 1
+        pi, pc = (0, 1) if self.global_mode else (jax.process_index(), jax.process_count())
+        self.iterator = make_train_iterator(spec.data, spec.tokenizer, spec.train.seq_len, spec.train.global_batch,
+                                            spec.train.seed, pi, pc, max_seq_len=spec.model.max_position_embeddings)
+        if data_states:
+            if not self.global_mode and len(data_states) != pc:
+                raise ConfigError(f"the checkpoint's data state was written by {len(data_states)} process(es), this "
+                                  f"run has {pc}; resume with the same process count or train.data_loading='global'")
+            try:
+                self.iterator.set_state(data_states[0 if self.global_mode else pi])
+            except ValueError as err:
+                raise ConfigError(f"cannot resume the data pipeline: {err}") from err
+
+    def to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        batch = batch_for_step(batch)
+        if not self.global_mode:
+            return distributed.global_batch_from_local(batch, self.sharding)
+        return {k: jax.make_array_from_callback(v.shape, self.sharding, lambda idx, v=v: v[idx])
+                for k, v in batch.items()}
+
+    def next(self) -> dict[str, jax.Array]:
+        return self.to_global(next(self.iterator))
+
+    def state(self) -> Any:
+        return self.iterator.get_state()
+
+
+def evaluate(spec: RunSpec, params: Any, eval_fn: Any, eval_batches: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """Eval loss on the held-out split and reasoning accuracy on the first N eval problems."""
+    out: dict[str, float] = {}
+    if eval_batches:
+        out["eval/loss"] = eval_loss(eval_fn, params, eval_batches)
+    if spec.train.eval_prompts > 0 and spec.data.reasoning_weight > 0:
+        examples = eval_prompts(spec.train.eval_prompts, spec.data.reasoning)
+        replicated = jax.jit(lambda p: p, out_shardings=NamedSharding(jax.tree.leaves(params)[0].sharding.mesh,
+                                                                      PartitionSpec()))(params)
+        out["eval/accuracy"] = reasoning_accuracy(spec.model, replicated, examples, spec.tokenizer,
+                                                  spec.train.eval_max_new_tokens)
+    return out
+
+
+def _eval_setup(spec: RunSpec, layout: Layout, feed: DataFeed) -> tuple[Any, list[dict[str, jax.Array]]]:
+    if spec.train.eval_every <= 0 and spec.train.eval_batches <= 0:
+        return None, []
+    eval_fn, _ = make_eval_step(spec.model, param_sharding=layout.state_sharding.params,
+                                batch_sharding=layout.batch_sharding)
+    pi, pc = (0, 1) if feed.global_mode else (jax.process_index(), jax.process_count())
+    batches = []
+    if spec.train.eval_batches > 0:
+        raw = make_eval_batches(spec.data, spec.tokenizer, spec.train.seq_len, spec.train.global_batch,
+                                spec.train.eval_batches, pi, pc, max_seq_len=spec.model.max_position_embeddings)
+        batches = [feed.to_global(b) for b in raw]
+    return eval_fn, batches
+
+
+def _metadata(spec: RunSpec) -> dict[str, Any]:
+    return json.loads(json.dumps({"model": spec.model.to_dict(), "tokenizer": spec.tokenizer.to_dict(),
+                                  "experiment": spec.experiment, "train": spec.train.to_dict(), "elastic": {}}))
+
+
+def run_pretrain(experiment_config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Pretrain from an experiment config in `workdir` (resuming if it holds checkpoints); returns final figures."""
+    spec = parse_experiment(experiment_config)
+    distributed.initialize()
+    workdir_path = Path(workdir).absolute()
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    layout = make_layout(spec)
+    ckpt = Checkpointer(workdir_path / "checkpoints", spec.checkpoint)
+    metadata = _metadata(spec)
+    state, data_states, resumed = restore_or_init(spec, layout, ckpt, metadata)
+    feed = DataFeed(spec, layout, data_states)
+    writer = MetricsWriter(workdir_path, enabled=jax.process_index() == 0)
+    try:
+        with Preemption() as preemption:
+            return _train(spec, layout, ckpt, metadata, state, feed, writer, preemption, resumed)
+    finally:
+        writer.close()
+        ckpt.close()
+
+
+def _train(spec: RunSpec, layout: Layout, ckpt: Checkpointer, metadata: dict[str, Any], state: TrainState,
+           feed: DataFeed, writer: MetricsWriter, preemption: Preemption, resumed: int | None) -> dict[str, Any]:
+    cfg, every = spec.train, spec.checkpoint.every_steps
+    train_step, counter = make_train_step(spec.model, layout.optimizer, layout.schedule,
+                                          state_sharding=layout.state_sharding, batch_sharding=layout.batch_sharding)
+    eval_fn, eval_batches = _eval_setup(spec, layout, feed)
+    start = int(jax.device_get(state.step))
+    result: dict[str, Any] = {"resumed_from": resumed, "preempted": False}
+    bar = tqdm(total=cfg.total_steps, initial=start, disable=not cfg.progress_bar or jax.process_index() != 0,
+               desc="pretrain", dynamic_ncols=True)
+    t0, done = time.perf_counter(), start
+    for done in range(start + 1, cfg.total_steps + 1):
+        state, metrics = train_step(state, feed.next())
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.total_steps:
+            values = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+            values["train/compiles"] = counter.count
+            writer.write(done, values)
+            bar.set_postfix(loss=f"{values['train/loss']:.4f}")
+            result["loss"] = values["train/loss"]
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.total_steps:
+            writer.write(done, evaluate(spec, state.params, eval_fn, eval_batches))
+        if preemption.should_stop():
+            log.warning("SIGTERM received: saving a checkpoint at step %d and stopping", done)
+            ckpt.save(done, state.to_tree(), feed.state(), metadata)
+            result["preempted"] = True
+            break
+        if every and done % every == 0 and done < cfg.total_steps:
+            ckpt.save(done, state.to_tree(), feed.state(), metadata)
+    bar.close()
+    wall = time.perf_counter() - t0
+    if not result["preempted"]:
+        ckpt.save(cfg.total_steps, state.to_tree(), feed.state(), metadata)
+        if eval_fn is not None or cfg.eval_prompts:
+            final = evaluate(spec, state.params, eval_fn, eval_batches)
+            writer.write(done, final)
+            result.update({"eval_loss": final.get("eval/loss"), "accuracy": final.get("eval/accuracy")})
+    ckpt.wait()
+    steps_run = done - start
+    log.info("train step compiled %d time(s); %d steps in %.1f s", counter.count, steps_run, wall)
+    result.update(step=done, compiles=counter.count, wall_time_s=wall, steps_run=steps_run,
+                  tokens_per_s=steps_run * cfg.global_batch * cfg.seq_len / max(wall, 1e-9))
+    return result

@@ -1,0 +1,87 @@
+"""The jitted pretraining step (state donated) and the eval-loss step, with a count of how often each was traced.
+
+A trace happens once per distinct input shape/sharding; counting traces inside the traced function is how
+the loop reports (and tests bound) the number of compilations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+
+from elastic_jax.config import ModelConfig
+from elastic_jax.model.functional import build
+from elastic_jax.train.losses import cross_entropy
+from elastic_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+BATCH_KEYS = ("inputs", "targets", "loss_mask")
+
+
+@dataclasses.dataclass
+class TraceCounter:
+    """Incremented by the traced Python function: one per trace (i.e. per compilation of a new signature)."""
+
+    count: int = 0
+
+
+def _loss_fn(model, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    logits = model.apply({"params": params}, batch["inputs"])[0]
+    return cross_entropy(logits, batch["targets"], batch["loss_mask"])
+
+
+def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    *, state_sharding: Any = None, batch_sharding: NamedSharding | None = None,
+                    donate: bool = True) -> tuple[Callable[[TrainState, Batch], tuple[TrainState, dict]], TraceCounter]:
+    """(step_fn, counter): step_fn(state, batch) -> (new state, metrics {loss, grad_norm, lr, tokens}).
+
+    `batch` holds inputs/targets [b, L] int32 and loss_mask [b, L]; the loss is the mean over masked tokens
+    of the whole global batch. With shardings given, the state keeps its layout across steps.
+    """
+    model = build(model_cfg)
+    counter = TraceCounter()
+
+    def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        counter.count += 1
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        (loss, tokens), grads = jax.value_and_grad(lambda p: _loss_fn(model, p, batch), has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": jnp.asarray(schedule(state.step)),
+                   "tokens": tokens}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    kwargs: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}
+    if state_sharding is not None:
+        batch_in = {k: batch_sharding for k in BATCH_KEYS} if batch_sharding is not None else None
+        replicated = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec()) if batch_sharding else None
+        kwargs.update(in_shardings=(state_sharding, batch_in), out_shardings=(state_sharding, replicated))
+    return jax.jit(step_fn, **kwargs), counter
+
+
+def make_eval_step(model_cfg: ModelConfig, *, param_sharding: Any = None,
+                   batch_sharding: NamedSharding | None = None) -> tuple[Callable[[Any, Batch], dict], TraceCounter]:
+    """(eval_fn, counter): eval_fn(params, batch) -> {loss, tokens} with the same masked cross-entropy."""
+    model = build(model_cfg)
+    counter = TraceCounter()
+
+    def eval_fn(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        counter.count += 1
+        loss, tokens = _loss_fn(model, params, {k: batch[k] for k in BATCH_KEYS})
+        return {"loss": loss, "tokens": tokens}
+
+    kwargs: dict[str, Any] = {}
+    if param_sharding is not None and batch_sharding is not None:
+        kwargs["in_shardings"] = (param_sharding, {k: batch_sharding for k in BATCH_KEYS})
+    return jax.jit(eval_fn, **kwargs), counter
+
+
+def batch_for_step(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keys the steps read (others, e.g. segment_ids, stay on the host)."""
+    return {k: batch[k] for k in BATCH_KEYS}

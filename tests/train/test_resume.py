@@ -1,0 +1,86 @@
+"""Fault tolerance of the pretraining loop, in subprocesses: SIGKILL + restart, SIGTERM, a corrupt checkpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.train.helpers import REPO, assert_trees_equal, final_params, losses, run_train, subprocess_env, train_cmd
+
+STEPS = 100
+RESUME_RUN = (f"--config.train.total_steps={STEPS}", "--config.checkpoint.every_steps=10",
+              "--config.data.text_weight=0.3", "--config.data.text_max_files=40")
+
+
+def _start(workdir: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(workdir, *overrides), cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: float = 120) -> None:
+    """Poll metrics.jsonl until it records `step` (fail if the process ends first)."""
+    path, deadline = workdir / "metrics.jsonl", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and any(json.loads(line).get("step", 0) >= step
+                                 for line in path.read_text().splitlines()[-5:] if line.strip()):
+            return
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"training ended (rc {proc.returncode}) before step {step}\n{out[-2000:]}\n{err[-4000:]}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"step {step} not reached in {timeout} s")
+
+
+def test_sigkill_and_restart_is_bitwise_identical(tmp_path):
+    """A run killed mid-way (SIGKILL) and restarted ends with the same bits as an uninterrupted run."""
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run_train(whole, *RESUME_RUN)
+    proc = _start(broken, *RESUME_RUN)
+    _wait_for_step(proc, broken, 35)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(losses(broken))
+    assert killed_at < STEPS, "the run finished before it could be killed"
+    out = run_train(broken, *RESUME_RUN)
+    result = json.loads(out.stdout.strip().splitlines()[-1])["result"]
+    assert result["resumed_from"] is not None and 0 < result["resumed_from"] <= killed_at
+    assert result["compiles"] == 1
+    assert_trees_equal(final_params(whole), final_params(broken))
+    assert losses(whole) == losses(broken)  # every step, including those after the resume (data state restored)
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    """SIGTERM: the run saves a checkpoint at the step it is on and exits with status 0."""
+    proc = _start(tmp_path, "--config.train.total_steps=120", "--config.checkpoint.every_steps=0")
+    _wait_for_step(proc, tmp_path, 5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-4000:]
+    result = json.loads(out.strip().splitlines()[-1])["result"]
+    assert result["preempted"] is True and result["step"] >= 5
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [result["step"]]
+    assert "SIGTERM received" in err
+
+
+def test_corrupt_newest_checkpoint_falls_back(tmp_path):
+    """Truncating a file of the newest checkpoint: the restart names the bad step and resumes from the one before."""
+    run_train(tmp_path, "--config.train.total_steps=20", "--config.checkpoint.every_steps=10")
+    newest = tmp_path / "checkpoints" / "20" / "state"
+    data_files = sorted((p for p in newest.rglob("*") if p.is_file() and p.parent.name == "d"),
+                        key=lambda p: p.stat().st_size)
+    victim = data_files[-1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    out = run_train(tmp_path, "--config.train.total_steps=30", "--config.checkpoint.every_steps=10")
+    assert "checkpoint step 20 in" in out.stderr and "is unreadable" in out.stderr
+    assert "falling back to step 10" in out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])["result"]
+    assert result["resumed_from"] == 10 and result["step"] == 30
+    assert (tmp_path / "unreadable" / "checkpoints_20").is_dir()
