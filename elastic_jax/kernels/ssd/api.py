@@ -1,11 +1,11 @@
 """Public entry points of the Mamba-2 SSD scan: `ssd` (full sequence / prefill) and `ssd_decode_step` (one token).
 
 Implementations (`impl=`):
-  "reference"             lax.scan over time, one step per token (oracle; slow; autodiff backward).
-  "xla"                   chunked SSD in jnp (autodiff backward); the default on CPU.
-  "pallas_tpu"            Mosaic-TPU Pallas kernel (backward = VJP of "xla", recomputed).
+  "reference"             lax.scan over time, one step per token (oracle; slow; JAX autodiff backward).
+  "xla"                   chunked SSD in jnp with a hand-written chunked backward (custom_vjp); default on CPU.
+  "pallas_tpu"            Mosaic-TPU Pallas forward kernel; backward = the "xla" backward (recomputes from inputs).
   "pallas_tpu_interpret"  the same kernel run by the TPU interpreter (any backend; for testing).
-  "pallas_gpu"            Triton-lowered Pallas kernel (backward = VJP of "xla", recomputed).
+  "pallas_gpu"            Triton-lowered Pallas forward kernel; backward = the "xla" backward.
   "pallas_gpu_interpret"  the same kernel run by the generic Pallas interpreter (any backend; for testing).
   "auto"                  first supported of: TPU -> pallas_tpu, xla; GPU -> pallas_gpu, xla; otherwise xla.
 """

@@ -1,0 +1,185 @@
+"""`elastic-jax <verb>`: the command line. Every verb that takes --config accepts --config.a.b=value overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def verb(name: str, help_text: str):
+    """Register `fn(args, overrides) -> int` as a sub-command whose arguments `add_args` declares."""
+    def wrap(add_args: Callable[[argparse.ArgumentParser], None]):
+        VERBS[name] = (help_text, add_args)
+        return add_args
+    return wrap
+
+
+def _config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="config file or name in configs/ (tiny, small, ...)")
+
+
+@verb("params", "print total and active-per-token parameters of a config (shapes only)")
+def _params_args(p):
+    _config_arg(p)
+
+
+@verb("init", "write a randomly initialised model checkpoint")
+def _init_args(p):
+    _config_arg(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@verb("import-hf", "import a Hugging Face NemotronH directory as an elastic_jax checkpoint")
+def _import_args(p):
+    p.add_argument("--hf", required=True, help="Hugging Face model directory (config.json + safetensors)")
+    p.add_argument("--out", required=True)
+
+
+@verb("export-hf", "export a checkpoint as a Hugging Face NemotronH directory")
+def _export_args(p):
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--layout", default="nvidia", choices=["nvidia", "transformers"])
+
+
+@verb("generate", "generate text from a checkpoint, a Hugging Face directory or a random model")
+def _generate_args(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint")
+    src.add_argument("--hf")
+    src.add_argument("--config", help="random-init model of this config (for smoke tests)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@verb("pretrain", "pretrain a (parent) model on the built-in or configured data; resumes from --workdir")
+def _pretrain_args(p):
+    _config_arg(p)
+    p.add_argument("--workdir", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elastic-jax", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for name, (help_text, add_args) in VERBS.items():
+        add_args(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate --config.a.b=value overrides (also '--config.a.b value') from the other arguments."""
+    rest, overrides, i = [], [], 0
+    argv = list(argv)
+    while i < len(argv):
+        item = argv[i]
+        if item.startswith("--config."):
+            if "=" not in item and i + 1 < len(argv):
+                item, i = f"{item}={argv[i + 1]}", i + 1
+            overrides.append(item)
+        else:
+            rest.append(item)
+        i += 1
+    return rest, overrides
+
+
+def _load_any(args) -> tuple:
+    """(cfg, params, tokenizer) from --checkpoint, --hf or --config."""
+    from elastic_jax.data import load_tokenizer
+    from elastic_jax.data.tokenizer import tokenizer_from_dict
+
+    if getattr(args, "checkpoint", None):
+        from elastic_jax.model_io import load_model
+
+        cfg, params, meta = load_model(args.checkpoint)
+        tokenizer = tokenizer_from_dict(meta["tokenizer"]) if meta.get("tokenizer") else load_tokenizer(None)
+        return cfg, params, tokenizer
+    if getattr(args, "hf", None):
+        from elastic_jax.convert.hf import from_hf
+
+        cfg, params = from_hf(args.hf)
+        has_tok = (Path(args.hf) / "tokenizer.json").exists()
+        return cfg, params, load_tokenizer(args.hf if has_tok else None)
+    import elastic_jax as ej
+
+    cfg = ej.load_config(args.config, args.overrides)
+    return cfg, ej.init_params(cfg, 0), load_tokenizer(None)
+
+
+def run(args) -> int:
+    import elastic_jax as ej
+    from elastic_jax.elastic.accounting import format_count
+
+    if args.verb == "params":
+        cfg = ej.load_config(args.config, args.overrides)
+        total, active = ej.count_params(cfg)
+        print(f"total {format_count(total)} ({total:,})\nactive {format_count(active)} ({active:,})")
+    elif args.verb == "init":
+        from elastic_jax.model_io import save_model
+
+        cfg = ej.load_config(args.config, args.overrides)
+        save_model(args.out, cfg, ej.init_params(cfg, args.seed))
+        print(f"wrote {args.out}")
+    elif args.verb == "import-hf":
+        from elastic_jax.data import load_tokenizer
+        from elastic_jax.model_io import save_model
+
+        cfg, params = ej.from_hf(args.hf)
+        meta = {}
+        if (Path(args.hf) / "tokenizer.json").exists():
+            meta["tokenizer"] = load_tokenizer(args.hf).to_dict()
+        save_model(args.out, cfg, params, meta)
+        print(f"imported {args.hf} -> {args.out}")
+    elif args.verb == "export-hf":
+        from elastic_jax.model_io import load_model
+
+        cfg, params, _ = load_model(args.checkpoint)
+        ej.to_hf(cfg, params, args.out, dtype=args.dtype, layout=args.layout)
+        print(f"exported {args.checkpoint} -> {args.out}")
+    elif args.verb == "generate":
+        cfg, params, tokenizer = _load_any(args)
+        prompt = [tokenizer.encode(args.prompt, add_bos=True)]
+        out = ej.generate(cfg, params, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed, eos_id=tokenizer.eos_id)
+        print(tokenizer.decode(out[0, len(prompt[0]):].tolist(), skip_special=False))
+    elif args.verb == "pretrain":
+        from elastic_jax.train.loop import run_pretrain
+
+        result = run_pretrain(ej.load_experiment(args.config, args.overrides), args.workdir)
+        print(json.dumps(result, default=str, indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(rest)
+    args.overrides = overrides
+    if overrides and not hasattr(args, "config"):
+        print(f"error: {args.verb} takes no --config overrides ({overrides})", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from elastic_jax.config import ConfigError
+    from elastic_jax.convert.hf_config import ConversionError
+    from elastic_jax.model.functional import InputError
+
+    try:
+        return run(args)
+    except (ConfigError, ConversionError, InputError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
