@@ -34,5 +34,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
     # Checkpoints in <workdir>/checkpoints (elastic_jax/checkpoint.py).
     config.checkpoint = ml_collections.ConfigDict(dict(
-        every_steps=100, max_to_keep=3, async_save=True, chunk_pieces=16, min_chunk_bytes=16384))
+        every_steps=100, max_to_keep=3, async_save=True, chunk_pieces=16, min_chunk_bytes=4096))
     return config

@@ -137,7 +137,7 @@ def test_two_processes_match_one_process(reference, tmp_path):
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     outputs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-5000:]
     result = json.loads(outputs[0][0].strip().splitlines()[-1])["result"]
     assert result["step"] == 5

@@ -126,7 +126,8 @@ class ElasticSpec:
         kept = self.kept_layers(cfg)
         pattern = "".join(cfg.pattern[i] for i in kept)
         changes: dict[str, Any] = {"hidden_size": self.hidden(cfg), "pattern": pattern}
-        per_layer = {name: [self.width(cfg, name, i) for i in kept] for name in WIDTH_FIELDS}
+        per_layer = {name: [self.width(cfg, name, i) if cfg.pattern[i] == char else cfg.width(name, i) for i in kept]
+                     for name, (_, char) in WIDTH_FIELDS.items()}
         per_layer["num_key_value_heads"] = [self.kv_heads(cfg, i) if cfg.pattern[i] == "*"
                                             else cfg.width("num_key_value_heads", i) for i in kept]
         for name, values in per_layer.items():

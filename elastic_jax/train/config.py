@@ -113,7 +113,7 @@ class CheckpointConfig:
     max_to_keep: int = 3
     async_save: bool = True
     chunk_pieces: int = 16
-    min_chunk_bytes: int = 16384
+    min_chunk_bytes: int = 4096
 
     @classmethod
     def from_dict(cls, section: Any) -> CheckpointConfig:

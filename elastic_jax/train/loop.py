@@ -246,18 +246,25 @@ def _train(spec: RunSpec, layout: Layout, ckpt: Checkpointer, metadata: dict[str
     result: dict[str, Any] = {"resumed_from": resumed, "preempted": False}
     bar = tqdm(total=cfg.total_steps, initial=start, disable=not cfg.progress_bar or jax.process_index() != 0,
                desc="pretrain", dynamic_ncols=True)
-    t0, done = time.perf_counter(), start
+    t0 = last_time = time.perf_counter()
+    done, last_done, eval_seconds = start, start, 0.0
     for done in range(start + 1, cfg.total_steps + 1):
         state, metrics = train_step(state, feed.next())
         bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.total_steps:
             values = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            values["train/tokens_per_s"] = (done - last_done) * cfg.global_batch * cfg.seq_len / (now - last_time)
             values["train/compiles"] = counter.count
+            last_time, last_done = now, done
             writer.write(done, values)
             bar.set_postfix(loss=f"{values['train/loss']:.4f}")
             result["loss"] = values["train/loss"]
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.total_steps:
+            t_eval = time.perf_counter()
             writer.write(done, evaluate(spec, state.params, eval_fn, eval_batches))
+            eval_seconds += time.perf_counter() - t_eval
+            last_time += time.perf_counter() - t_eval
         if preemption.should_stop():
             log.warning("SIGTERM received: saving a checkpoint at step %d and stopping", done)
             ckpt.save(done, state.to_tree(), feed.state(), metadata)
@@ -266,16 +273,20 @@ def _train(spec: RunSpec, layout: Layout, ckpt: Checkpointer, metadata: dict[str
         if every and done % every == 0 and done < cfg.total_steps:
             ckpt.save(done, state.to_tree(), feed.state(), metadata)
     bar.close()
-    wall = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t0 - eval_seconds
     if not result["preempted"]:
         ckpt.save(cfg.total_steps, state.to_tree(), feed.state(), metadata)
         if eval_fn is not None or cfg.eval_prompts:
+            t_eval = time.perf_counter()
             final = evaluate(spec, state.params, eval_fn, eval_batches)
+            eval_seconds += time.perf_counter() - t_eval
             writer.write(done, final)
             result.update({"eval_loss": final.get("eval/loss"), "accuracy": final.get("eval/accuracy")})
     ckpt.wait()
     steps_run = done - start
-    log.info("train step compiled %d time(s); %d steps in %.1f s", counter.count, steps_run, wall)
-    result.update(step=done, compiles=counter.count, wall_time_s=wall, steps_run=steps_run,
-                  tokens_per_s=steps_run * cfg.global_batch * cfg.seq_len / max(wall, 1e-9))
+    log.info("train step compiled %d time(s); %d steps in %.1f s (+ %.1f s of evaluation)", counter.count,
+             steps_run, train_seconds, eval_seconds)
+    result.update(step=done, compiles=counter.count, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                  steps_run=steps_run,
+                  tokens_per_s=steps_run * cfg.global_batch * cfg.seq_len / max(train_seconds, 1e-9))
     return result

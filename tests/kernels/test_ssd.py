@@ -300,6 +300,42 @@ def test_works_under_outer_jit_and_vmap():
     assert rel_err(jax.vmap(f)(stacked)[1], y_ref) < 1e-4
 
 
+def _abstract_args(dtype, b=1, seqlen=200, h=4, p=64, g=2, n=128):
+    f32 = jnp.float32
+    shapes = [((b, seqlen, h, p), dtype), ((b, seqlen, h), f32), ((h,), f32), ((b, seqlen, g, n), dtype)]
+    shapes += [((b, seqlen, g, n), dtype), ((h,), f32), ((b, h, p, n), f32)]
+    return [jax.ShapeDtypeStruct(shape, dt) for shape, dt in shapes]
+
+
+def _lower_fwd_and_grad(fn, chunk_size: int, platform: str, dtype) -> str:
+    """Lower forward and gradient for `platform` without a device of that kind (catches kernel lowering errors)."""
+    args = _abstract_args(dtype)
+    fwd = jax.jit(lambda *a: fn(*a, chunk_size=chunk_size))
+    loss = lambda *a: jnp.sum(fn(*a, chunk_size=chunk_size)[0].astype(jnp.float32))
+    grad = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
+    grad.trace(*args).lower(lowering_platforms=(platform,))
+    return fwd.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_gpu_lowers_to_triton(dtype):
+    from elastic_jax.kernels.ssd.pallas_gpu import ssd_pallas_gpu
+
+    assert "triton" in _lower_fwd_and_grad(ssd_pallas_gpu, 64, "cuda", dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_tpu_lowers_to_mosaic(dtype, monkeypatch):
+    from jax._src.pallas.mosaic import tpu_info  # private: pretend to target a TPU v5e for lowering only
+
+    from elastic_jax.kernels.ssd.pallas_tpu import ssd_pallas_tpu
+
+    if not ON_TPU:
+        monkeypatch.setattr(tpu_info, "get_device_kind", lambda: "TPU v5 lite")
+        monkeypatch.setattr(tpu_info, "get_num_device_cores", lambda: 1)
+    assert "tpu_custom_call" in _lower_fwd_and_grad(ssd_pallas_tpu, 128, "tpu", dtype)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

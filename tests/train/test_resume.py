@@ -71,16 +71,25 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
 
 
 def test_corrupt_newest_checkpoint_falls_back(tmp_path):
-    """Truncating a file of the newest checkpoint: the restart names the bad step and resumes from the one before."""
+    """Truncating a file of the newest checkpoint: the restart names the bad step and resumes from the one before.
+
+    The restarted run also evaluates at its end (held-out loss, reasoning accuracy by greedy generation).
+    """
     run_train(tmp_path, "--config.train.total_steps=20", "--config.checkpoint.every_steps=10")
     newest = tmp_path / "checkpoints" / "20" / "state"
     data_files = sorted((p for p in newest.rglob("*") if p.is_file() and p.parent.name == "d"),
                         key=lambda p: p.stat().st_size)
     victim = data_files[-1]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    out = run_train(tmp_path, "--config.train.total_steps=30", "--config.checkpoint.every_steps=10")
+    out = run_train(tmp_path, "--config.train.total_steps=30", "--config.checkpoint.every_steps=10",
+                    "--config.train.eval_batches=1", "--config.train.eval_prompts=4",
+                    "--config.train.eval_max_new_tokens=8")
     assert "checkpoint step 20 in" in out.stderr and "is unreadable" in out.stderr
     assert "falling back to step 10" in out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])["result"]
     assert result["resumed_from"] == 10 and result["step"] == 30
     assert (tmp_path / "unreadable" / "checkpoints_20").is_dir()
+    assert result["eval_loss"] > 0 and 0.0 <= result["accuracy"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/accuracy" in r and r["step"] == 30 for r in records)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

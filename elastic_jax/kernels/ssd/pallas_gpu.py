@@ -101,7 +101,8 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
         grid=(b, h),
         in_specs=in_specs,
         out_specs=out_specs,
-        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+        # [chunk, chunk] and [state, head_dim] fp32 tiles live in registers: more warps for bigger tiles.
+        compiler_params=plgpu.CompilerParams(num_warps=8 if q * max(p, n) >= 4096 else 4, num_stages=2),
         interpret=interpret,
         name="ssd_chunk_scan_gpu",
     )(A.astype(f32), d, xt, dt_t, bt, ct, s0)

@@ -1,0 +1,102 @@
+"""Training-step throughput of elastic_jax vs transformers' NemotronH on the same weights and batch (CPU).
+
+One step = forward, masked cross-entropy, backward, global-norm clipping and AdamW, on both sides. Prints
+tokens/s of each and the ratio. Usage: python benchmarks/train_step.py [--config small] [--batch 4 --seq-len 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import torch
+from transformers import NemotronHForCausalLM
+
+import elastic_jax as ej
+from elastic_jax.train import TrainConfig, TrainState, make_optimizer, make_train_step
+
+
+def median_time(step: Callable[[], None], warmup: int, repeats: int) -> float:
+    """Median seconds of `repeats` calls after `warmup` untimed calls (compilation, allocator warm-up)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def jax_step(cfg: ej.ModelConfig, params: dict, train: TrainConfig, batch: dict[str, np.ndarray]) -> Callable:
+    """A closure running one jitted elastic_jax train step (state donated and carried between calls)."""
+    optimizer, schedule = make_optimizer(train, params)
+    holder = {"state": TrainState.create(params, optimizer)}
+    step, _ = make_train_step(cfg, optimizer, schedule)
+    device_batch = {k: jax.device_put(v) for k, v in batch.items()}
+
+    def run() -> None:
+        holder["state"], metrics = step(holder["state"], device_batch)
+        jax.block_until_ready(metrics["loss"])
+    return run
+
+
+def torch_step(model: torch.nn.Module, train: TrainConfig, batch: dict[str, np.ndarray]) -> Callable:
+    """A closure running one transformers training step with torch AdamW and the same loss and clipping."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.b1, train.b2), eps=train.eps,
+                            weight_decay=train.weight_decay)
+    inputs = torch.from_numpy(batch["inputs"].astype(np.int64))
+    targets = torch.from_numpy(batch["targets"].astype(np.int64))
+    mask = torch.from_numpy(batch["loss_mask"])
+
+    def run() -> None:
+        logits = model(inputs, use_cache=False).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        loss = (nll * mask.flatten()).sum() / mask.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm)
+        opt.step()
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = ej.load_config(args.config)
+    params = ej.init_params(cfg, seed=0)
+    train = TrainConfig(lr=1e-4, warmup_steps=0, total_steps=1000, weight_decay=0.1, clip_norm=1.0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, cfg.vocab_size, (args.batch, args.seq_len + 1)).astype(np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": np.ones(tokens[:, 1:].shape, np.float32)}
+    with tempfile.TemporaryDirectory() as tmp:
+        ej.to_hf(cfg, params, tmp)
+        model = NemotronHForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    total, active = ej.count_params(cfg)
+    print(f"config={args.config} params total={total / 1e6:.1f}M active={active / 1e6:.1f}M "
+          f"batch={args.batch}x{args.seq_len} backend={jax.default_backend()} torch_threads={torch.get_num_threads()}")
+
+    n = args.batch * args.seq_len
+    t_hf = median_time(torch_step(model, train, batch), args.warmup, args.repeats)
+    del model
+    t_jax = median_time(jax_step(cfg, params, train, batch), args.warmup, args.repeats)
+    print(f"train step {args.batch}x{args.seq_len}: jax {n / t_jax:,.0f} tok/s ({t_jax * 1e3:.0f} ms) | "
+          f"transformers {n / t_hf:,.0f} tok/s ({t_hf * 1e3:.0f} ms) | ratio {t_hf / t_jax:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Importance of every elastic axis from forward passes on calibration batches (METHOD §4), and rankings.
+
+One jitted function per config computes a batch's statistics; Python sums them over the batch stream. The
+activations come from the unmodified model through a Flax method interceptor that `sow`s what a mixer reads:
+the pre-norm outputs (hidden channels), the inputs of out_proj / o_proj / the FFN down projections, the x part
+of the Mamba in-projection, and each MoE layer's input, from which routing and expert outputs are recomputed
+for REAP. Width scores use Minitron's aggregation (mean |activation| over the sequence, then L2 over the batch);
+hidden channels sum |rmsnorm(x)_i| over batch, sequence and every block norm; experts use REAP; depth is the
+normalised logit MSE when a layer is removed (through the masked forward, so one compilation serves all).
+
+Mamba heads are scored as METHOD §4 / the Megatron code do, by the L2 of their channels in the x part of
+in_proj ("mamba_heads"); the same statistic at the out_proj input (after the scan, the z gate and the group
+norm) is kept as "mamba_heads_out", and `mamba_source="out_proj"` ranks by it instead. On small trained
+parents neither was consistently better; both beat random orders in most cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from elastic_jax.config import ModelConfig
+from elastic_jax.elastic.spec import ElasticError
+from elastic_jax.model.functional import build, check_tokens
+from elastic_jax.model.mlp import relu2
+from elastic_jax.model.moe import MoE, _sort_assignments, route
+from elastic_jax.model.norms import RMSNorm
+
+_KEY = "elastic_importance"
+MAMBA_SOURCES = {"in_x": "mamba_heads", "out_proj": "mamba_heads_out"}
+
+
+def _capture(next_fun, args, kwargs, context):
+    """Interceptor: sow the activations importance needs, leaving the computation unchanged."""
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if context.method_name != "__call__":
+        return out
+    if isinstance(module, RMSNorm) and module.name == "norm":
+        module.sow("intermediates", _KEY, out)
+    elif isinstance(module, nn.Dense) and module.name == "in_x":
+        module.sow("intermediates", _KEY, out)
+    elif isinstance(module, nn.Dense) and module.name in ("out_proj", "o_proj", "down_proj"):
+        module.sow("intermediates", _KEY, args[0])
+    elif isinstance(module, MoE):
+        module.sow("intermediates", _KEY, args[0])
+    return out
+
+
+def _minitron(a: jax.Array) -> jax.Array:
+    """[batch, length, n] -> [n]: sum over the batch of (mean over the sequence of |a|)^2 (sqrt taken at the end)."""
+    return jnp.sum(jnp.square(jnp.mean(jnp.abs(a.astype(jnp.float32)), axis=1)), axis=0)
+
+
+def _moe_stats(cfg: ModelConfig, p: dict, x: jax.Array) -> dict[str, jax.Array]:
+    """REAP sums and counts per expert, and expert-FFN channel statistics shared by all experts."""
+    batch, length, d = x.shape
+    tokens = x.reshape(-1, d).astype(jnp.float32)
+    num_experts = p["gate"].shape[1]
+    idx, weights = route(tokens, p["gate"], p["e_score_correction_bias"], top_k=cfg.num_experts_per_tok,
+                         n_group=cfg.n_group, topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
+                         scaling=cfg.routed_scaling_factor)
+    order, token_of_row, group_sizes = _sort_assignments(idx, num_experts)
+    h = relu2(jax.lax.ragged_dot(tokens[token_of_row], p["up_proj"], group_sizes))
+    y = jax.lax.ragged_dot(h, p["down_proj"], group_sizes)
+    w_rows, expert_of_row = weights.reshape(-1)[order], idx.reshape(-1)[order]
+    reap = jax.ops.segment_sum(w_rows * jnp.linalg.norm(y, axis=-1), expert_of_row, num_experts)
+    per_seq = jax.ops.segment_sum(jnp.abs(h) * w_rows[:, None], token_of_row // length, batch) / length
+    return {"reap_sum": reap, "reap_count": jnp.bincount(expert_of_row, length=num_experts).astype(jnp.float32),
+            "expert_ffn": jnp.sum(jnp.square(per_seq), axis=0)}
+
+
+def _depth_errors(model: nn.Module, params: dict, tokens: jax.Array, reference: jax.Array,
+                  base: jax.Array) -> jax.Array:
+    """[L]: sum of squared logit differences to `reference` when layer j is removed on top of `base` gates."""
+    num_layers = base.shape[0]
+
+    def removed(gates: jax.Array) -> jax.Array:
+        masks = {"layers": [{"depth": gates[i]} for i in range(num_layers)]}
+        logits = model.apply({"params": params}, tokens, masks=masks)[0]
+        return jnp.sum(jnp.square(logits - reference))
+
+    return jax.lax.map(removed, base[None, :] * (1.0 - jnp.eye(num_layers)))
+
+
+@lru_cache(maxsize=16)
+def _stats_fn(cfg: ModelConfig):
+    """The jitted per-batch statistics of every axis (compiled once per config and batch shape)."""
+    model = build(cfg)
+
+    def stats(params: dict, tokens: jax.Array) -> dict:
+        with nn.intercept_methods(_capture):
+            (logits, _), state = model.apply({"params": params}, tokens, mutable=["intermediates"])
+        got = state["intermediates"]
+        hidden = jnp.zeros((cfg.hidden_size,), jnp.float32)
+        layers = []
+        for layer, kind in enumerate(cfg.pattern):
+            g, mixer = got[f"layers_{layer}"], got[f"layers_{layer}"].get("mixer", {})
+            hidden = hidden + jnp.sum(jnp.abs(g["norm"][_KEY][0]), axis=(0, 1))
+            if kind == "M":
+                layers.append({"mamba_channels": _minitron(mixer["in_x"][_KEY][0]),
+                               "mamba_channels_out": _minitron(mixer["out_proj"][_KEY][0])})
+            elif kind == "*":
+                out = mixer["o_proj"][_KEY][0]
+                heads = jnp.linalg.norm(out.reshape(*out.shape[:2], -1, cfg.head_dim).astype(jnp.float32), axis=-1)
+                layers.append({"attention_heads": _minitron(heads)})
+            elif kind == "-":
+                layers.append({"ffn": _minitron(mixer["down_proj"][_KEY][0])})
+            else:
+                entry = _moe_stats(cfg, params[f"layers_{layer}"]["mixer"], mixer[_KEY][0])
+                entry["shared_ffn"] = _minitron(mixer["shared_experts"]["down_proj"][_KEY][0])
+                layers.append(entry)
+        ones = jnp.ones((cfg.num_layers,), jnp.float32)
+        return {"hidden": hidden, "layers": layers, "depth_sq_err": _depth_errors(model, params, tokens, logits, ones),
+                "logit_sq": jnp.sum(jnp.square(logits))}
+
+    return jax.jit(stats)
+
+
+@lru_cache(maxsize=16)
+def _depth_fn(cfg: ModelConfig):
+    """Jitted (params, tokens, base gates) -> (per-layer squared logit error against the full model, sum logits^2)."""
+    model = build(cfg)
+
+    def depth(params: dict, tokens: jax.Array, base: jax.Array):
+        reference = model.apply({"params": params}, tokens)[0]
+        return _depth_errors(model, params, tokens, reference, base), jnp.sum(jnp.square(reference))
+
+    return jax.jit(depth)
+
+
+def token_batch(cfg: ModelConfig, batch: Any) -> jax.Array:
+    """A validated int32 [batch, length] array from an array or a {"inputs"/"tokens": array} batch."""
+    if isinstance(batch, Mapping):
+        batch = batch["inputs"] if "inputs" in batch else batch["tokens"]
+    return jnp.asarray(check_tokens(cfg, batch, "calibration batch"))
+
+
+def _finalize(cfg: ModelConfig, total: dict) -> dict:
+    """Summed statistics -> per-axis scores (higher is more important), indexed like the parent's arrays."""
+    layers = []
+    for layer, kind in enumerate(cfg.pattern):
+        t = total["layers"][layer]
+        if kind == "M":
+            shape = (cfg.mamba_heads(layer), cfg.mamba_head_dim)
+            layers.append({"mamba_heads": np.sqrt(t["mamba_channels"].reshape(shape).sum(-1)),
+                           "mamba_heads_out": np.sqrt(t["mamba_channels_out"].reshape(shape).sum(-1))})
+        elif kind == "*":
+            heads = np.sqrt(t["attention_heads"])
+            kv = cfg.width("num_key_value_heads", layer)
+            layers.append({"attention_heads": heads, "kv_groups": np.linalg.norm(heads.reshape(kv, -1), axis=-1)})
+        elif kind == "-":
+            layers.append({"ffn": np.sqrt(t["ffn"])})
+        else:
+            layers.append({"experts": t["reap_sum"] / np.maximum(t["reap_count"], 1.0),
+                           "expert_ffn": np.sqrt(t["expert_ffn"]), "shared_ffn": np.sqrt(t["shared_ffn"])})
+    depth = total["depth_sq_err"] / max(float(total["logit_sq"]), 1e-30)
+    return {"hidden": total["hidden"], "layers": layers, "depth": depth}
+
+
+def compute_scores(cfg: ModelConfig, params: dict, batches: Iterable[Any]) -> dict:
+    """Per-axis importance scores summed over a stream of [batch, length] token arrays (or {"inputs": ...})."""
+    fn = _stats_fn(cfg)
+    total = None
+    for batch in batches:
+        stats = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), fn(params, token_batch(cfg, batch)))
+        total = stats if total is None else jax.tree_util.tree_map(np.add, total, stats)
+    if total is None:
+        raise ElasticError("importance needs at least one calibration batch; got none")
+    return _finalize(cfg, total)
+
+
+def _desc(scores: np.ndarray) -> np.ndarray:
+    return np.argsort(-np.asarray(scores), kind="stable")
+
+
+def _within_groups(scores: np.ndarray, groups: int) -> np.ndarray:
+    per = len(scores) // groups
+    return np.concatenate([g * per + _desc(scores[g * per:(g + 1) * per]) for g in range(groups)])
+
+
+def rank_from_scores(cfg: ModelConfig, scores: dict, *, mamba_source: str = "in_x") -> dict:
+    """A ranking (see elastic_jax.elastic.permute) that sorts every axis by decreasing score within its groups.
+
+    `mamba_source`: "in_x" (METHOD: the x part of in_proj) or "out_proj" (the out_proj input) for Mamba heads.
+    """
+    if mamba_source not in MAMBA_SOURCES:
+        raise ElasticError(f"mamba_source {mamba_source!r} is unknown; allowed: {list(MAMBA_SOURCES)}")
+    layers = []
+    for layer, kind in enumerate(cfg.pattern):
+        s = scores["layers"][layer]
+        if kind == "M":
+            layers.append({"mamba_heads": _within_groups(s[MAMBA_SOURCES[mamba_source]], cfg.mamba_n_groups)})
+        elif kind == "*":
+            per = len(s["attention_heads"]) // len(s["kv_groups"])
+            order = [g * per + _desc(s["attention_heads"][g * per:(g + 1) * per]) for g in _desc(s["kv_groups"])]
+            layers.append({"attention_heads": np.concatenate(order)})
+        elif kind == "-":
+            layers.append({"ffn": _desc(s["ffn"])})
+        else:
+            layers.append({"experts": _within_groups(s["experts"], cfg.n_group), "expert_ffn": _desc(s["expert_ffn"]),
+                           "shared_ffn": _desc(s["shared_ffn"])})
+    return {"hidden": _desc(scores["hidden"]), "layers": layers, "depth": _desc(scores["depth"])}
+
+
+def iterative_depth_order(cfg: ModelConfig, params: dict, batches: list[Any]) -> np.ndarray:
+    """Layers most important first, removing the least important layer one at a time and re-scoring the rest
+    with the removed ones gone (errors always against the full model's logits)."""
+    fn, tokens = _depth_fn(cfg), [token_batch(cfg, b) for b in batches]
+    base, removed = np.ones(cfg.num_layers, np.float32), []
+    while len(removed) < cfg.num_layers - 1:
+        err = sum(np.asarray(fn(params, t, jnp.asarray(base))[0], np.float64) for t in tokens)
+        err[removed] = np.inf
+        worst = int(np.argmin(err))
+        removed.append(worst)
+        base[worst] = 0.0
+    rest = [i for i in range(cfg.num_layers) if i not in removed]
+    return np.asarray(rest + removed[::-1])
+
+
+def run_importance(cfg: ModelConfig, params: dict, batches: Iterable[Any], *, iterative_depth: bool = False,
+                   mamba_source: str = "in_x") -> tuple[dict, dict]:
+    """(scores, ranking) for every axis; `permute_params(params, cfg, ranking)` makes nested models prefixes.
+
+    `batches`: [batch, length] token arrays (or {"inputs": ...}); `iterative_depth` re-scores layers after each
+    removal (L^2/2 forwards per batch instead of L).
+    """
+    batches = list(batches)
+    scores = compute_scores(cfg, params, batches)
+    ranking = rank_from_scores(cfg, scores, mamba_source=mamba_source)
+    if iterative_depth:
+        ranking["depth"] = iterative_depth_order(cfg, params, batches)
+    return scores, ranking
