@@ -99,7 +99,8 @@ def _permute_layer(p: dict, cfg: ModelConfig, layer: int, rank: dict) -> dict:
              "E": {"experts", "expert_ffn", "shared_ffn"}}[kind]
     unknown = sorted(set(rank) - known)
     if unknown:
-        raise ElasticError(f"ranking.{where}: axes {unknown} do not apply to a {kind!r} layer; allowed: {sorted(known)}")
+        raise ElasticError(f"ranking.{where}: axes {unknown} do not apply to a {kind!r} layer; "
+                           f"allowed: {sorted(known)}")
     if kind == "M" and "mamba_heads" in rank:
         order = _check_perm(rank["mamba_heads"], cfg.mamba_heads(layer), f"{where}.mamba_heads", cfg.mamba_n_groups)
         return _mamba(p, cfg, layer, order)
@@ -141,6 +142,15 @@ def _permute_hidden(params: dict, cfg: ModelConfig, order: np.ndarray) -> dict:
     return out
 
 
+def ranking_to_json(ranking: dict) -> dict:
+    """The ranking with plain int lists (for JSON checkpoint metadata); permute_params accepts it back as is."""
+    as_list = lambda v: [int(i) for i in np.asarray(v).reshape(-1)]  # noqa: E731
+    out = {k: as_list(v) for k, v in ranking.items() if k != "layers"}
+    if "layers" in ranking:
+        out["layers"] = [{k: as_list(v) for k, v in (entry or {}).items()} for entry in ranking["layers"]]
+    return out
+
+
 def permute_params(params: dict, cfg: ModelConfig, ranking: dict) -> dict:
     """The same function with every ranked axis stored in importance order (then nested models are prefixes)."""
     layers = ranking.get("layers", [{}] * cfg.num_layers)
@@ -152,7 +162,8 @@ def permute_params(params: dict, cfg: ModelConfig, ranking: dict) -> dict:
     out = dict(params)
     for layer in range(cfg.num_layers):
         p = params[f"layers_{layer}"]
-        out[f"layers_{layer}"] = {"norm": p["norm"], "mixer": _permute_layer(p["mixer"], cfg, layer, layers[layer] or {})}
+        mixer = _permute_layer(p["mixer"], cfg, layer, layers[layer] or {})
+        out[f"layers_{layer}"] = {"norm": p["norm"], "mixer": mixer}
     if "hidden" in ranking:
         out = _permute_hidden(out, cfg, _check_perm(ranking["hidden"], cfg.hidden_size, "hidden"))
     return out

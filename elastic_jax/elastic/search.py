@@ -41,7 +41,7 @@ class Candidate:
 def _axes_present(cfg: ModelConfig, axes: Sequence[str] | None, layer_order: Sequence[int] | None) -> list[str]:
     """The axes a search varies: those the pattern has (depth only with a layer order), optionally restricted."""
     axis_char = dict(WIDTH_FIELDS.values())
-    present = [a for a in AXES if a == "hidden" or axis_char.get(a, "") in cfg.pattern
+    present = [a for a in AXES if a == "hidden" or (a in axis_char and axis_char[a] in cfg.pattern)
                or (a == "depth" and layer_order is not None and cfg.num_layers > 1)]
     if axes is None:
         return present

@@ -9,6 +9,13 @@ same structure:
     {"hidden": f32[D], "layers": [per parent layer: {"depth": f32[], <kind's masks>}]}
     M: "mamba_heads" [H]   *: "attention_heads" [Hq, kv-group major]   -: "ffn" [F]
     E: "experts" [E], "expert_ffn" [F_e], "shared_ffn" [F_s]
+
+What a mask value m does (hard 0/1 masks reproduce the slice exactly; fractional values interpolate):
+hidden: the embedding and every mixer output are multiplied by m, and every RMSNorm takes the m-weighted mean
+of x^2 (sum(x^2 m) / sum(m)); heads / neurons / channels: their output is multiplied by m (Mamba's gated group
+norm also averages over the kept channels of each group); experts: an expert with m <= 0 is not a routing
+candidate (top-k unchanged) and a chosen expert's routing weight is multiplied by m; depth: the layer's mixer
+output is multiplied by the gate (0 makes the block an identity).
 """
 
 from __future__ import annotations
@@ -132,7 +139,8 @@ def spec_masks(cfg: ModelConfig, spec: ElasticSpec) -> dict:
     kept = set(spec.kept_layers(cfg))
     layers = []
     for layer, kind in enumerate(cfg.pattern):
-        w = lambda name: spec.width(cfg, name, layer)  # noqa: E731
+        def w(name: str, layer: int = layer) -> int:
+            return spec.width(cfg, name, layer)
         entry: dict[str, np.ndarray] = {"depth": np.float32(layer in kept)}
         if kind == "M":
             entry["mamba_heads"] = _prefix(cfg.mamba_heads(layer), w("mamba_num_heads"), cfg.mamba_n_groups)

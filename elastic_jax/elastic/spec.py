@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from elastic_jax.config import ConfigError, ModelConfig
+from elastic_jax.elastic.accounting import WEIGHT_DTYPES, count_params, memory_bytes
 
 IntOrTuple = int | tuple[int, ...]
 ATTENTION_MODES = ("kv_groups", "query_heads")
@@ -279,8 +280,6 @@ class Budget:
     weight_dtype: str = "bfloat16"
 
     def __post_init__(self):
-        from elastic_jax.elastic.accounting import WEIGHT_DTYPES
-
         f = self.fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 < f <= 1):
             raise ElasticError(f"budget.fraction must be in (0, 1] (a fraction of the parent), got {f!r}")
@@ -295,8 +294,6 @@ class Budget:
 
     def measure(self, cfg: ModelConfig) -> int:
         """The budget's metric for a (nested) config."""
-        from elastic_jax.elastic.accounting import count_params, memory_bytes
-
         if self.metric == "memory":
             return memory_bytes(cfg, self.batch, self.context, self.weight_dtype)
         total, active = count_params(cfg)

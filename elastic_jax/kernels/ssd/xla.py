@@ -108,10 +108,17 @@ def _chunk_backward(state, xk, dk, bk, ck, A, D, d_new, dy):
 @jax.custom_vjp
 def _chunked_scan(xc, dtc, bc, cc, A, D, state0):
     """Chunk-major inputs (xc [c,b,g,r,l,p], dtc [c,b,g,r,l], bc/cc [c,b,g,l,n]) -> (y like xc, final_state)."""
-    return _chunked_scan_fwd(xc, dtc, bc, cc, A, D, state0)[0]
+
+    def step(state, inp):
+        return _chunk_forward(state, *inp, A, D)
+
+    final_state, y = lax.scan(step, state0, (xc, dtc, bc, cc))
+    return y, final_state
 
 
 def _chunked_scan_fwd(xc, dtc, bc, cc, A, D, state0):
+    """Forward under differentiation: also saves every chunk's entry state for the backward pass."""
+
     def step(state, inp):
         new_state, y = _chunk_forward(state, *inp, A, D)
         return new_state, (y, state)
@@ -121,6 +128,7 @@ def _chunked_scan_fwd(xc, dtc, bc, cc, A, D, state0):
 
 
 def _chunked_scan_bwd(res, cts):
+    """Reverse scan over chunks, carrying the state cotangent; dA and dD are accumulated in the carry."""
     xc, dtc, bc, cc, A, D, entry_states = res
     dy, d_final = cts
 
@@ -131,9 +139,7 @@ def _chunked_scan_bwd(res, cts):
         return (d_state, dA_acc + dA, dD_acc + d_D), (dx, ddt, dB, dC)
 
     init = (d_final, jnp.zeros_like(A), jnp.zeros_like(D))
-    (d_state0, dA, dD), (dx, ddt, dB, dC) = lax.scan(
-        step, init, (entry_states, xc, dtc, bc, cc, dy), reverse=True
-    )
+    (d_state0, dA, dD), (dx, ddt, dB, dC) = lax.scan(step, init, (entry_states, xc, dtc, bc, cc, dy), reverse=True)
     return dx, ddt, dB, dC, dA, dD, d_state0
 
 

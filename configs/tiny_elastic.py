@@ -1,0 +1,32 @@
+"""Elastify the tiny parent into nested 100% / 70% / 40% models (the quickstart's elastic stage)."""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+def _tiny() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("elastic_jax_config_tiny", Path(__file__).with_name("tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = _tiny()  # the parent's model, data, mesh and checkpoint sections
+    config.train.lr = 1e-3
+    config.train.warmup_steps = 20
+    config.train.total_steps = 300  # the schedule length; elastic.stage1_steps + stage2_steps steps are run
+    config.train.eval_prompts = 64
+    config.checkpoint.every_steps = 100
+    # Budgets, router and the two-stage schedule (elastic_jax/train/elastify.py: ElasticTrainConfig).
+    config.elastic = ml_collections.ConfigDict(dict(
+        budgets=(1.0, 0.7, 0.4), metric="total_params",
+        axes=("hidden", "mamba_heads", "attention_heads", "ffn", "experts", "expert_ffn", "shared_ffn"),
+        num_choices=8, min_fraction=0.25, heterogeneous=False, router_hidden=128, router_lr_multiplier=100.0,
+        router_weight=1.0, tolerance=0.05,
+        stage1_steps=200, stage2_steps=100, stage1_seq_len=128, stage2_seq_len=256, stage2_weights=(0.5, 0.3, 0.2),
+        static_after=0.5, ce_weight=0.0, kd_temperature=1.0, importance_batches=8, permute=True,
+    ))
+    return config

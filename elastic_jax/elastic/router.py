@@ -1,0 +1,284 @@
+"""The learnable router: budget -> per-axis width choices, as Gumbel-softmax masks, with a resource loss.
+
+One small MLP per elastic axis maps a one-hot of the budget index (linearly interpolated for a budget between
+two trained ones) to logits over that axis's candidate widths (times the number of layers when heterogeneous).
+Training samples Gumbel-softmax probabilities pi (temperature annealed 1.0 -> 0.05, logits scaled 1 -> 10);
+the mask of an axis is sum_i pi_i * prefix_mask_i (soft), or the argmax prefix with straight-through gradients
+(hard). Deployment takes the argmax choice as an ElasticSpec. The resource loss compares the *expected*
+configuration (expected width = pi . choices) with the target through the accounting module, so the router and
+every report count parameters and memory the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from elastic_jax.config import ModelConfig
+from elastic_jax.elastic.slicing import spec_masks
+from elastic_jax.elastic.spec import WIDTH_FIELDS, Budget, ElasticError, ElasticSpec, round_width
+
+ROUTER_AXES = ("hidden", "mamba_heads", "attention_heads", "ffn", "experts", "expert_ffn", "shared_ffn")
+_FIELD_OF_AXIS = {"hidden": "hidden_size", **{axis: field for field, (axis, _) in WIDTH_FIELDS.items()}}
+_KIND_OF_AXIS = {axis: kind for _, (axis, kind) in WIDTH_FIELDS.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterConfig:
+    """Budgets (fractions of the parent under `metric`), axes, candidate grid and schedules of the router."""
+
+    budgets: tuple[float, ...] = (1.0, 0.7, 0.4)
+    metric: str = "total_params"
+    axes: tuple[str, ...] = ROUTER_AXES
+    num_choices: int = 8
+    min_fraction: float = 0.25
+    heterogeneous: bool = False
+    hidden_dim: int = 128
+    tau_start: float = 1.0
+    tau_end: float = 0.05
+    scale_start: float = 1.0
+    scale_end: float = 10.0
+    tolerance: float = 0.05
+    hard: bool = True
+    attention_mode: str = "kv_groups"
+
+    def __post_init__(self):
+        budgets = tuple(float(b) for b in self.budgets)
+        object.__setattr__(self, "budgets", budgets)
+        object.__setattr__(self, "axes", tuple(self.axes))
+        if not budgets:
+            raise ElasticError("router.budgets: at least one budget is needed")
+        for b in budgets:
+            if not 0.0 < b <= 1.0:
+                raise ElasticError(f"router.budgets: every budget must be in (0, 1], got {b}")
+        if len(set(budgets)) != len(budgets):
+            raise ElasticError(f"router.budgets: duplicated budget(s) in {list(budgets)}")
+        Budget(budgets[0], self.metric)  # validates the metric name
+        unknown = sorted(set(self.axes) - set(ROUTER_AXES))
+        if unknown:
+            raise ElasticError(f"router.axes: unknown axis {unknown}; allowed: {list(ROUTER_AXES)}")
+        if self.num_choices < 2:
+            raise ElasticError(f"router.num_choices must be >= 2, got {self.num_choices}")
+        if not 0.0 < self.min_fraction < 1.0:
+            raise ElasticError(f"router.min_fraction must be in (0, 1), got {self.min_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """One routed axis: its candidate widths (descending, first = the parent's), the layers it covers, and the
+    prefix mask of every candidate ([num_choices, size], from spec_masks so masks equal slices)."""
+
+    name: str
+    layers: tuple[int, ...]
+    choices: tuple[int, ...]
+    heterogeneous: bool
+
+    @property
+    def rows(self) -> int:
+        return len(self.layers) if self.heterogeneous else 1
+
+
+def build_axes(cfg: ModelConfig, rc: RouterConfig) -> tuple[Axis, ...]:
+    """The axes of `rc.axes` that the parent has, each with its grid of valid candidate widths."""
+    fractions = np.linspace(1.0, rc.min_fraction, rc.num_choices)
+    axes = []
+    for name in rc.axes:
+        if name == "hidden":
+            choices = sorted({max(1, round(f * cfg.hidden_size)) for f in fractions}, reverse=True)
+            axes.append(Axis(name, (), tuple(choices), False))
+            continue
+        layers = tuple(i for i, c in enumerate(cfg.pattern) if c == _KIND_OF_AXIS[name])
+        if not layers:
+            continue
+        field = _FIELD_OF_AXIS[name]
+        if len({cfg.width(field, i) for i in layers}) > 1:
+            raise ElasticError(f"router: the parent's {field} differs between layers; routing needs one parent width")
+        choices = sorted({round_width(cfg, field, layers[0], f, rc.attention_mode) for f in fractions}, reverse=True)
+        if len(choices) > 1:
+            axes.append(Axis(name, layers, tuple(choices), rc.heterogeneous))
+    return tuple(axes)
+
+
+def choice_masks(cfg: ModelConfig, axis: Axis, attention_mode: str) -> np.ndarray:
+    """[num_choices, size] prefix masks of an axis's candidates (taken from spec_masks of one-axis specs)."""
+    rows = []
+    for width in axis.choices:
+        masks = spec_masks(cfg, ElasticSpec(**{_FIELD_OF_AXIS[axis.name]: width}, attention_mode=attention_mode))
+        rows.append(masks["hidden"] if axis.name == "hidden" else masks["layers"][axis.layers[0]][axis.name])
+    return np.stack(rows)
+
+
+def init_router(key: jax.Array, cfg: ModelConfig, rc: RouterConfig) -> dict:
+    """Router parameters: per axis a two-layer MLP from the budget one-hot to [rows * choices] logits."""
+    params = {}
+    n = len(rc.budgets)
+    for axis, k in zip(build_axes(cfg, rc), jax.random.split(key, len(rc.axes))):
+        k1, k2 = jax.random.split(k)
+        out = axis.rows * len(axis.choices)
+        params[axis.name] = {"w1": jax.random.normal(k1, (n, rc.hidden_dim)) * (1.0 / np.sqrt(n)),
+                             "b1": jnp.zeros((rc.hidden_dim,)),
+                             "w2": jax.random.normal(k2, (rc.hidden_dim, out)) * (0.01 / np.sqrt(rc.hidden_dim)),
+                             "b2": jnp.zeros((out,))}
+    return params
+
+
+def budget_code(rc: RouterConfig, budget: float) -> np.ndarray:
+    """One-hot of a trained budget, or the linear interpolation of its two neighbours' one-hots."""
+    b = np.asarray(rc.budgets)
+    code = np.zeros(len(b), np.float32)
+    exact = np.flatnonzero(np.isclose(b, budget))
+    if exact.size:
+        code[exact[0]] = 1.0
+        return code
+    if not b.min() < budget < b.max():
+        raise ElasticError(f"budget {budget} is outside the trained range [{b.min()}, {b.max()}]")
+    above = min((i for i in range(len(b)) if b[i] > budget), key=lambda i: b[i])
+    below = max((i for i in range(len(b)) if b[i] < budget), key=lambda i: b[i])
+    t = (budget - b[below]) / (b[above] - b[below])
+    code[above], code[below] = t, 1.0 - t
+    return code
+
+
+def router_logits(params: dict, code: jax.Array, axes: Sequence[Axis]) -> dict[str, jax.Array]:
+    """Per-axis logits [rows, choices] for a budget code."""
+    out = {}
+    for axis in axes:
+        p = params[axis.name]
+        h = jax.nn.leaky_relu(code @ p["w1"] + p["b1"])
+        out[axis.name] = (h @ p["w2"] + p["b2"]).reshape(axis.rows, len(axis.choices))
+    return out
+
+
+def schedule(rc: RouterConfig, progress: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(temperature, logit scale) at training progress in [0, 1]: exponential anneal, linear rise."""
+    progress = jnp.clip(progress, 0.0, 1.0)
+    tau = rc.tau_start * (rc.tau_end / rc.tau_start) ** progress
+    return tau, rc.scale_start + (rc.scale_end - rc.scale_start) * progress
+
+
+def sample_probs(logits: jax.Array, key: jax.Array | None, tau: jax.Array, scale: jax.Array, hard: bool) -> jax.Array:
+    """Gumbel-softmax probabilities over choices; `hard` gives the argmax one-hot with straight-through grads."""
+    z = logits * scale
+    if key is not None:
+        z = z + jax.random.gumbel(key, z.shape)
+    probs = jax.nn.softmax(z / tau, axis=-1)
+    if not hard:
+        return probs
+    one_hot = jax.nn.one_hot(jnp.argmax(probs, axis=-1), probs.shape[-1], dtype=probs.dtype)
+    return one_hot + probs - jax.lax.stop_gradient(probs)
+
+
+class _ExpectedConfig:
+    """A ModelConfig look-alike whose elastic widths are (traced) expected values, so the accounting functions
+    give the expected parameter count / memory of a router distribution (differentiably)."""
+
+    def __init__(self, cfg: ModelConfig, widths: dict[str, Any], per_layer: dict[str, dict[int, Any]]):
+        self._cfg, self._widths, self._per_layer = cfg, widths, per_layer
+
+    def __getattr__(self, name: str):
+        return getattr(self._cfg, name)
+
+    @property
+    def hidden_size(self):
+        return self._widths.get("hidden_size", self._cfg.hidden_size)
+
+    def width(self, name: str, layer: int):
+        if name == "num_key_value_heads" and layer in self._per_layer.get("num_attention_heads", {}):
+            cfg = self._cfg
+            per_group = cfg.width("num_attention_heads", layer) // cfg.width("num_key_value_heads", layer)
+            return self._per_layer["num_attention_heads"][layer] / per_group
+        return self._per_layer.get(name, {}).get(layer, self._cfg.width(name, layer))
+
+    def mamba_heads(self, layer: int):
+        return self.width("mamba_num_heads", layer)
+
+
+def expected_config(cfg: ModelConfig, axes: Sequence[Axis], probs: dict[str, jax.Array]) -> _ExpectedConfig:
+    """The expected configuration (width = pi . choices per axis and layer) of a router distribution."""
+    widths: dict[str, Any] = {}
+    per_layer: dict[str, dict[int, Any]] = {}
+    for axis in axes:
+        expected = probs[axis.name] @ jnp.asarray(axis.choices, jnp.float32)  # [rows]
+        field = _FIELD_OF_AXIS[axis.name]
+        if axis.name == "hidden":
+            widths[field] = expected[0]
+        else:
+            per_layer[field] = {layer: expected[i if axis.heterogeneous else 0] for i, layer in enumerate(axis.layers)}
+    return _ExpectedConfig(cfg, widths, per_layer)
+
+
+def resource_loss(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], probs: dict[str, jax.Array],
+                  budget: float) -> tuple[jax.Array, jax.Array]:
+    """(loss, ratio): ratio = measure(expected config) / (budget * measure(parent)); loss = |ratio - 1|, zero
+    within the tolerance. For budget 1.0 this pushes every axis to its largest choice."""
+    metric = Budget(budget, rc.metric)
+    ratio = metric.measure(expected_config(cfg, axes, probs)) / metric.target(cfg)
+    gap = jnp.abs(ratio - 1.0)
+    return jnp.where(gap <= rc.tolerance, 0.0, gap), ratio
+
+
+def masks_from_probs(cfg: ModelConfig, axes: Sequence[Axis], probs: dict[str, jax.Array],
+                     choice_mask_table: dict[str, np.ndarray]) -> dict:
+    """The model's mask pytree (see NemotronH) for a router distribution: sum_i pi_i * prefix_mask_i."""
+    hidden = jnp.ones((cfg.hidden_size,), jnp.float32)
+    layers: list[dict[str, jax.Array]] = [{} for _ in range(cfg.num_layers)]
+    for axis in axes:
+        mask = probs[axis.name] @ jnp.asarray(choice_mask_table[axis.name])  # [rows, size]
+        if axis.name == "hidden":
+            hidden = mask[0]
+        else:
+            for i, layer in enumerate(axis.layers):
+                layers[layer][axis.name] = mask[i if axis.heterogeneous else 0]
+    return {"hidden": hidden, "layers": layers}
+
+
+def argmax_spec(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], logits: dict[str, jax.Array]) -> ElasticSpec:
+    """The deployment architecture of a budget: the argmax choice of every axis (and layer)."""
+    fields: dict[str, Any] = {}
+    for axis in axes:
+        picks = np.asarray(jnp.argmax(logits[axis.name], axis=-1))
+        field = _FIELD_OF_AXIS[axis.name]
+        if axis.name == "hidden":
+            fields[field] = int(axis.choices[picks[0]])
+        elif axis.heterogeneous:
+            per_layer = [cfg.width(field, i) if cfg.pattern[i] == _KIND_OF_AXIS[axis.name] else 0
+                         for i in range(cfg.num_layers)]
+            for i, layer in enumerate(axis.layers):
+                per_layer[layer] = int(axis.choices[picks[i]])
+            fields[field] = tuple(per_layer)
+        else:
+            fields[field] = int(axis.choices[picks[0]])
+    return ElasticSpec(**fields, attention_mode=rc.attention_mode).validate(cfg)
+
+
+class Router:
+    """Static description of a router for one parent: axes, candidate masks; pure functions of router params."""
+
+    def __init__(self, cfg: ModelConfig, rc: RouterConfig):
+        self.cfg, self.rc = cfg, rc
+        self.axes = build_axes(cfg, rc)
+        self.mask_table = {axis.name: choice_masks(cfg, axis, rc.attention_mode) for axis in self.axes}
+        self.codes = np.stack([budget_code(rc, b) for b in rc.budgets])
+
+    def init(self, key: jax.Array) -> dict:
+        return init_router(key, self.cfg, self.rc)
+
+    def sample(self, params: dict, budget_index: int, key: jax.Array | None, progress: jax.Array):
+        """(masks, resource loss, ratio, probs) of trained budget `budget_index` at training `progress`."""
+        tau, scale = schedule(self.rc, progress)
+        logits = router_logits(params, jnp.asarray(self.codes[budget_index]), self.axes)
+        keys = [None] * len(self.axes) if key is None else list(jax.random.split(key, len(self.axes)))
+        probs = {axis.name: sample_probs(logits[axis.name], k, tau, scale, self.rc.hard)
+                 for axis, k in zip(self.axes, keys)}
+        loss, ratio = resource_loss(self.cfg, self.rc, self.axes, probs, self.rc.budgets[budget_index])
+        return masks_from_probs(self.cfg, self.axes, probs, self.mask_table), loss, ratio, probs
+
+    def spec_for(self, params: dict, budget: float) -> ElasticSpec:
+        """The argmax architecture for a trained or in-between budget."""
+        logits = router_logits(params, jnp.asarray(budget_code(self.rc, budget)), self.axes)
+        return argmax_spec(self.cfg, self.rc, self.axes, logits)

@@ -1,0 +1,152 @@
+"""The joint elastic step: one jit that trains every budget and the router, distilling from the frozen parent.
+
+teacher logits (once per batch) -> for each budget: router(budget) -> masks -> student logits -> forward KL
+(+ optional CE) -> budget-weighted sum + lambda * resource loss -> grads for the shared weights and the router
+-> optax with separate learning rates. A budget whose architecture is fixed (`fixed_specs`) trains as a static
+prefix slice instead: its cost is that of the sliced model, and the gradient lands in the parent's prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from elastic_jax.config import ModelConfig
+from elastic_jax.elastic.router import Router
+from elastic_jax.elastic.slicing import slice_params
+from elastic_jax.elastic.spec import ElasticError, ElasticSpec
+from elastic_jax.model.functional import build
+from elastic_jax.train.config import TrainConfig
+from elastic_jax.train.losses import cross_entropy, kl_forward
+from elastic_jax.train.optim import learning_rate_schedule, param_labels
+from elastic_jax.train.state import TrainState
+from elastic_jax.train.step import TraceCounter
+
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class JointLossConfig:
+    """Static settings of the joint loss (hashable: one compiled step per value)."""
+
+    weights: tuple[float, ...]
+    fixed_specs: tuple[ElasticSpec | None, ...]
+    router_weight: float = 1.0
+    ce_weight: float = 0.0
+    kd_temperature: float = 1.0
+
+    def __post_init__(self):
+        if len(self.weights) != len(self.fixed_specs):
+            raise ElasticError(f"weights ({len(self.weights)}) and fixed_specs ({len(self.fixed_specs)}) must have "
+                               "one entry per budget")
+        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ElasticError(f"elastic.weights must be non-negative with a positive sum, got {list(self.weights)}")
+
+
+def make_elastic_optimizer(train: TrainConfig, router_lr_multiplier: float = 100.0
+                           ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW for the shared weights (decay and freezing as in pretraining) and Adam at lr * multiplier for the
+    router (METHOD §5-6), over params {"model": ..., "router": ...}."""
+    schedule = learning_rate_schedule(train)
+
+    def adamw(weight_decay: float) -> optax.GradientTransformation:
+        return optax.adamw(schedule, b1=train.b1, b2=train.b2, eps=train.eps, weight_decay=weight_decay)
+
+    def labels(params):
+        return {"model": param_labels(params["model"]), "router": jax.tree.map(lambda _: "router", params["router"])}
+
+    tx = optax.multi_transform({"decay": adamw(train.weight_decay), "no_decay": adamw(0.0),
+                                "frozen": optax.set_to_zero(),
+                                "router": optax.adam(lambda step: schedule(step) * router_lr_multiplier)}, labels)
+    return (tx if train.clip_norm <= 0 else optax.chain(optax.clip_by_global_norm(train.clip_norm), tx)), schedule
+
+
+def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher_logits: jax.Array,
+                  batch: Batch, key: jax.Array, progress: jax.Array) -> tuple[list[jax.Array], dict[str, jax.Array]]:
+    """Per-budget loss terms (distillation + CE + lambda * resource) and their metrics."""
+    model = build(cfg)
+    losses, metrics = [], {}
+    keys = jax.random.split(key, len(lc.weights))
+    for i, (budget, spec) in enumerate(zip(router.rc.budgets, lc.fixed_specs)):
+        if spec is not None:
+            sub_params, sub_cfg = slice_params(params["model"], cfg, spec)
+            logits = build(sub_cfg).apply({"params": sub_params}, batch["inputs"])[0]
+            resource, ratio = jnp.zeros(()), jnp.asarray(-1.0)
+        else:
+            masks, resource, ratio, _ = router.sample(params["router"], i, keys[i], progress)
+            logits = model.apply({"params": params["model"]}, batch["inputs"], masks=masks)[0]
+        kd = kl_forward(teacher_logits, logits, batch["loss_mask"], lc.kd_temperature)
+        loss = kd + lc.router_weight * resource
+        if lc.ce_weight:
+            ce, _ = cross_entropy(logits, batch["targets"], batch["loss_mask"])
+            loss = loss + lc.ce_weight * ce
+            metrics[f"ce/{budget:g}"] = ce
+        losses.append(loss)
+        metrics.update({f"kd/{budget:g}": kd, f"resource/{budget:g}": resource, f"ratio/{budget:g}": ratio})
+    return losses, metrics
+
+
+def joint_loss(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher_params: dict,
+               batch: Batch, key: jax.Array, progress: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """sum_b w_b * loss_b over budgets, with the teacher's logits computed once."""
+    teacher_logits = jax.lax.stop_gradient(build(cfg).apply({"params": teacher_params}, batch["inputs"])[0])
+    losses, metrics = budget_losses(cfg, router, lc, params, teacher_logits, batch, key, progress)
+    norm = sum(lc.weights)
+    total = sum(w / norm * loss for w, loss in zip(lc.weights, losses))
+    return total, metrics
+
+
+def make_elastic_step(cfg: ModelConfig, router: Router, lc: JointLossConfig, optimizer: optax.GradientTransformation,
+                      schedule: optax.Schedule, total_steps: int
+                      ) -> tuple[Callable[..., tuple[TrainState, dict]], TraceCounter]:
+    """(step, counter): step(state, teacher_params, batch, key) -> (state, metrics); state.params holds
+    {"model", "router"}; the Gumbel schedule follows state.step / total_steps."""
+    counter = TraceCounter()
+
+    def step(state: TrainState, teacher_params: dict, batch: Batch, key: jax.Array):
+        counter.count += 1
+        progress = state.step.astype(jnp.float32) / max(total_steps - 1, 1)
+        batch = {k: batch[k] for k in ("inputs", "targets", "loss_mask")}
+        (loss, metrics), grads = jax.value_and_grad(
+            lambda p: joint_loss(cfg, router, lc, p, teacher_params, batch, key, progress), has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads["model"]),
+                   "lr": jnp.asarray(schedule(state.step))}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(step, donate_argnums=(0,)), counter
+
+
+class StepCache:
+    """Compiled elastic steps, one per static loss configuration (budget weights, fixed architectures), counted."""
+
+    def __init__(self, cfg: ModelConfig, router: Router, optimizer: optax.GradientTransformation,
+                 schedule: optax.Schedule, total_steps: int):
+        self.cfg, self.router, self.optimizer, self.schedule, self.total_steps = cfg, router, optimizer, schedule, \
+            total_steps
+        self._steps: dict[JointLossConfig, tuple[Callable, TraceCounter]] = {}
+
+    def get(self, lc: JointLossConfig) -> Callable:
+        if lc not in self._steps:
+            self._steps[lc] = make_elastic_step(self.cfg, self.router, lc, self.optimizer, self.schedule,
+                                                self.total_steps)
+        return self._steps[lc][0]
+
+    @property
+    def compilations(self) -> int:
+        return sum(counter.count for _, counter in self._steps.values())
+
+
+def stage_weights(num_budgets: int, stage2: Sequence[float] | None, stage: int) -> tuple[float, ...]:
+    """Uniform weights in stage 1; stage-2 weights (favouring the full model) afterwards."""
+    if stage == 1 or stage2 is None:
+        return tuple([1.0] * num_budgets)
+    if len(stage2) != num_budgets:
+        raise ElasticError(f"elastic.stage2_weights needs one weight per budget ({num_budgets}), got {list(stage2)}")
+    return tuple(float(w) for w in stage2)

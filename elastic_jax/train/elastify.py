@@ -1,0 +1,250 @@
+"""Elastification: rank and permute a parent, then train every budget and the router jointly; one checkpoint out.
+
+`run_elastify(experiment_config, workdir, parent)` is what `elastic-jax elastify` calls. The experiment has the
+pretraining sections (model, train, data, checkpoint) plus `elastic` (ElasticTrainConfig). Stage 1 trains on
+short sequences with uniform budget weights, stage 2 on longer ones with weights favouring the full model;
+after `static_after` of the steps every budget's architecture is fixed to the router's argmax and trains as a
+static prefix slice. The checkpoint's metadata carries the router config, budgets, the chosen spec per budget
+and the importance ranking applied, so `elastic-jax slice` can cut any trained or in-between budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from elastic_jax.checkpoint import Checkpointer, config_diff
+from elastic_jax.config import ConfigError, ModelConfig
+from elastic_jax.data import make_eval_batches, make_train_iterator
+from elastic_jax.elastic.importance import run_importance
+from elastic_jax.elastic.permute import permute_params, ranking_to_json
+from elastic_jax.elastic.router import ROUTER_AXES, Router, RouterConfig
+from elastic_jax.elastic.spec import ElasticError, ElasticSpec
+from elastic_jax.train.config import section
+from elastic_jax.train.elastic_step import JointLossConfig, StepCache, make_elastic_optimizer, stage_weights
+from elastic_jax.train.elastic_eval import evaluate_budgets
+from elastic_jax.train.loop import RunSpec, parse_experiment
+from elastic_jax.train.metrics import MetricsWriter
+from elastic_jax.train.preemption import Preemption
+from elastic_jax.train.state import TrainState
+
+log = logging.getLogger("elastic_jax.elastify")
+
+
+@dataclasses.dataclass(frozen=True)
+class ElasticTrainConfig:
+    """The `elastic` section: budgets, router, loss weights and the two-stage schedule."""
+
+    budgets: tuple[float, ...] = (1.0, 0.7, 0.4)
+    metric: str = "total_params"
+    axes: tuple[str, ...] = ROUTER_AXES
+    num_choices: int = 8
+    min_fraction: float = 0.25
+    heterogeneous: bool = False
+    router_hidden: int = 128
+    router_lr_multiplier: float = 100.0
+    router_weight: float = 1.0
+    tolerance: float = 0.05
+    stage1_steps: int = 100
+    stage2_steps: int = 50
+    stage1_seq_len: int = 128
+    stage2_seq_len: int = 256
+    stage2_weights: tuple[float, ...] | None = (0.5, 0.3, 0.2)
+    static_after: float = 0.6
+    ce_weight: float = 0.0
+    kd_temperature: float = 1.0
+    importance_batches: int = 8
+    permute: bool = True
+
+    def __post_init__(self):
+        for name in ("budgets", "axes", "stage2_weights"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        for name in ("stage1_steps", "stage2_steps", "stage1_seq_len", "stage2_seq_len", "importance_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0 or (name.endswith("seq_len") and value < 1):
+                raise ConfigError(f"elastic.{name}: must be a non-negative integer (seq_len >= 1), got {value!r}")
+        if self.stage1_steps + self.stage2_steps < 1:
+            raise ConfigError("elastic.stage1_steps + elastic.stage2_steps must be >= 1")
+        if not 0.0 <= self.static_after <= 1.0:
+            raise ConfigError(f"elastic.static_after: must be in [0, 1], got {self.static_after}")
+        if self.stage2_weights is not None and len(self.stage2_weights) != len(self.budgets):
+            raise ConfigError(f"elastic.stage2_weights: one weight per budget ({len(self.budgets)}), got "
+                              f"{list(self.stage2_weights)}")
+        if 1.0 not in self.budgets:
+            raise ConfigError(f"elastic.budgets: must include the full model 1.0, got {list(self.budgets)}")
+        self.router_config()  # budget and axis validation with clear errors
+
+    @property
+    def total_steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+    def router_config(self) -> RouterConfig:
+        try:
+            return RouterConfig(budgets=self.budgets, metric=self.metric, axes=self.axes, num_choices=self.num_choices,
+                                min_fraction=self.min_fraction, heterogeneous=self.heterogeneous,
+                                hidden_dim=self.router_hidden, tolerance=self.tolerance)
+        except ElasticError as err:
+            raise ConfigError(str(err).replace("router.", "elastic.")) from None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ElasticTrainConfig:
+        data = dict(data.to_dict() if hasattr(data, "to_dict") else data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"elastic: unknown field(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def load_parent(path: str | Path, expected: ModelConfig) -> tuple[dict, dict[str, Any]]:
+    """Parent params (+ its metadata) from a Hugging Face directory or our checkpoint; the config must match."""
+    from elastic_jax.convert.hf import from_hf
+    from elastic_jax.model_io import load_model
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        cfg, params = from_hf(path)
+        meta: dict[str, Any] = {}
+    else:
+        cfg, params, meta = load_model(path)
+        params = params.get("model", params) if "router" in params else params
+    diff = config_diff(cfg.to_dict(), expected.to_dict())
+    if diff:
+        raise ConfigError(f"--parent {path}: its model config does not match the experiment's model section; "
+                          "differing fields: " + "; ".join(diff))
+    return params, meta
+
+
+def rank_and_permute(spec: RunSpec, ec: ElasticTrainConfig, params: dict, meta: dict) -> tuple[dict, Any]:
+    """Importance on calibration batches, then permute so nested models are prefixes (skipped if done before)."""
+    if meta.get("elastic", {}).get("ranking") is not None or not ec.permute:
+        return params, meta.get("elastic", {}).get("ranking")
+    batches = make_eval_batches(spec.data, spec.tokenizer, ec.stage1_seq_len, spec.train.global_batch,
+                                ec.importance_batches, 0, 1, max_seq_len=spec.model.max_position_embeddings)
+    _, ranking = run_importance(spec.model, params, [b["inputs"] for b in batches])
+    log.info("ranked and permuted the parent on %d calibration batches", len(batches))
+    return permute_params(params, spec.model, ranking), ranking_to_json(ranking)
+
+
+def _metadata(spec: RunSpec, ec: ElasticTrainConfig, ranking: Any, specs: dict[float, ElasticSpec]) -> dict:
+    elastic = {"train": ec.to_dict(), "router": dataclasses.asdict(ec.router_config()), "budgets": list(ec.budgets),
+               "ranking": ranking, "specs": {f"{b:g}": s.to_dict() for b, s in specs.items()}}
+    return json.loads(json.dumps({"model": spec.model.to_dict(), "tokenizer": spec.tokenizer.to_dict(),
+                                  "experiment": spec.experiment, "elastic": elastic}))
+
+
+class _Feeds:
+    """One resumable data iterator per stage (their sequence lengths differ)."""
+
+    def __init__(self, spec: RunSpec, ec: ElasticTrainConfig, states: dict[str, Any] | None):
+        self.iterators = {
+            stage: make_train_iterator(spec.data, spec.tokenizer, seq_len, spec.train.global_batch, spec.train.seed + i,
+                                       0, 1, max_seq_len=spec.model.max_position_embeddings)
+            for i, (stage, seq_len) in enumerate((("1", ec.stage1_seq_len), ("2", ec.stage2_seq_len)))}
+        for stage, state in (states or {}).items():
+            self.iterators[stage].set_state(state)
+
+    def next(self, stage: int) -> dict[str, jax.Array]:
+        batch = next(self.iterators[str(stage)])
+        return {k: jnp.asarray(batch[k]) for k in ("inputs", "targets", "loss_mask")}
+
+    def state(self) -> dict[str, Any]:
+        return {stage: it.get_state() for stage, it in self.iterators.items()}
+
+
+def run_elastify(experiment_config: ml_collections.ConfigDict, workdir: str, parent: str) -> dict[str, Any]:
+    """Elastify `parent` as the experiment says, in `workdir` (resuming); returns the per-budget table."""
+    spec = parse_experiment(experiment_config)
+    ec = ElasticTrainConfig.from_dict(section(experiment_config, "elastic"))
+    # the learning-rate schedule spans the elastic run
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, total_steps=ec.total_steps,
+                                                               schedule_steps=0))
+    parent_params, parent_meta = load_parent(parent, spec.model)
+    cfg, router = spec.model, Router(spec.model, ec.router_config())
+    workdir_path = Path(workdir).absolute()
+    ckpt = Checkpointer(workdir_path / "checkpoints", spec.checkpoint)
+    optimizer, schedule = make_elastic_optimizer(spec.train, ec.router_lr_multiplier)
+    abstract = jax.eval_shape(lambda: TrainState.create(
+        {"model": parent_params, "router": router.init(jax.random.PRNGKey(0))}, optimizer)).to_tree()
+    found = ckpt.restore_latest(abstract)
+    if found is None:
+        teacher, ranking = rank_and_permute(spec, ec, parent_params, parent_meta)
+        teacher = jax.tree.map(jnp.asarray, teacher)
+        state = TrainState.create({"model": jax.tree.map(jnp.copy, teacher),
+                                   "router": router.init(jax.random.PRNGKey(spec.train.seed))}, optimizer)
+        specs: dict[float, ElasticSpec] = {}
+        feeds, start = _Feeds(spec, ec, None), 0
+    else:
+        start, tree, data_states, meta = found
+        state, ranking = TrainState.from_tree(tree), meta["elastic"]["ranking"]
+        specs = {float(b): ElasticSpec.from_dict(s) for b, s in meta["elastic"]["specs"].items()}
+        teacher = permute_params(parent_params, cfg, ranking) if ranking is not None else parent_params
+        teacher = jax.tree.map(jnp.asarray, teacher)
+        feeds = _Feeds(spec, ec, data_states[0] if data_states else None)
+        log.info("resumed elastification at step %d", start)
+    steps = StepCache(cfg, router, optimizer, schedule, ec.total_steps)
+    writer = MetricsWriter(workdir_path, enabled=jax.process_index() == 0)
+    try:
+        with Preemption() as preemption:
+            state, specs = _train(spec, ec, router, steps, state, teacher, feeds, specs, start, ranking, ckpt,
+                                  writer, preemption)
+    finally:
+        writer.close()
+        ckpt.close()
+    if int(state.step) < ec.total_steps:
+        return {"stopped_at": int(state.step)}
+    table = evaluate_budgets(spec, ec, router, state.params, teacher, specs)
+    (workdir_path / "budgets.json").write_text(json.dumps(table, indent=1))
+    return {"budgets": table, "compilations": steps.compilations}
+
+
+def _fixed_specs(ec: ElasticTrainConfig, router: Router, state: TrainState, step: int,
+                 specs: dict[float, ElasticSpec]) -> dict[float, ElasticSpec]:
+    if specs or step < round(ec.static_after * ec.total_steps):
+        return specs
+    fixed = {b: router.spec_for(state.params["router"], b) for b in ec.budgets}
+    log.info("step %d: architectures fixed, static-slice mode: %s", step, {b: s.to_dict() for b, s in fixed.items()})
+    return fixed
+
+
+def _train(spec, ec, router, steps, state, teacher, feeds, specs, start, ranking, ckpt, writer, preemption):
+    key = jax.random.PRNGKey(spec.train.seed + 17)
+    bar = tqdm(range(start, ec.total_steps), initial=start, total=ec.total_steps, desc="elastify",
+               disable=not spec.train.progress_bar)
+    t0 = time.perf_counter()
+    for step in bar:
+        stage = 1 if step < ec.stage1_steps else 2
+        specs = _fixed_specs(ec, router, state, step, specs)
+        lc = JointLossConfig(weights=stage_weights(len(ec.budgets), ec.stage2_weights, stage),
+                             fixed_specs=tuple(specs.get(b) for b in ec.budgets), router_weight=ec.router_weight,
+                             ce_weight=ec.ce_weight, kd_temperature=ec.kd_temperature)
+        state, metrics = steps.get(lc)(state, teacher, feeds.next(stage), jax.random.fold_in(key, step))
+        done = step + 1
+        if done % spec.train.log_every == 0 or done == ec.total_steps:
+            values = {k: float(v) for k, v in metrics.items()}
+            values.update(stage=stage, compilations=steps.compilations, seconds=time.perf_counter() - t0)
+            writer.write(done, values)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", stage=stage)
+        every = spec.checkpoint.every_steps
+        if preemption.requested or done == ec.total_steps or (every and done % every == 0):
+            ckpt.save(done, state.to_tree(), feeds.state(), _metadata(spec, ec, ranking, specs))
+            if preemption.requested:
+                ckpt.wait()
+                log.warning("SIGTERM: saved step %d and stopping", done)
+                break
+    return state, specs
