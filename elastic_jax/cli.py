@@ -70,6 +70,38 @@ def _pretrain_args(p):
     p.add_argument("--workdir", required=True)
 
 
+@verb("importance", "rank every elastic axis on calibration data and write the permuted parent")
+def _importance_args(p):
+    p.add_argument("--checkpoint", required=True, help="parent checkpoint (or --hf)")
+    _config_arg(p, required=False)
+    p.add_argument("--out", required=True)
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+
+
+@verb("elastify", "train nested budgets and the router jointly from a parent; one checkpoint out")
+def _elastify_args(p):
+    _config_arg(p)
+    p.add_argument("--parent", required=True, help="parent checkpoint directory or Hugging Face directory")
+    p.add_argument("--workdir", required=True)
+
+
+@verb("slice", "cut one budget (trained or in between) out of an elastic checkpoint, zero-shot")
+def _slice_args(p):
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--budget", type=float, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", default="elastic_jax", choices=["elastic_jax", "hf"])
+
+
+@verb("quickstart", "pretrain a tiny parent, elastify it into 100/70/40%, slice, evaluate, print the table")
+def _quickstart_args(p):
+    p.add_argument("--workdir", default="quickstart")
+    p.add_argument("--pretrain-steps", type=int, default=400)
+    p.add_argument("--elastic-steps", type=int, default=240)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elastic-jax", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -159,6 +191,46 @@ def run(args) -> int:
 
         result = run_pretrain(ej.load_experiment(args.config, args.overrides), args.workdir)
         print(json.dumps(result, default=str, indent=1))
+    else:
+        return run_elastic_verb(args)
+    return 0
+
+
+def run_elastic_verb(args) -> int:
+    """importance, elastify, slice and quickstart."""
+    import elastic_jax as ej
+    from elastic_jax.elastic.accounting import format_count
+
+    if args.verb == "importance":
+        from elastic_jax.data import ByteTokenizer, DataConfig, make_eval_batches
+        from elastic_jax.elastic import permute_params, ranking_to_json, run_importance
+        from elastic_jax.model_io import load_model, save_model
+
+        cfg, params, meta = load_model(args.checkpoint)
+        batches = make_eval_batches(DataConfig(), ByteTokenizer(), args.seq_len, args.batch_size, args.batches,
+                                    0, 1, max_seq_len=cfg.max_position_embeddings)
+        scores, ranking = run_importance(cfg, params, [b["inputs"] for b in batches])
+        ranking_json = ranking_to_json(ranking)
+        meta = {k: v for k, v in meta.items() if k not in ("model", "format")}
+        meta["elastic"] = {**meta.get("elastic", {}), "ranking": ranking_json}
+        save_model(args.out, cfg, permute_params(params, cfg, ranking), meta)
+        print(f"ranked {len(ranking_json)} axes on {len(batches)} batches; permuted parent -> {args.out}")
+    elif args.verb == "elastify":
+        from elastic_jax.train.elastify import run_elastify
+
+        result = run_elastify(ej.load_experiment(args.config, args.overrides), args.workdir, args.parent)
+        print(json.dumps(result, default=str, indent=1))
+    elif args.verb == "slice":
+        from elastic_jax.elastic.slice_checkpoint import slice_checkpoint
+
+        spec, sub_cfg = slice_checkpoint(args.checkpoint, args.budget, args.out, args.format)
+        total, active = ej.count_params(sub_cfg)
+        print(f"budget {args.budget}: {spec.to_dict()}\ntotal {format_count(total)} active {format_count(active)} "
+              f"-> {args.out}")
+    elif args.verb == "quickstart":
+        from elastic_jax.quickstart import run_quickstart
+
+        run_quickstart(args.workdir, args.pretrain_steps, args.elastic_steps, tuple(args.overrides))
     return 0
 
 
@@ -166,17 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(rest)
     args.overrides = overrides
-    if overrides and not hasattr(args, "config"):
+    if overrides and not hasattr(args, "config") and args.verb != "quickstart":
         print(f"error: {args.verb} takes no --config overrides ({overrides})", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from elastic_jax.config import ConfigError
+    from elastic_jax.elastic.spec import ElasticError
     from elastic_jax.convert.hf_config import ConversionError
     from elastic_jax.model.functional import InputError
 
     try:
         return run(args)
-    except (ConfigError, ConversionError, InputError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, ConversionError, InputError, ElasticError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +114,8 @@ def make_elastic_step(cfg: ModelConfig, router: Router, lc: JointLossConfig, opt
         (loss, metrics), grads = jax.value_and_grad(
             lambda p: joint_loss(cfg, router, lc, p, teacher_params, batch, key, progress), has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if all(spec is not None for spec in lc.fixed_specs):  # architectures fixed: the router stays put
+            updates = {"model": updates["model"], "router": jax.tree.map(jnp.zeros_like, updates["router"])}
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads["model"]),
                    "lr": jnp.asarray(schedule(state.step))}

@@ -20,7 +20,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from tqdm import tqdm
 
 from elastic_jax.checkpoint import Checkpointer, config_diff
@@ -31,8 +30,8 @@ from elastic_jax.elastic.permute import permute_params, ranking_to_json
 from elastic_jax.elastic.router import ROUTER_AXES, Router, RouterConfig
 from elastic_jax.elastic.spec import ElasticError, ElasticSpec
 from elastic_jax.train.config import section
-from elastic_jax.train.elastic_step import JointLossConfig, StepCache, make_elastic_optimizer, stage_weights
 from elastic_jax.train.elastic_eval import evaluate_budgets
+from elastic_jax.train.elastic_step import JointLossConfig, StepCache, make_elastic_optimizer, stage_weights
 from elastic_jax.train.loop import RunSpec, parse_experiment
 from elastic_jax.train.metrics import MetricsWriter
 from elastic_jax.train.preemption import Preemption
