@@ -163,7 +163,9 @@ def schedule(rc: RouterConfig, progress: jax.Array) -> tuple[jax.Array, jax.Arra
 
 def sample_probs(logits: jax.Array, key: jax.Array | None, tau: jax.Array, scale: jax.Array, hard: bool) -> jax.Array:
     """Gumbel-softmax probabilities over choices; `hard` gives the argmax one-hot with straight-through grads."""
-    z = logits * scale
+    # Standardised logits: the schedule alone sets how sharp the choice is, so large router weights cannot
+    # saturate the softmax (and kill its gradient) before the resource loss has been met.
+    z = (logits - logits.mean(-1, keepdims=True)) / (logits.std(-1, keepdims=True) + 1e-6) * scale
     if key is not None:
         z = z + jax.random.gumbel(key, z.shape)
     probs = jax.nn.softmax(z / tau, axis=-1)
@@ -237,23 +239,56 @@ def masks_from_probs(cfg: ModelConfig, axes: Sequence[Axis], probs: dict[str, ja
     return {"hidden": hidden, "layers": layers}
 
 
-def argmax_spec(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], logits: dict[str, jax.Array]) -> ElasticSpec:
-    """The deployment architecture of a budget: the argmax choice of every axis (and layer)."""
+def spec_from_picks(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], picks: dict[str, np.ndarray]
+                    ) -> ElasticSpec:
+    """The ElasticSpec of one choice index per axis (and layer, when heterogeneous)."""
     fields: dict[str, Any] = {}
     for axis in axes:
-        picks = np.asarray(jnp.argmax(logits[axis.name], axis=-1))
         field = _FIELD_OF_AXIS[axis.name]
-        if axis.name == "hidden":
-            fields[field] = int(axis.choices[picks[0]])
-        elif axis.heterogeneous:
+        if axis.heterogeneous:
             per_layer = [cfg.width(field, i) if cfg.pattern[i] == _KIND_OF_AXIS[axis.name] else 0
                          for i in range(cfg.num_layers)]
             for i, layer in enumerate(axis.layers):
-                per_layer[layer] = int(axis.choices[picks[i]])
+                per_layer[layer] = int(axis.choices[picks[axis.name][i]])
             fields[field] = tuple(per_layer)
         else:
-            fields[field] = int(axis.choices[picks[0]])
+            fields[field] = int(axis.choices[picks[axis.name][0]])
     return ElasticSpec(**fields, attention_mode=rc.attention_mode).validate(cfg)
+
+
+def argmax_spec(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], logits: dict[str, jax.Array],
+                budget: float | None = None) -> ElasticSpec:
+    """The deployment architecture of a budget: the argmax choice of every axis (and layer).
+
+    With `budget` given and the argmax outside the tolerance, the nearest in-tolerance architecture is taken:
+    one choice step at a time on the axis whose next choice the router rates highest, in the direction of the
+    target, so a trained router's preferences still decide which axes give way.
+    """
+    picks = {a.name: np.asarray(jnp.argmax(logits[a.name], axis=-1)) for a in axes}
+    spec = spec_from_picks(cfg, rc, axes, picks)
+    if budget is None:
+        return spec
+    metric = Budget(budget, rc.metric)
+    target = metric.target(cfg)
+    for _ in range(sum(a.rows * len(a.choices) for a in axes)):
+        ratio = metric.measure(spec.apply_to(cfg)) / target
+        if abs(ratio - 1.0) <= rc.tolerance:
+            break
+        step = 1 if ratio > 1.0 else -1  # choices are descending: +1 is smaller
+        moves = []
+        for axis in axes:
+            log_probs = np.asarray(jax.nn.log_softmax(logits[axis.name], axis=-1))
+            for row in range(axis.rows):
+                new = picks[axis.name][row] + step
+                if 0 <= new < len(axis.choices):
+                    moves.append((log_probs[row, new], axis.name, row, new))
+        if not moves:
+            break
+        _, name, row, new = max(moves)
+        picks[name] = picks[name].copy()
+        picks[name][row] = new
+        spec = spec_from_picks(cfg, rc, axes, picks)
+    return spec
 
 
 class Router:
@@ -281,4 +316,4 @@ class Router:
     def spec_for(self, params: dict, budget: float) -> ElasticSpec:
         """The argmax architecture for a trained or in-between budget."""
         logits = router_logits(params, jnp.asarray(budget_code(self.rc, budget)), self.axes)
-        return argmax_spec(self.cfg, self.rc, self.axes, logits)
+        return argmax_spec(self.cfg, self.rc, self.axes, logits, budget)

@@ -70,6 +70,7 @@ class ElasticTrainConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
+        self.router_config()  # budget and axis validation with clear errors
         for name in ("stage1_steps", "stage2_steps", "stage1_seq_len", "stage2_seq_len", "importance_batches"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or (name.endswith("seq_len") and value < 1):
@@ -83,7 +84,6 @@ class ElasticTrainConfig:
                               f"{list(self.stage2_weights)}")
         if 1.0 not in self.budgets:
             raise ConfigError(f"elastic.budgets: must include the full model 1.0, got {list(self.budgets)}")
-        self.router_config()  # budget and axis validation with clear errors
 
     @property
     def total_steps(self) -> int:

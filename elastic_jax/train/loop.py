@@ -8,6 +8,7 @@ before the first compilation. SIGTERM saves a checkpoint at the current step and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -115,16 +116,12 @@ def make_layout(spec: RunSpec) -> Layout:
     params_sh = distributed.param_shardings(abstract.params, mesh)
     opt_sh = distributed.tree_shardings_like(abstract.opt_state, abstract.params, params_sh, mesh)
     state_sharding = TrainState(step=NamedSharding(mesh, PartitionSpec()), params=params_sh, opt_state=opt_sh)
+    data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if spec.train.global_batch % data_shards or spec.train.global_batch % jax.process_count():
+        raise ConfigError(f"train.global_batch: {spec.train.global_batch} rows cannot be split evenly over the "
+                          f"mesh's data x fsdp = {data_shards} batch shards and {jax.process_count()} process(es)")
     batch_sharding = distributed.batch_sharding(mesh, global_batch=spec.train.global_batch)
-    shards = math.prod(mesh.shape[a] for a in _axes(batch_sharding.spec[0]))
-    if spec.train.global_batch % max(shards, 1) or spec.train.global_batch % jax.process_count():
-        raise ConfigError(f"train.global_batch: {spec.train.global_batch} rows cannot be split over {shards} batch "
-                          f"shards and {jax.process_count()} processes")
     return Layout(mesh, optimizer, schedule, abstract, state_sharding, batch_sharding)
-
-
-def _axes(entry: Any) -> tuple[str, ...]:
-    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def init_state(spec: RunSpec, layout: Layout) -> TrainState:
@@ -183,6 +180,12 @@ class DataFeed:
         return self.iterator.get_state()
 
 
+@functools.lru_cache(maxsize=8)
+def _replicate(mesh: jax.sharding.Mesh):
+    """A jitted identity that gathers a sharded pytree onto every device (generation wants whole weights)."""
+    return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
 def evaluate(spec: RunSpec, params: Any, eval_fn: Any, eval_batches: list[dict[str, jax.Array]]) -> dict[str, float]:
     """Eval loss on the held-out split and reasoning accuracy on the first N eval problems."""
     out: dict[str, float] = {}
@@ -190,8 +193,7 @@ def evaluate(spec: RunSpec, params: Any, eval_fn: Any, eval_batches: list[dict[s
         out["eval/loss"] = eval_loss(eval_fn, params, eval_batches)
     if spec.train.eval_prompts > 0 and spec.data.reasoning_weight > 0:
         examples = eval_prompts(spec.train.eval_prompts, spec.data.reasoning)
-        replicated = jax.jit(lambda p: p, out_shardings=NamedSharding(jax.tree.leaves(params)[0].sharding.mesh,
-                                                                      PartitionSpec()))(params)
+        replicated = _replicate(jax.tree.leaves(params)[0].sharding.mesh)(params)
         out["eval/accuracy"] = reasoning_accuracy(spec.model, replicated, examples, spec.tokenizer,
                                                   spec.train.eval_max_new_tokens)
     return out

@@ -53,7 +53,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
         (loss, tokens), grads = jax.value_and_grad(lambda p: _loss_fn(model, p, batch), has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": jnp.asarray(schedule(state.step)),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": jnp.asarray(schedule(state.step)),
                    "tokens": tokens}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
