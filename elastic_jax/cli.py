@@ -243,8 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from elastic_jax.config import ConfigError
-    from elastic_jax.elastic.spec import ElasticError
     from elastic_jax.convert.hf_config import ConversionError
+    from elastic_jax.elastic.spec import ElasticError
     from elastic_jax.model.functional import InputError
 
     try:

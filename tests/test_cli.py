@@ -30,7 +30,8 @@ def test_init_export_import_generate_round_trip(tmp_path, capsys):
     cfg2, params2, _ = load_model(tmp_path / "m2")
     assert cfg2.pattern == cfg.pattern
     tokens = np.array([[1, 7, 9, 11]])
-    np.testing.assert_array_equal(np.asarray(ej.apply(cfg, params, tokens)), np.asarray(ej.apply(cfg2, params2, tokens)))
+    np.testing.assert_array_equal(np.asarray(ej.apply(cfg, params, tokens)),
+                                  np.asarray(ej.apply(cfg2, params2, tokens)))
     capsys.readouterr()
     assert main(["generate", "--checkpoint", str(tmp_path / "m2"), "--prompt", "12+5=", "--max-new-tokens", "4"]) == 0
 
