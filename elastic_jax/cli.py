@@ -98,7 +98,7 @@ def _slice_args(p):
 @verb("quickstart", "pretrain a tiny parent, elastify it into 100/70/40%, slice, evaluate, print the table")
 def _quickstart_args(p):
     p.add_argument("--workdir", default="quickstart")
-    p.add_argument("--pretrain-steps", type=int, default=400)
+    p.add_argument("--pretrain-steps", type=int, default=600)
     p.add_argument("--elastic-steps", type=int, default=240)
 
 

@@ -36,7 +36,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_quickstart(workdir: str = "quickstart", pretrain_steps: int = 400, elastic_steps: int = 240,
+def run_quickstart(workdir: str = "quickstart", pretrain_steps: int = 600, elastic_steps: int = 240,
                    overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run every stage into `workdir` (each stage resumes if interrupted) and return the per-budget table."""
     from elastic_jax.convert.hf import to_hf
