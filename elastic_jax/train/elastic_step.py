@@ -72,6 +72,9 @@ def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params:
     losses, metrics = [], {}
     keys = jax.random.split(key, len(lc.weights))
     for i, (budget, spec) in enumerate(zip(router.rc.budgets, lc.fixed_specs)):
+        if lc.weights[i] == 0:  # a budget with no weight in this stage costs nothing
+            losses.append(jnp.zeros(()))
+            continue
         if spec is not None:
             sub_params, sub_cfg = slice_params(params["model"], cfg, spec)
             logits = build(sub_cfg).apply({"params": sub_params}, batch["inputs"])[0]
