@@ -214,7 +214,7 @@ def run_elastic_verb(args) -> int:
         meta = {k: v for k, v in meta.items() if k not in ("model", "format")}
         meta["elastic"] = {**meta.get("elastic", {}), "ranking": ranking_json}
         save_model(args.out, cfg, permute_params(params, cfg, ranking), meta)
-        print(f"ranked {len(ranking_json)} axes on {len(batches)} batches; permuted parent -> {args.out}")
+        print(f"ranked the parent on {len(batches)} calibration batches; permuted parent -> {args.out}")
     elif args.verb == "elastify":
         from elastic_jax.train.elastify import run_elastify
 

@@ -241,7 +241,8 @@ def _train(spec, ec, router, steps, state, teacher, feeds, specs, start, ranking
             bar.set_postfix(loss=f"{values['loss']:.4f}", stage=stage)
         every = spec.checkpoint.every_steps
         if preemption.requested or done == ec.total_steps or (every and done % every == 0):
-            ckpt.save(done, state.to_tree(), feeds.state(), _metadata(spec, ec, ranking, specs))
+            final = specs or {b: router.spec_for(state.params["router"], b) for b in ec.budgets}
+            ckpt.save(done, state.to_tree(), feeds.state(), _metadata(spec, ec, ranking, final))
             if preemption.requested:
                 ckpt.wait()
                 log.warning("SIGTERM: saved step %d and stopping", done)
