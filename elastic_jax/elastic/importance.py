@@ -8,10 +8,10 @@ for REAP. Width scores use Minitron's aggregation (mean |activation| over the se
 hidden channels sum |rmsnorm(x)_i| over batch, sequence and every block norm; experts use REAP; depth is the
 normalised logit MSE when a layer is removed (through the masked forward, so one compilation serves all).
 
-Mamba heads are scored as METHOD §4 / the Megatron code do, by the L2 of their channels in the x part of
-in_proj ("mamba_heads"); the same statistic at the out_proj input (after the scan, the z gate and the group
-norm) is kept as "mamba_heads_out", and `mamba_source="out_proj"` ranks by it instead. On small trained
-parents neither was consistently better; both beat random orders in most cases.
+Mamba heads: METHOD §4 / the Megatron code score a head by the L2 of its channels in the x part of in_proj
+("mamba_heads", `mamba_source="in_x"`). The default ranks by the same statistic at the out_proj input, after
+the scan, the z gate and the group norm ("mamba_heads_out"), i.e. by what the head actually emits: on small
+trained parents it beat random head orders more often (the in_x score tied random on the test parent).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def _within_groups(scores: np.ndarray, groups: int) -> np.ndarray:
     return np.concatenate([g * per + _desc(scores[g * per:(g + 1) * per]) for g in range(groups)])
 
 
-def rank_from_scores(cfg: ModelConfig, scores: dict, *, mamba_source: str = "in_x") -> dict:
+def rank_from_scores(cfg: ModelConfig, scores: dict, *, mamba_source: str = "out_proj") -> dict:
     """A ranking (see elastic_jax.elastic.permute) that sorts every axis by decreasing score within its groups.
 
     `mamba_source`: "in_x" (METHOD: the x part of in_proj) or "out_proj" (the out_proj input) for Mamba heads.
@@ -225,7 +225,7 @@ def iterative_depth_order(cfg: ModelConfig, params: dict, batches: list[Any]) ->
 
 
 def run_importance(cfg: ModelConfig, params: dict, batches: Iterable[Any], *, iterative_depth: bool = False,
-                   mamba_source: str = "in_x") -> tuple[dict, dict]:
+                   mamba_source: str = "out_proj") -> tuple[dict, dict]:
     """(scores, ranking) for every axis; `permute_params(params, cfg, ranking)` makes nested models prefixes.
 
     `batches`: [batch, length] token arrays (or {"inputs": ...}); `iterative_depth` re-scores layers after each

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from elastic_jax.model.mlp import MLP, relu2
 
-MOE_IMPLS = ("auto", "ragged", "blocked")
+MOE_IMPLS = ("auto", "ragged", "blocked", "windowed")
 
 
 def route(x: jax.Array, gate_w: jax.Array, bias: jax.Array, *, top_k: int, n_group: int, topk_group: int,
@@ -102,6 +102,37 @@ def experts_blocked(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, do
     return yb.reshape(num_blocks * block, -1)[dest]
 
 
+def experts_windowed(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array,
+                     ffn_mask: jax.Array | None = None, capacity_factor: float = 2.0) -> jax.Array:
+    """Grouped relu^2 FFN on CPU: one window of `capacity` sorted rows per expert, multiplied by that expert's
+    own weights (no weight copies); when some expert holds more rows than a window, the whole layer takes the
+    blocked path instead (lax.cond), so no token is ever dropped."""
+    rows, num_experts, dim = x_rows.shape[0], up.shape[0], x_rows.shape[1]
+    capacity = -(-int(capacity_factor * -(-rows // num_experts)) // 8) * 8
+    if rows <= num_experts or capacity >= rows:
+        return experts_blocked(x_rows, group_sizes, up, down, ffn_mask=ffn_mask)
+
+    def windows(x_rows, group_sizes, up, down, ffn_mask):
+        starts = jnp.cumsum(group_sizes) - group_sizes
+        padded = jnp.concatenate([x_rows, jnp.zeros((capacity, dim), x_rows.dtype)])
+        out = jnp.zeros((rows + capacity, dim), x_rows.dtype)
+        for e in range(num_experts):
+            window = jax.lax.dynamic_slice(padded, (starts[e], 0), (capacity, dim))
+            h = relu2(window @ up[e])
+            if ffn_mask is not None:
+                h = h * ffn_mask.astype(h.dtype)
+            y = h.astype(x_rows.dtype) @ down[e]
+            kept = jax.lax.dynamic_slice(out, (starts[e], 0), (capacity, dim))
+            y = jnp.where((jnp.arange(capacity) < group_sizes[e])[:, None], y, kept)
+            out = jax.lax.dynamic_update_slice(out, y, (starts[e], 0))
+        return out[:rows]
+
+    def blocked(x_rows, group_sizes, up, down, ffn_mask):
+        return experts_blocked(x_rows, group_sizes, up, down, block=256, ffn_mask=ffn_mask)
+
+    return jax.lax.cond(jnp.max(group_sizes) <= capacity, windows, blocked, x_rows, group_sizes, up, down, ffn_mask)
+
+
 class MoE(nn.Module):
     """Routed experts (stacked [E, in, out] kernels) plus one unweighted shared expert."""
 
@@ -136,8 +167,8 @@ class MoE(nn.Module):
         x_rows = tokens[token_of_row].astype(self.dtype)
         impl = self.impl
         if impl == "auto":
-            impl = "blocked" if jax.default_backend() == "cpu" else "ragged"
-        expert_fn = experts_ragged if impl == "ragged" else experts_blocked
+            impl = "windowed" if jax.default_backend() == "cpu" else "ragged"
+        expert_fn = {"ragged": experts_ragged, "blocked": experts_blocked, "windowed": experts_windowed}[impl]
         if masks.get("expert_ffn") is None:
             y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype))
         else:
