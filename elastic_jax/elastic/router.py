@@ -217,11 +217,16 @@ def expected_config(cfg: ModelConfig, axes: Sequence[Axis], probs: dict[str, jax
 def resource_loss(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], probs: dict[str, jax.Array],
                   budget: float) -> tuple[jax.Array, jax.Array]:
     """(loss, ratio): ratio = measure(expected config) / (budget * measure(parent)); loss = |ratio - 1|, zero
-    within the tolerance. For budget 1.0 this pushes every axis to its largest choice."""
+    within the tolerance (none for budget 1.0, which this pushes to every axis's largest choice)."""
     metric = Budget(budget, rc.metric)
     ratio = metric.measure(expected_config(cfg, axes, probs)) / metric.target(cfg)
     gap = jnp.abs(ratio - 1.0)
-    return jnp.where(gap <= rc.tolerance, 0.0, gap), ratio
+    return jnp.where(gap <= tolerance_for(rc, budget), 0.0, gap), ratio
+
+
+def tolerance_for(rc: RouterConfig, budget: float) -> float:
+    """The resource tolerance of a budget: none for the full model, which must stay the whole parent."""
+    return 0.0 if budget >= 1.0 else rc.tolerance
 
 
 def masks_from_probs(cfg: ModelConfig, axes: Sequence[Axis], probs: dict[str, jax.Array],
@@ -272,7 +277,7 @@ def argmax_spec(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], logits
     target = metric.target(cfg)
     for _ in range(sum(a.rows * len(a.choices) for a in axes)):
         ratio = metric.measure(spec.apply_to(cfg)) / target
-        if abs(ratio - 1.0) <= rc.tolerance:
+        if abs(ratio - 1.0) <= tolerance_for(rc, budget) + 1e-12:
             break
         step = 1 if ratio > 1.0 else -1  # choices are descending: +1 is smaller
         moves = []
