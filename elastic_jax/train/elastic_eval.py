@@ -17,8 +17,10 @@ from elastic_jax.train.evaluation import reasoning_accuracy
 from elastic_jax.train.step import make_eval_step
 
 
-def _loss(sub_cfg, sub_params, batches) -> float:
-    eval_fn, _ = make_eval_step(sub_cfg)
+def _loss(sub_cfg, sub_params, batches, eval_fns: dict) -> float:
+    if sub_cfg not in eval_fns:  # one compiled eval step per architecture, shared by zero-shot and trained
+        eval_fns[sub_cfg] = make_eval_step(sub_cfg)[0]
+    eval_fn = eval_fns[sub_cfg]
     losses = [eval_fn(sub_params, b) for b in batches]
     total = sum(float(m["loss"]) * float(m["tokens"]) for m in losses)
     return total / max(sum(float(m["tokens"]) for m in losses), 1.0)
@@ -45,6 +47,7 @@ def evaluate_budgets(spec, ec, router, params: dict, teacher: dict, specs: dict[
     n_prompts = spec.train.eval_prompts if prompts is None else prompts
     examples = eval_prompts(n_prompts, spec.data.reasoning) if n_prompts and spec.data.reasoning_weight > 0 else []
     parent_total, parent_active = count_params(cfg)
+    eval_fns: dict = {}
     rows = []
     for budget in ec.budgets:
         arch = specs.get(budget) or router.spec_for(params["router"], budget)
@@ -55,7 +58,8 @@ def evaluate_budgets(spec, ec, router, params: dict, teacher: dict, specs: dict[
         row = {"budget": budget, "spec": arch.to_dict(), "total_params": total, "active_params": active,
                "ratio_to_target": metric.measure(sub_cfg) / metric.target(cfg),
                "total_fraction": total / parent_total, "active_fraction": active / parent_active,
-               "zero_shot_loss": _loss(sub_cfg, zero_params, batches), "loss": _loss(sub_cfg, sub_params, batches),
+               "zero_shot_loss": _loss(sub_cfg, zero_params, batches, eval_fns),
+               "loss": _loss(sub_cfg, sub_params, batches, eval_fns),
                "tokens_per_s": _tokens_per_second(sub_cfg, sub_params, np.asarray(batches[0]["inputs"]))}
         if examples:
             replicated = jax.tree.map(jnp.asarray, sub_params)
@@ -64,7 +68,7 @@ def evaluate_budgets(spec, ec, router, params: dict, teacher: dict, specs: dict[
             row["zero_shot_accuracy"] = reasoning_accuracy(sub_cfg, jax.tree.map(jnp.asarray, zero_params), examples,
                                                            spec.tokenizer, spec.train.eval_max_new_tokens)
         rows.append(row)
-    parent_loss = _loss(cfg, teacher, batches)
+    parent_loss = _loss(cfg, teacher, batches, eval_fns)
     for row in rows:
         row["parent_loss"] = parent_loss
     return rows

@@ -90,10 +90,10 @@ class ElasticTrainConfig:
         return self.stage1_steps + self.stage2_steps
 
     def router_config(self) -> RouterConfig:
+        """The router settings, which this section carries under the same names (router_hidden -> hidden_dim)."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(RouterConfig) if hasattr(self, f.name)}
         try:
-            return RouterConfig(budgets=self.budgets, metric=self.metric, axes=self.axes, num_choices=self.num_choices,
-                                min_fraction=self.min_fraction, heterogeneous=self.heterogeneous,
-                                hidden_dim=self.router_hidden, tolerance=self.tolerance)
+            return RouterConfig(**shared, hidden_dim=self.router_hidden)
         except ElasticError as err:
             raise ConfigError(str(err).replace("router.", "elastic.")) from None
 
