@@ -1,13 +1,16 @@
-"""Training-step throughput of elastic_jax vs transformers' NemotronH on the same weights and batch (CPU).
+"""Training-step throughput of elastic_jax vs transformers' NemotronH on the same weights and batch.
 
 One step = forward, masked cross-entropy, backward, global-norm clipping and AdamW, on both sides. The two
 steps take turns (so background load affects both alike); prints best-of-N tokens/s of each and the ratio.
 Usage: python benchmarks/train_step.py [--config small] [--batch 4 --seq-len 256]
+On a GPU: add `--torch-device cuda` (transformers on the same GPU) and `--dtype bfloat16` (our compute dtype;
+torch autocast to bfloat16), both with fp32 master weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,23 +51,28 @@ def jax_step(cfg: ej.ModelConfig, params: dict, train: TrainConfig, batch: dict[
     return run
 
 
-def torch_step(model: torch.nn.Module, train: TrainConfig, batch: dict[str, np.ndarray]) -> Callable:
+def torch_step(model: torch.nn.Module, train: TrainConfig, batch: dict[str, np.ndarray], device: str,
+               dtype: str) -> Callable:
     """A closure running one transformers training step with torch AdamW and the same loss and clipping."""
-    model.train()
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.b1, train.b2), eps=train.eps,
                             weight_decay=train.weight_decay)
-    inputs = torch.from_numpy(batch["inputs"].astype(np.int64))
-    targets = torch.from_numpy(batch["targets"].astype(np.int64))
-    mask = torch.from_numpy(batch["loss_mask"])
+    inputs = torch.from_numpy(batch["inputs"].astype(np.int64)).to(device)
+    targets = torch.from_numpy(batch["targets"].astype(np.int64)).to(device)
+    mask = torch.from_numpy(batch["loss_mask"]).to(device)
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def run() -> None:
-        logits = model(inputs, use_cache=False).logits.float()
+        with autocast:
+            logits = model(inputs, use_cache=False).logits.float()
         nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         loss = (nll * mask.flatten()).sum() / mask.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm)
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
     return run
 
 
@@ -76,11 +84,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--torch-device", default="cpu", help="where transformers runs: cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype, both sides")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = ej.load_config(args.config)
+    cfg = dataclasses.replace(ej.load_config(args.config), compute_dtype=args.dtype)
     params = ej.init_params(cfg, seed=0)
     train = TrainConfig(lr=1e-4, warmup_steps=0, total_steps=1000, weight_decay=0.1, clip_norm=1.0)
     rng = np.random.default_rng(0)
@@ -91,11 +101,13 @@ def main() -> None:
         model = NemotronHForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     total, active = ej.count_params(cfg)
     print(f"config={args.config} params total={total / 1e6:.1f}M active={active / 1e6:.1f}M "
-          f"batch={args.batch}x{args.seq_len} backend={jax.default_backend()} torch_threads={torch.get_num_threads()}")
+          f"batch={args.batch}x{args.seq_len} dtype={args.dtype} backend={jax.default_backend()} "
+          f"torch_device={args.torch_device} torch_threads={torch.get_num_threads()}")
 
     n = args.batch * args.seq_len
-    times = interleaved_times({"jax": jax_step(cfg, params, train, batch), "hf": torch_step(model, train, batch)},
-                              args.warmup, args.repeats)
+    steps = {"jax": jax_step(cfg, params, train, batch),
+             "hf": torch_step(model, train, batch, args.torch_device, args.dtype)}
+    times = interleaved_times(steps, args.warmup, args.repeats)
     t_jax, t_hf = min(times["jax"]), min(times["hf"])  # best of N: the least disturbed run of each
     med = float(np.median(times["hf"]) / np.median(times["jax"]))
     print(f"train step {args.batch}x{args.seq_len}: jax {n / t_jax:,.0f} tok/s ({t_jax * 1e3:.0f} ms) | "

@@ -35,6 +35,14 @@ def supports(x_shape: tuple[int, ...], b_shape: tuple[int, ...], chunk_size: int
     return dtype_ok and all(_pow2_at_least_16(v) for v in (chunk_size, p, n)) and chunk_size <= 128 and p * n <= 16384
 
 
+def _kernel_block(chunk_size: int, p: int, n: int) -> int:
+    """Rows per kernel step: the model's chunk, halved until chunk * (chunk + p + 2n) fp32 values stay within 40960."""
+    q = chunk_size
+    while q > 16 and q * (q + p + 2 * n) > 40960:
+        q //= 2
+    return q
+
+
 def _ssd_program(a_ref, d_ref, x_ref, dt_ref, b_ref, c_ref, s0_ref, y_ref, sf_ref, *, chunk_size: int, num_chunks: int):
     """All chunks of one (batch, head): y and the final state."""
     f32 = jnp.float32
@@ -69,7 +77,9 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
     """Lay inputs out head-major, run one program per (batch, head), restore the public layouts."""
     b, seqlen, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    r, q = h // g, chunk_size
+    # The kernel's block need not be the model's chunk (chunked SSD is exact for any split): halve it when the
+    # fp32 tiles of a 128-chunk would not fit in shared memory (H100: 227 KiB per block at p=64, n=128).
+    r, q = h // g, _kernel_block(chunk_size, p, n)
     f32 = jnp.float32
     xp, bp, cp = (pad_to_chunks(v, q) for v in (x, B, C))
     dtp = pad_to_chunks(dt.astype(f32), q)
