@@ -16,9 +16,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from elastic_jax.model.experts_looped import experts_looped
 from elastic_jax.model.mlp import MLP, relu2
 
-MOE_IMPLS = ("auto", "ragged", "blocked", "windowed")
+MOE_IMPLS = ("auto", "ragged", "blocked", "windowed", "looped")
 
 
 def route(x: jax.Array, gate_w: jax.Array, bias: jax.Array, *, top_k: int, n_group: int, topk_group: int,
@@ -167,8 +168,11 @@ class MoE(nn.Module):
         x_rows = tokens[token_of_row].astype(self.dtype)
         impl = self.impl
         if impl == "auto":
-            impl = "windowed" if jax.default_backend() == "cpu" else "ragged"
-        expert_fn = {"ragged": experts_ragged, "blocked": experts_blocked, "windowed": experts_windowed}[impl]
+            impl = "looped" if jax.default_backend() == "cpu" else "ragged"
+        if impl == "looped" and tokens.shape[0] * self.top_k <= self.num_experts:
+            impl = "blocked"  # decode: a row or two per expert, gather just the routed experts' weights
+        expert_fn = {"ragged": experts_ragged, "blocked": experts_blocked, "windowed": experts_windowed,
+                     "looped": experts_looped}[impl]
         if masks.get("expert_ffn") is None:
             y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype))
         else:
