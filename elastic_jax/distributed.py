@@ -191,6 +191,18 @@ def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = SHARDING_RULES
     return NamedSharding(mesh, logical_to_spec(("batch", None), (dim, 1), mesh, rules))
 
 
+def global_from_host(tree: Any, shardings: Any) -> Any:
+    """Global jax Arrays from host arrays that every process holds in full (a sharding, or a tree of them):
+    each device receives only its own block (a replicated array: all of it)."""
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def one(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+    return jax.tree.map(one, tree, shardings)
+
+
 def global_batch_from_local(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Global jax Arrays from each process's rows (process i holds rows [i*n, (i+1)*n) of the global batch)."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -14,6 +13,7 @@ from elastic_jax.elastic.accounting import count_params
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import Budget, ElasticSpec
 from elastic_jax.train.evaluation import reasoning_accuracy
+from elastic_jax.train.loop import replicated
 from elastic_jax.train.step import make_eval_step
 
 
@@ -62,10 +62,9 @@ def evaluate_budgets(spec, ec, router, params: dict, teacher: dict, specs: dict[
                "loss": _loss(sub_cfg, sub_params, batches, eval_fns),
                "tokens_per_s": _tokens_per_second(sub_cfg, sub_params, np.asarray(batches[0]["inputs"]))}
         if examples:
-            replicated = jax.tree.map(jnp.asarray, sub_params)
-            row["accuracy"] = reasoning_accuracy(sub_cfg, replicated, examples, spec.tokenizer,
+            row["accuracy"] = reasoning_accuracy(sub_cfg, replicated(sub_params), examples, spec.tokenizer,
                                                  spec.train.eval_max_new_tokens)
-            row["zero_shot_accuracy"] = reasoning_accuracy(sub_cfg, jax.tree.map(jnp.asarray, zero_params), examples,
+            row["zero_shot_accuracy"] = reasoning_accuracy(sub_cfg, replicated(zero_params), examples,
                                                            spec.tokenizer, spec.train.eval_max_new_tokens)
         rows.append(row)
     parent_loss = _loss(cfg, teacher, batches, eval_fns)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from elastic_jax import distributed
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.router import Router
 from elastic_jax.elastic.slicing import slice_params
@@ -24,7 +27,7 @@ from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.losses import cross_entropy, kl_forward
 from elastic_jax.train.optim import learning_rate_schedule, param_labels
 from elastic_jax.train.state import TrainState
-from elastic_jax.train.step import TraceCounter
+from elastic_jax.train.step import BATCH_KEYS, TraceCounter
 
 Batch = dict[str, jax.Array]
 
@@ -66,7 +69,8 @@ def make_elastic_optimizer(train: TrainConfig, router_lr_multiplier: float = 100
 
 
 def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher_logits: jax.Array,
-                  batch: Batch, key: jax.Array, progress: jax.Array) -> tuple[list[jax.Array], dict[str, jax.Array]]:
+                  batch: Batch, key: jax.Array, progress: jax.Array, mesh: Mesh | None = None
+                  ) -> tuple[list[jax.Array], dict[str, jax.Array]]:
     """Per-budget loss terms (distillation + CE + lambda * resource) and their metrics."""
     model = build(cfg)
     losses, metrics = [], {}
@@ -77,6 +81,8 @@ def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params:
             continue
         if spec is not None:
             sub_params, sub_cfg = slice_params(params["model"], cfg, spec)
+            if mesh is not None:  # lay the slice out as a parent of its size would be, not as padded parent shards
+                sub_params = jax.lax.with_sharding_constraint(sub_params, distributed.param_shardings(sub_params, mesh))
             logits = build(sub_cfg).apply({"params": sub_params}, batch["inputs"])[0]
             resource, ratio = jnp.zeros(()), jnp.asarray(-1.0)
         else:
@@ -94,28 +100,47 @@ def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params:
 
 
 def joint_loss(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher_params: dict,
-               batch: Batch, key: jax.Array, progress: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+               batch: Batch, key: jax.Array, progress: jax.Array, mesh: Mesh | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """sum_b w_b * loss_b over budgets, with the teacher's logits computed once."""
     teacher_logits = jax.lax.stop_gradient(build(cfg).apply({"params": teacher_params}, batch["inputs"])[0])
-    losses, metrics = budget_losses(cfg, router, lc, params, teacher_logits, batch, key, progress)
+    losses, metrics = budget_losses(cfg, router, lc, params, teacher_logits, batch, key, progress, mesh)
     norm = sum(lc.weights)
     total = sum(w / norm * loss for w, loss in zip(lc.weights, losses))
     return total, metrics
 
 
+@dataclasses.dataclass(frozen=True)
+class StepShardings:
+    """Where the elastic step's inputs live: the train state, the frozen teacher (the student's model
+    shardings) and the batch rows. The key and the metrics are replicated."""
+
+    state: TrainState
+    batch: NamedSharding
+
+    def jit_kwargs(self) -> dict[str, Any]:
+        replicated = NamedSharding(self.batch.mesh, PartitionSpec())
+        batch = {k: self.batch for k in BATCH_KEYS}
+        return {"in_shardings": (self.state, self.state.params["model"], batch, replicated),
+                "out_shardings": (self.state, replicated)}
+
+
 def make_elastic_step(cfg: ModelConfig, router: Router, lc: JointLossConfig, optimizer: optax.GradientTransformation,
-                      schedule: optax.Schedule, total_steps: int
+                      schedule: optax.Schedule, total_steps: int, shardings: StepShardings | None = None
                       ) -> tuple[Callable[..., tuple[TrainState, dict]], TraceCounter]:
     """(step, counter): step(state, teacher_params, batch, key) -> (state, metrics); state.params holds
-    {"model", "router"}; the Gumbel schedule follows state.step / total_steps."""
+    {"model", "router"}; the Gumbel schedule follows state.step / total_steps. With `shardings`, the state
+    keeps its layout from step to step (static slices of sharded weights are resharded inside the program)."""
     counter = TraceCounter()
+    mesh = shardings.batch.mesh if shardings else None
 
     def step(state: TrainState, teacher_params: dict, batch: Batch, key: jax.Array):
         counter.count += 1
         progress = state.step.astype(jnp.float32) / max(total_steps - 1, 1)
-        batch = {k: batch[k] for k in ("inputs", "targets", "loss_mask")}
+        batch = {k: batch[k] for k in BATCH_KEYS}
         (loss, metrics), grads = jax.value_and_grad(
-            lambda p: joint_loss(cfg, router, lc, p, teacher_params, batch, key, progress), has_aux=True)(state.params)
+            lambda p: joint_loss(cfg, router, lc, p, teacher_params, batch, key, progress, mesh),
+            has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         if all(spec is not None for spec in lc.fixed_specs):  # architectures fixed: the router stays put
             updates = {"model": updates["model"], "router": jax.tree.map(jnp.zeros_like, updates["router"])}
@@ -124,22 +149,23 @@ def make_elastic_step(cfg: ModelConfig, router: Router, lc: JointLossConfig, opt
                    "lr": jnp.asarray(schedule(state.step))}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return jax.jit(step, donate_argnums=(0,)), counter
+    return jax.jit(step, donate_argnums=(0,), **(shardings.jit_kwargs() if shardings else {})), counter
 
 
 class StepCache:
     """Compiled elastic steps, one per static loss configuration (budget weights, fixed architectures), counted."""
 
     def __init__(self, cfg: ModelConfig, router: Router, optimizer: optax.GradientTransformation,
-                 schedule: optax.Schedule, total_steps: int):
+                 schedule: optax.Schedule, total_steps: int, shardings: StepShardings | None = None):
         self.cfg, self.router, self.optimizer, self.schedule, self.total_steps = cfg, router, optimizer, schedule, \
             total_steps
+        self.shardings = shardings
         self._steps: dict[JointLossConfig, tuple[Callable, TraceCounter]] = {}
 
     def get(self, lc: JointLossConfig) -> Callable:
         if lc not in self._steps:
             self._steps[lc] = make_elastic_step(self.cfg, self.router, lc, self.optimizer, self.schedule,
-                                                self.total_steps)
+                                                self.total_steps, self.shardings)
         return self._steps[lc][0]
 
     @property

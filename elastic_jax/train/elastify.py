@@ -6,6 +6,8 @@ short sequences with uniform budget weights, stage 2 on longer ones with weights
 after `static_after` of the steps every budget's architecture is fixed to the router's argmax and trains as a
 static prefix slice. The checkpoint's metadata carries the router config, budgets, the chosen spec per budget
 and the importance ranking applied, so `elastic-jax slice` can cut any trained or in-between budget.
+It runs on the pretraining mesh (the experiment's `mesh` section): student and frozen teacher share the
+parent's parameter shardings, the router is replicated and batches are split like pretraining's.
 """
 
 from __future__ import annotations
@@ -20,19 +22,36 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from elastic_jax import distributed
 from elastic_jax.checkpoint import Checkpointer, config_diff
 from elastic_jax.config import ConfigError, ModelConfig
-from elastic_jax.data import make_eval_batches, make_train_iterator
+from elastic_jax.data import make_eval_batches
 from elastic_jax.elastic.importance import run_importance
 from elastic_jax.elastic.permute import permute_params, ranking_to_json
 from elastic_jax.elastic.router import ROUTER_AXES, Router, RouterConfig
 from elastic_jax.elastic.spec import ElasticError, ElasticSpec
 from elastic_jax.train.config import section
 from elastic_jax.train.elastic_eval import evaluate_budgets
-from elastic_jax.train.elastic_step import JointLossConfig, StepCache, make_elastic_optimizer, stage_weights
-from elastic_jax.train.loop import RunSpec, parse_experiment
+from elastic_jax.train.elastic_step import (
+    JointLossConfig,
+    StepCache,
+    StepShardings,
+    make_elastic_optimizer,
+    stage_weights,
+)
+from elastic_jax.train.loop import (
+    DataFeed,
+    Layout,
+    RunSpec,
+    create_state,
+    global_batch_sharding,
+    parse_experiment,
+    restore_sharded,
+    state_layout,
+)
 from elastic_jax.train.metrics import MetricsWriter
 from elastic_jax.train.preemption import Preemption
 from elastic_jax.train.state import TrainState
@@ -148,67 +167,113 @@ def _metadata(spec: RunSpec, ec: ElasticTrainConfig, ranking: Any, specs: dict[f
 
 
 class _Feeds:
-    """One resumable data iterator per stage (their sequence lengths differ)."""
+    """One resumable global-batch feed per stage (their sequence lengths and seeds differ)."""
 
-    def __init__(self, spec: RunSpec, ec: ElasticTrainConfig, states: dict[str, Any] | None):
-        self.iterators = {
-            stage: make_train_iterator(spec.data, spec.tokenizer, seq_len, spec.train.global_batch, spec.train.seed + i,
-                                       0, 1, max_seq_len=spec.model.max_position_embeddings)
-            for i, (stage, seq_len) in enumerate((("1", ec.stage1_seq_len), ("2", ec.stage2_seq_len)))}
-        for stage, state in (states or {}).items():
-            self.iterators[stage].set_state(state)
+    def __init__(self, spec: RunSpec, ec: ElasticTrainConfig, layout: Layout, data_states: list[dict[str, Any]]):
+        # a checkpoint holds one {stage: iterator state} per process
+        self.feeds = {stage: DataFeed(spec, layout, [s[stage] for s in data_states], seq_len=seq_len,
+                                      seed=spec.train.seed + i)
+                      for i, (stage, seq_len) in enumerate((("1", ec.stage1_seq_len), ("2", ec.stage2_seq_len)))}
 
     def next(self, stage: int) -> dict[str, jax.Array]:
-        batch = next(self.iterators[str(stage)])
-        return {k: jnp.asarray(batch[k]) for k in ("inputs", "targets", "loss_mask")}
+        return self.feeds[str(stage)].next()
 
     def state(self) -> dict[str, Any]:
-        return {stage: it.get_state() for stage, it in self.iterators.items()}
+        return {stage: feed.state() for stage, feed in self.feeds.items()}
 
 
-def run_elastify(experiment_config: ml_collections.ConfigDict, workdir: str, parent: str) -> dict[str, Any]:
-    """Elastify `parent` as the experiment says, in `workdir` (resuming); returns the per-budget table."""
+def elastic_layout(spec: RunSpec, ec: ElasticTrainConfig, router: Router, parent_params: dict) -> Layout:
+    """The pretraining mesh and shardings for the elastic state {"model", "router"}: the student's (and the
+    teacher's) weights sharded like a parent's, the small router replicated."""
+    mesh = distributed.make_mesh(spec.mesh)
+    optimizer, schedule = make_elastic_optimizer(spec.train, ec.router_lr_multiplier)
+    abstract = {"model": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), parent_params),
+                "router": jax.eval_shape(router.init, jax.random.PRNGKey(0))}
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params_sharding = {"model": distributed.param_shardings(abstract["model"], mesh),
+                       "router": jax.tree.map(lambda _: replicated, abstract["router"])}
+    abstract_state, state_sharding = state_layout(mesh, abstract, params_sharding, optimizer)
+    return Layout(mesh, optimizer, schedule, abstract_state, state_sharding, global_batch_sharding(spec.train, mesh))
+
+
+@dataclasses.dataclass
+class ElasticRun:
+    """An elastification ready to train: configs, mesh layout, and the state, teacher and data on the mesh."""
+
+    spec: RunSpec
+    ec: ElasticTrainConfig
+    router: Router
+    layout: Layout
+    workdir: Path
+    ckpt: Checkpointer
+    state: TrainState
+    teacher: dict
+    feeds: _Feeds
+    specs: dict[float, ElasticSpec]
+    start: int
+    ranking: Any
+
+
+def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str, parent: str) -> ElasticRun:
+    """Validate, build the mesh, and place the frozen teacher (the ranked and permuted parent), the student's
+    train state and the data feeds on it: fresh, or restored from the newest checkpoint in `workdir`."""
     spec = parse_experiment(experiment_config)
     ec = ElasticTrainConfig.from_dict(section(experiment_config, "elastic"))
     # the learning-rate schedule spans the elastic run
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, total_steps=ec.total_steps,
                                                                schedule_steps=0))
+    distributed.initialize()
     parent_params, parent_meta = load_parent(parent, spec.model)
-    cfg, router = spec.model, Router(spec.model, ec.router_config())
+    router = Router(spec.model, ec.router_config())
+    layout = elastic_layout(spec, ec, router, parent_params)
+    teacher_sharding = layout.state_sharding.params["model"]
     workdir_path = Path(workdir).absolute()
     ckpt = Checkpointer(workdir_path / "checkpoints", spec.checkpoint)
-    optimizer, schedule = make_elastic_optimizer(spec.train, ec.router_lr_multiplier)
-    abstract = jax.eval_shape(lambda: TrainState.create(
-        {"model": parent_params, "router": router.init(jax.random.PRNGKey(0))}, optimizer)).to_tree()
-    found = ckpt.restore_latest(abstract)
+    found = restore_sharded(layout, ckpt, {"model": spec.model.to_dict()})
     if found is None:
-        teacher, ranking = rank_and_permute(spec, ec, parent_params, parent_meta)
-        teacher = jax.tree.map(jnp.asarray, teacher)
-        state = TrainState.create({"model": jax.tree.map(jnp.copy, teacher),
-                                   "router": router.init(jax.random.PRNGKey(spec.train.seed))}, optimizer)
+        teacher_host, ranking = rank_and_permute(spec, ec, parent_params, parent_meta)
+        teacher = distributed.global_from_host(teacher_host, teacher_sharding)
+        # the student starts as a copy of the teacher (a copy: the step donates the student's buffers)
+        state = create_state(layout, lambda t: {"model": jax.tree.map(jnp.copy, t),
+                                                "router": router.init(jax.random.PRNGKey(spec.train.seed))}, teacher)
         specs: dict[float, ElasticSpec] = {}
-        feeds, start = _Feeds(spec, ec, None), 0
+        start, data_states = 0, []
     else:
-        start, tree, data_states, meta = found
-        state, ranking = TrainState.from_tree(tree), meta["elastic"]["ranking"]
+        start, state, data_states, meta = found
+        ranking = meta["elastic"]["ranking"]
         specs = {float(b): ElasticSpec.from_dict(s) for b, s in meta["elastic"]["specs"].items()}
-        teacher = permute_params(parent_params, cfg, ranking) if ranking is not None else parent_params
-        teacher = jax.tree.map(jnp.asarray, teacher)
-        feeds = _Feeds(spec, ec, data_states[0] if data_states else None)
-        log.info("resumed elastification at step %d", start)
-    steps = StepCache(cfg, router, optimizer, schedule, ec.total_steps)
-    writer = MetricsWriter(workdir_path, enabled=jax.process_index() == 0)
+        teacher_host = permute_params(parent_params, spec.model, ranking) if ranking is not None else parent_params
+        teacher = distributed.global_from_host(teacher_host, teacher_sharding)
+    feeds = _Feeds(spec, ec, layout, data_states)
+    return ElasticRun(spec, ec, router, layout, workdir_path, ckpt, state, teacher, feeds, specs, start, ranking)
+
+
+def train_elastic(run: ElasticRun) -> StepCache:
+    """Train from run.start to the last step (or a SIGTERM), checkpointing; updates run.state and run.specs.
+
+    Returns the compiled steps (their count is the number of compilations)."""
+    layout = run.layout
+    steps = StepCache(run.spec.model, run.router, layout.optimizer, layout.schedule, run.ec.total_steps,
+                      StepShardings(layout.state_sharding, layout.batch_sharding))
+    writer = MetricsWriter(run.workdir, enabled=jax.process_index() == 0)
     try:
         with Preemption() as preemption:
-            state, specs = _train(spec, ec, router, steps, state, teacher, feeds, specs, start, ranking, ckpt,
-                                  writer, preemption)
+            _train(run, steps, writer, preemption)
     finally:
         writer.close()
-        ckpt.close()
-    if int(state.step) < ec.total_steps:
-        return {"stopped_at": int(state.step)}
-    table = evaluate_budgets(spec, ec, router, state.params, teacher, specs)
-    (workdir_path / "budgets.json").write_text(json.dumps(table, indent=1))
+        run.ckpt.close()
+    return steps
+
+
+def run_elastify(experiment_config: ml_collections.ConfigDict, workdir: str, parent: str) -> dict[str, Any]:
+    """Elastify `parent` as the experiment says, in `workdir` (resuming); returns the per-budget table."""
+    run = prepare_elastify(experiment_config, workdir, parent)
+    steps = train_elastic(run)
+    if int(run.state.step) < run.ec.total_steps:
+        return {"stopped_at": int(run.state.step)}
+    table = evaluate_budgets(run.spec, run.ec, run.router, run.state.params, run.teacher, run.specs)
+    if jax.process_index() == 0:
+        (run.workdir / "budgets.json").write_text(json.dumps(table, indent=1))
     return {"budgets": table, "compilations": steps.compilations}
 
 
@@ -221,18 +286,21 @@ def _fixed_specs(ec: ElasticTrainConfig, router: Router, state: TrainState, step
     return fixed
 
 
-def _train(spec, ec, router, steps, state, teacher, feeds, specs, start, ranking, ckpt, writer, preemption):
+def _train(run: ElasticRun, steps: StepCache, writer: MetricsWriter, preemption: Preemption) -> None:
+    """Steps run.start .. total, updating run.state and run.specs in place; checkpoints as configured."""
+    spec, ec, router = run.spec, run.ec, run.router
     key = jax.random.PRNGKey(spec.train.seed + 17)
-    bar = tqdm(range(start, ec.total_steps), initial=start, total=ec.total_steps, desc="elastify",
-               disable=not spec.train.progress_bar)
+    bar = tqdm(range(run.start, ec.total_steps), initial=run.start, total=ec.total_steps, desc="elastify",
+               disable=not spec.train.progress_bar or jax.process_index() != 0)
     t0 = time.perf_counter()
     for step in bar:
         stage = 1 if step < ec.stage1_steps else 2
-        specs = _fixed_specs(ec, router, state, step, specs)
+        run.specs = _fixed_specs(ec, router, run.state, step, run.specs)
         lc = JointLossConfig(weights=stage_weights(len(ec.budgets), ec.stage2_weights, stage),
-                             fixed_specs=tuple(specs.get(b) for b in ec.budgets), router_weight=ec.router_weight,
+                             fixed_specs=tuple(run.specs.get(b) for b in ec.budgets), router_weight=ec.router_weight,
                              ce_weight=ec.ce_weight, kd_temperature=ec.kd_temperature)
-        state, metrics = steps.get(lc)(state, teacher, feeds.next(stage), jax.random.fold_in(key, step))
+        run.state, metrics = steps.get(lc)(run.state, run.teacher, run.feeds.next(stage),
+                                           jax.random.fold_in(key, step))
         done = step + 1
         if done % spec.train.log_every == 0 or done == ec.total_steps:
             values = {k: float(v) for k, v in metrics.items()}
@@ -241,10 +309,9 @@ def _train(spec, ec, router, steps, state, teacher, feeds, specs, start, ranking
             bar.set_postfix(loss=f"{values['loss']:.4f}", stage=stage)
         every = spec.checkpoint.every_steps
         if preemption.requested or done == ec.total_steps or (every and done % every == 0):
-            final = specs or {b: router.spec_for(state.params["router"], b) for b in ec.budgets}
-            ckpt.save(done, state.to_tree(), feeds.state(), _metadata(spec, ec, ranking, final))
+            final = run.specs or {b: router.spec_for(run.state.params["router"], b) for b in ec.budgets}
+            run.ckpt.save(done, run.state.to_tree(), run.feeds.state(), _metadata(spec, ec, run.ranking, final))
             if preemption.requested:
-                ckpt.wait()
+                run.ckpt.wait()
                 log.warning("SIGTERM: saved step %d and stopping", done)
                 break
-    return state, specs

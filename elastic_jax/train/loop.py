@@ -105,6 +105,23 @@ class Layout:
     batch_sharding: NamedSharding
 
 
+def state_layout(mesh: jax.sharding.Mesh, abstract_params: Any, params_sharding: Any,
+                 optimizer: Any) -> tuple[TrainState, TrainState]:
+    """(abstract train state, its shardings): optimizer moments follow their parameters, the step is replicated."""
+    abstract = jax.eval_shape(lambda p: TrainState.create(p, optimizer), abstract_params)
+    opt_sh = distributed.tree_shardings_like(abstract.opt_state, abstract.params, params_sharding, mesh)
+    return abstract, TrainState(step=NamedSharding(mesh, PartitionSpec()), params=params_sharding, opt_state=opt_sh)
+
+
+def global_batch_sharding(train: TrainConfig, mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Rows of the global batch split over data x fsdp; a clear error when they cannot be split evenly."""
+    data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if train.global_batch % data_shards or train.global_batch % jax.process_count():
+        raise ConfigError(f"train.global_batch: {train.global_batch} rows cannot be split evenly over the "
+                          f"mesh's data x fsdp = {data_shards} batch shards and {jax.process_count()} process(es)")
+    return distributed.batch_sharding(mesh, global_batch=train.global_batch)
+
+
 def make_layout(spec: RunSpec) -> Layout:
     """Build the mesh (clear error if it does not fit the devices) and shard the abstract train state."""
     mesh = distributed.make_mesh(spec.mesh)
@@ -112,51 +129,59 @@ def make_layout(spec: RunSpec) -> Layout:
     tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
     optimizer, schedule = make_optimizer(spec.train, abstract_params)
-    abstract = jax.eval_shape(lambda p: TrainState.create(p, optimizer), abstract_params)
-    params_sh = distributed.param_shardings(abstract.params, mesh)
-    opt_sh = distributed.tree_shardings_like(abstract.opt_state, abstract.params, params_sh, mesh)
-    state_sharding = TrainState(step=NamedSharding(mesh, PartitionSpec()), params=params_sh, opt_state=opt_sh)
-    data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if spec.train.global_batch % data_shards or spec.train.global_batch % jax.process_count():
-        raise ConfigError(f"train.global_batch: {spec.train.global_batch} rows cannot be split evenly over the "
-                          f"mesh's data x fsdp = {data_shards} batch shards and {jax.process_count()} process(es)")
-    batch_sharding = distributed.batch_sharding(mesh, global_batch=spec.train.global_batch)
-    return Layout(mesh, optimizer, schedule, abstract, state_sharding, batch_sharding)
+    abstract, state_sharding = state_layout(mesh, abstract_params, distributed.param_shardings(abstract_params, mesh),
+                                            optimizer)
+    return Layout(mesh, optimizer, schedule, abstract, state_sharding, global_batch_sharding(spec.train, mesh))
+
+
+def create_state(layout: Layout, make_params: Any, *args: Any) -> TrainState:
+    """TrainState.create(make_params(*args)), compiled so that every array is created in its sharding."""
+    return jax.jit(lambda *a: TrainState.create(make_params(*a), layout.optimizer),
+                   out_shardings=layout.state_sharding)(*args)
 
 
 def init_state(spec: RunSpec, layout: Layout) -> TrainState:
     """Fresh parameters (seeded) and optimizer state, created directly in their shardings."""
     model = build(spec.model)
-
-    def init() -> TrainState:
-        params = model.init(jax.random.PRNGKey(spec.train.seed), jnp.zeros((1, 1), jnp.int32))["params"]
-        return TrainState.create(params, layout.optimizer)
-    return jax.jit(init, out_shardings=layout.state_sharding)()
+    return create_state(layout, lambda: model.init(jax.random.PRNGKey(spec.train.seed),
+                                                   jnp.zeros((1, 1), jnp.int32))["params"])
 
 
-def restore_or_init(spec: RunSpec, layout: Layout, ckpt: Checkpointer,
-                    metadata: dict[str, Any]) -> tuple[TrainState, list[Any], int | None]:
-    """(state, saved data-iterator states, step resumed from or None)."""
+def restore_sharded(layout: Layout, ckpt: Checkpointer, metadata: dict[str, Any] | None
+                    ) -> tuple[int, TrainState, list[Any], dict[str, Any]] | None:
+    """The newest readable checkpoint restored straight into the layout's shardings (any saved mesh), or None."""
     shardings = layout.state_sharding.to_tree()
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             layout.abstract.to_tree(), shardings)
     found = ckpt.restore_latest(abstract, metadata)
     if found is None:
-        return init_state(spec, layout), [], None
-    step, tree, data_states, _ = found
+        return None
+    step, tree, data_states, meta = found
     log.info("resumed from checkpoint step %d in %s", step, ckpt.directory)
-    return TrainState.from_tree(tree), data_states, step
+    return step, TrainState.from_tree(tree), data_states, meta
+
+
+def restore_or_init(spec: RunSpec, layout: Layout, ckpt: Checkpointer,
+                    metadata: dict[str, Any]) -> tuple[TrainState, list[Any], int | None]:
+    """(state, saved data-iterator states, step resumed from or None)."""
+    found = restore_sharded(layout, ckpt, metadata)
+    if found is None:
+        return init_state(spec, layout), [], None
+    step, state, data_states, _ = found
+    return state, data_states, step
 
 
 class DataFeed:
     """This process's batches as global jax Arrays, and the iterator state to checkpoint."""
 
-    def __init__(self, spec: RunSpec, layout: Layout, data_states: list[Any]):
+    def __init__(self, spec: RunSpec, layout: Layout, data_states: list[Any], *, seq_len: int | None = None,
+                 seed: int | None = None):
         self.spec, self.sharding = spec, layout.batch_sharding
         self.global_mode = spec.train.data_loading == "global" or jax.process_count() == 1
         pi, pc = (0, 1) if self.global_mode else (jax.process_index(), jax.process_count())
-        self.iterator = make_train_iterator(spec.data, spec.tokenizer, spec.train.seq_len, spec.train.global_batch,
-                                            spec.train.seed, pi, pc, max_seq_len=spec.model.max_position_embeddings)
+        self.iterator = make_train_iterator(spec.data, spec.tokenizer, seq_len or spec.train.seq_len,
+                                            spec.train.global_batch, spec.train.seed if seed is None else seed, pi, pc,
+                                            max_seq_len=spec.model.max_position_embeddings)
         if data_states:
             if not self.global_mode and len(data_states) != pc:
                 raise ConfigError(f"the checkpoint's data state was written by {len(data_states)} process(es), this "
@@ -170,8 +195,7 @@ class DataFeed:
         batch = batch_for_step(batch)
         if not self.global_mode:
             return distributed.global_batch_from_local(batch, self.sharding)
-        return {k: jax.make_array_from_callback(v.shape, self.sharding, lambda idx, v=v: v[idx])
-                for k, v in batch.items()}
+        return distributed.global_from_host(batch, self.sharding)
 
     def next(self) -> dict[str, jax.Array]:
         return self.to_global(next(self.iterator))
@@ -182,8 +206,15 @@ class DataFeed:
 
 @functools.lru_cache(maxsize=8)
 def _replicate(mesh: jax.sharding.Mesh):
-    """A jitted identity that gathers a sharded pytree onto every device (generation wants whole weights)."""
     return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def replicated(tree: Any) -> Any:
+    """`tree` gathered onto every device of its mesh (generation wants whole weights); host arrays onto one."""
+    sharding = getattr(jax.tree.leaves(tree)[0], "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return jax.tree.map(jnp.asarray, tree)
+    return _replicate(sharding.mesh)(tree)
 
 
 def evaluate(spec: RunSpec, params: Any, eval_fn: Any, eval_batches: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -193,8 +224,7 @@ def evaluate(spec: RunSpec, params: Any, eval_fn: Any, eval_batches: list[dict[s
         out["eval/loss"] = eval_loss(eval_fn, params, eval_batches)
     if spec.train.eval_prompts > 0 and spec.data.reasoning_weight > 0:
         examples = eval_prompts(spec.train.eval_prompts, spec.data.reasoning)
-        replicated = _replicate(jax.tree.leaves(params)[0].sharding.mesh)(params)
-        out["eval/accuracy"] = reasoning_accuracy(spec.model, replicated, examples, spec.tokenizer,
+        out["eval/accuracy"] = reasoning_accuracy(spec.model, replicated(params), examples, spec.tokenizer,
                                                   spec.train.eval_max_new_tokens)
     return out
 
