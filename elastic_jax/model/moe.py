@@ -7,7 +7,8 @@ scores, renormalised if `norm_topk_prob`, times `routed_scaling_factor`.
 
 Expert compute is dropless: the (token, expert) assignments are sorted by expert and multiplied group by
 group, either with `jax.lax.ragged_dot` (grouped GEMM on GPU/TPU) or, on CPU where ragged_dot lowers to a
-dense product over every expert, with fixed-size row blocks that each belong to one expert.
+dense product over every expert, with each expert looping over its own rows in fixed-size blocks
+(`experts_looped.py`). The blocked and windowed forms are kept as explicit choices.
 """
 
 from __future__ import annotations
