@@ -3,8 +3,9 @@
 XLA:CPU has no grouped GEMM (`lax.ragged_dot` lowers to a dense product over every expert). Here every expert
 walks its own rows in blocks of `block` rows with a `fori_loop` whose trip count is that expert's load, and
 multiplies them by that expert's weights: the arithmetic is that of the routed rows plus at most one partial
-block per expert, however unbalanced the routing, and no weights are copied. The forward keeps each row's
-pre-activation for the backward, which then needs four block products instead of five.
+block per expert, however unbalanced the routing, and each expert's weights are taken once per layer, not
+gathered per block. The forward keeps each row's pre-activation for the backward, which then needs four block
+products instead of five.
 
 Writes need no masks: rows are sorted by expert and experts run in order, so a block's overhang into the next
 expert's rows is overwritten when that expert runs. Autodiff of this loop would add a full-size zero buffer per
