@@ -64,14 +64,17 @@ def main() -> None:
         step, _ = make_elastic_step(cfg, router, lc, optimizer, schedule, 100)
         return time_step(step, fresh(), teacher, batch, args.repeats)
 
+    print(f"config={args.config} batch={args.batch}x{args.seq_len} budgets={budgets} backend={jax.default_backend()}",
+          flush=True)
     mask_joint = measure((1.0, 1.0, 1.0), (None, None, None))
+    print(f"  joint, mask mode:   {mask_joint:.3f} s", flush=True)
     static_joint = measure((1.0, 1.0, 1.0), specs)
-    singles = [measure(tuple(float(i == j) for j in range(3)), specs) for i in range(3)]
-    print(f"config={args.config} batch={args.batch}x{args.seq_len} budgets={budgets}")
-    for b, s, t in zip(budgets, specs, singles):
-        print(f"  single sliced step, budget {b}: {t:.3f} s  ({ej.count_params(s.apply_to(cfg))[0] / 1e6:.1f}M params)")
-    print(f"  joint, mask mode:   {mask_joint:.3f} s")
-    print(f"  joint, static mode: {static_joint:.3f} s")
+    print(f"  joint, static mode: {static_joint:.3f} s", flush=True)
+    singles = []
+    for i, (b, s) in enumerate(zip(budgets, specs)):
+        singles.append(measure(tuple(float(i == j) for j in range(3)), specs))
+        print(f"  single sliced step, budget {b}: {singles[-1]:.3f} s  "
+              f"({ej.count_params(s.apply_to(cfg))[0] / 1e6:.1f}M params)", flush=True)
     print(f"static joint / sum of single sliced steps = {static_joint / sum(singles):.2f}  (target <= 1.15)")
     print(f"static joint / mask-mode joint            = {static_joint / mask_joint:.2f}  (target <= 0.80)")
     print("(each single step computes the teacher forward too, as the joint step does once)")
