@@ -266,8 +266,10 @@ def argmax_spec(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], logits
     """The deployment architecture of a budget: the argmax choice of every axis (and layer).
 
     With `budget` given and the argmax outside the tolerance, the nearest in-tolerance architecture is taken:
-    one choice step at a time on the axis whose next choice the router rates highest, in the direction of the
-    target, so a trained router's preferences still decide which axes give way.
+    one choice step at a time towards the target, on the axis whose next choice the router rates highest among
+    the steps that land inside the tolerance or, when none does, among those that bring the size closer (so a
+    coarse step cannot jump over the band and back), so a trained router's preferences still decide which axes
+    give way.
     """
     picks = {a.name: np.asarray(jnp.argmax(logits[a.name], axis=-1)) for a in axes}
     spec = spec_from_picks(cfg, rc, axes, picks)
@@ -275,26 +277,63 @@ def argmax_spec(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], logits
         return spec
     metric = Budget(budget, rc.metric)
     target = metric.target(cfg)
-    for _ in range(sum(a.rows * len(a.choices) for a in axes)):
-        ratio = metric.measure(spec.apply_to(cfg)) / target
-        if abs(ratio - 1.0) <= tolerance_for(rc, budget) + 1e-12:
-            break
-        step = 1 if ratio > 1.0 else -1  # choices are descending: +1 is smaller
+    tolerance = tolerance_for(rc, budget) + 1e-12
+    log_probs = {a.name: np.asarray(jax.nn.log_softmax(logits[a.name], axis=-1)) for a in axes}
+    gap = abs(metric.measure(spec.apply_to(cfg)) / target - 1.0)
+    while gap > tolerance:
+        step = 1 if metric.measure(spec.apply_to(cfg)) > target else -1  # choices are descending: +1 is smaller
         moves = []
         for axis in axes:
-            log_probs = np.asarray(jax.nn.log_softmax(logits[axis.name], axis=-1))
             for row in range(axis.rows):
                 new = picks[axis.name][row] + step
                 if 0 <= new < len(axis.choices):
-                    moves.append((log_probs[row, new], axis.name, row, new))
-        if not moves:
-            break
-        _, name, row, new = max(moves)
-        picks[name] = picks[name].copy()
-        picks[name][row] = new
-        spec = spec_from_picks(cfg, rc, axes, picks)
+                    moved = dict(picks, **{axis.name: picks[axis.name].copy()})
+                    moved[axis.name][row] = new
+                    moved_spec = spec_from_picks(cfg, rc, axes, moved)
+                    new_gap = abs(metric.measure(moved_spec.apply_to(cfg)) / target - 1.0)
+                    moves.append((new_gap <= tolerance, log_probs[axis.name][row, new], new_gap, moved, moved_spec))
+        inside = [m for m in moves if m[0]]
+        closer = [m for m in moves if m[2] < gap]
+        if not (inside or closer):
+            return _nearby_repair(cfg, rc, axes, picks, log_probs, metric, target, tolerance) or spec
+        _, _, gap, picks, spec = max(inside or closer, key=lambda m: m[1])
     return spec
 
+
+def _neighbours(axes: Sequence[Axis], picks: dict[str, np.ndarray], log_probs: dict[str, np.ndarray]):
+    """Every architecture one choice step away (either direction), with the router's log-prob of that choice."""
+    for axis in axes:
+        for row in range(axis.rows):
+            for step in (-1, 1):
+                new = picks[axis.name][row] + step
+                if 0 <= new < len(axis.choices):
+                    moved = dict(picks, **{axis.name: picks[axis.name].copy()})
+                    moved[axis.name][row] = new
+                    yield log_probs[axis.name][row, new], moved
+
+
+def _nearby_repair(cfg, rc, axes, picks, log_probs, metric, target, tolerance,
+                     max_evaluations: int = 20000) -> ElasticSpec | None:
+    """When every single step overshoots the band: the in-tolerance architecture a few steps away (steps up and
+    down on different axes) that the router rates highest, searching 2 steps deep, then 3 when the number of
+    neighbours keeps that under `max_evaluations`; None if there is none."""
+    branching = sum(1 for _ in _neighbours(axes, picks, log_probs))
+    frontier = [(0.0, picks)]
+    for depth in (1, 2, 3):
+        if depth == 3 and branching ** 3 > max_evaluations:
+            break
+        frontier = [(lp + lp_step, moved) for lp, node in frontier
+                    for lp_step, moved in _neighbours(axes, node, log_probs)]
+        if depth == 1:
+            continue
+        best = None
+        for lp, node in frontier:
+            spec = spec_from_picks(cfg, rc, axes, node)
+            if abs(metric.measure(spec.apply_to(cfg)) / target - 1.0) <= tolerance and (best is None or lp > best[0]):
+                best = (lp, spec)
+        if best is not None:
+            return best[1]
+    return None
 
 class Router:
     """Static description of a router for one parent: axes, candidate masks; pure functions of router params."""
