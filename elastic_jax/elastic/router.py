@@ -278,33 +278,28 @@ def argmax_spec(cfg: ModelConfig, rc: RouterConfig, axes: Sequence[Axis], logits
     metric = Budget(budget, rc.metric)
     target = metric.target(cfg)
     tolerance = tolerance_for(rc, budget) + 1e-12
+    ratio_of = lambda s: metric.measure(s.apply_to(cfg)) / target  # noqa: E731
     log_probs = {a.name: np.asarray(jax.nn.log_softmax(logits[a.name], axis=-1)) for a in axes}
-    gap = abs(metric.measure(spec.apply_to(cfg)) / target - 1.0)
-    while gap > tolerance:
-        step = 1 if metric.measure(spec.apply_to(cfg)) > target else -1  # choices are descending: +1 is smaller
+    ratio = ratio_of(spec)
+    while abs(ratio - 1.0) > tolerance:
         moves = []
-        for axis in axes:
-            for row in range(axis.rows):
-                new = picks[axis.name][row] + step
-                if 0 <= new < len(axis.choices):
-                    moved = dict(picks, **{axis.name: picks[axis.name].copy()})
-                    moved[axis.name][row] = new
-                    moved_spec = spec_from_picks(cfg, rc, axes, moved)
-                    new_gap = abs(metric.measure(moved_spec.apply_to(cfg)) / target - 1.0)
-                    moves.append((new_gap <= tolerance, log_probs[axis.name][row, new], new_gap, moved, moved_spec))
-        inside = [m for m in moves if m[0]]
-        closer = [m for m in moves if m[2] < gap]
+        for log_prob, moved in _neighbours(axes, picks, log_probs, steps=(1 if ratio > 1.0 else -1,)):
+            moved_spec = spec_from_picks(cfg, rc, axes, moved)  # choices are descending: +1 is smaller
+            moves.append((log_prob, ratio_of(moved_spec), moved, moved_spec))
+        inside = [m for m in moves if abs(m[1] - 1.0) <= tolerance]
+        closer = [m for m in moves if abs(m[1] - 1.0) < abs(ratio - 1.0)]
         if not (inside or closer):
-            return _nearby_repair(cfg, rc, axes, picks, log_probs, metric, target, tolerance) or spec
-        _, _, gap, picks, spec = max(inside or closer, key=lambda m: m[1])
+            return _nearby_repair(cfg, rc, axes, picks, log_probs, ratio_of, tolerance) or spec
+        _, ratio, picks, spec = max(inside or closer, key=lambda m: m[0])
     return spec
 
 
-def _neighbours(axes: Sequence[Axis], picks: dict[str, np.ndarray], log_probs: dict[str, np.ndarray]):
-    """Every architecture one choice step away (either direction), with the router's log-prob of that choice."""
+def _neighbours(axes: Sequence[Axis], picks: dict[str, np.ndarray], log_probs: dict[str, np.ndarray],
+                steps: tuple[int, ...] = (-1, 1)):
+    """Every architecture one choice step away (in the given directions), with the router's log-prob of it."""
     for axis in axes:
         for row in range(axis.rows):
-            for step in (-1, 1):
+            for step in steps:
                 new = picks[axis.name][row] + step
                 if 0 <= new < len(axis.choices):
                     moved = dict(picks, **{axis.name: picks[axis.name].copy()})
@@ -312,8 +307,8 @@ def _neighbours(axes: Sequence[Axis], picks: dict[str, np.ndarray], log_probs: d
                     yield log_probs[axis.name][row, new], moved
 
 
-def _nearby_repair(cfg, rc, axes, picks, log_probs, metric, target, tolerance,
-                     max_evaluations: int = 20000) -> ElasticSpec | None:
+def _nearby_repair(cfg, rc, axes, picks, log_probs, ratio_of, tolerance,
+                   max_evaluations: int = 20000) -> ElasticSpec | None:
     """When every single step overshoots the band: the in-tolerance architecture a few steps away (steps up and
     down on different axes) that the router rates highest, searching 2 steps deep, then 3 when the number of
     neighbours keeps that under `max_evaluations`; None if there is none."""
@@ -329,11 +324,12 @@ def _nearby_repair(cfg, rc, axes, picks, log_probs, metric, target, tolerance,
         best = None
         for lp, node in frontier:
             spec = spec_from_picks(cfg, rc, axes, node)
-            if abs(metric.measure(spec.apply_to(cfg)) / target - 1.0) <= tolerance and (best is None or lp > best[0]):
+            if abs(ratio_of(spec) - 1.0) <= tolerance and (best is None or lp > best[0]):
                 best = (lp, spec)
         if best is not None:
             return best[1]
     return None
+
 
 class Router:
     """Static description of a router for one parent: axes, candidate masks; pure functions of router params."""
