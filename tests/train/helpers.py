@@ -27,14 +27,20 @@ FAST = (
 )
 
 
-def subprocess_env(devices: int | None = None, **extra: str) -> dict[str, str]:
-    """Environment for a CPU-only JAX subprocess (optionally with `devices` fake devices)."""
+def subprocess_env(devices: int | None = None, xla_flags: str = "", **extra: str) -> dict[str, str]:
+    """Environment for a CPU-only JAX subprocess (optionally with `devices` fake devices and extra XLA flags)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ELASTIC_JAX_", "XLA_FLAGS", "SLURM_"))}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(XLA_CACHE),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
                PYTHONUNBUFFERED="1")
     if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        xla_flags = f"--xla_force_host_platform_device_count={devices} {xla_flags}"
+        # XLA's CPU client sizes its thread pool to max(cores, devices), and every in-flight collective blocks a
+        # pool thread until all its participants arrive. One device can have several collectives in flight, so
+        # on a 2-core machine 8 fake devices can fill the pool with waiters and deadlock; a larger pool cannot.
+        env["PJRT_NPROC"] = str(4 * devices)
+    if xla_flags.strip():
+        env["XLA_FLAGS"] = xla_flags.strip()
     env.update(extra)
     return env
 

@@ -70,7 +70,7 @@ print(json.dumps({"devices": jax.device_count(), "batch_error": batch_error, "co
 
 
 def _start(workdir, parent, overrides, devices: int):
-    env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
+    env = subprocess_env(devices, xla_flags=FAST_COMPILE)
     return subprocess.Popen([sys.executable, "-c", SCRIPT, str(workdir), str(parent), *overrides], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
