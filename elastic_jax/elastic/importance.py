@@ -28,6 +28,7 @@ import numpy as np
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.spec import ElasticError
 from elastic_jax.model.functional import build, check_tokens
+from elastic_jax.model.linear import Linear
 from elastic_jax.model.mlp import relu2
 from elastic_jax.model.moe import MoE, _sort_assignments, route
 from elastic_jax.model.norms import RMSNorm
@@ -44,9 +45,9 @@ def _capture(next_fun, args, kwargs, context):
         return out
     if isinstance(module, RMSNorm) and module.name == "norm":
         module.sow("intermediates", _KEY, out)
-    elif isinstance(module, nn.Dense) and module.name == "in_x":
+    elif isinstance(module, Linear) and module.name == "in_x":
         module.sow("intermediates", _KEY, out)
-    elif isinstance(module, nn.Dense) and module.name in ("out_proj", "o_proj", "down_proj"):
+    elif isinstance(module, Linear) and module.name in ("out_proj", "o_proj", "down_proj"):
         module.sow("intermediates", _KEY, args[0])
     elif isinstance(module, MoE):
         module.sow("intermediates", _KEY, args[0])

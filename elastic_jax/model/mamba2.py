@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from elastic_jax.kernels.ssd import ssd, ssd_decode_step
+from elastic_jax.model.linear import Linear
 from elastic_jax.model.mlp import dense
 from elastic_jax.model.norms import GatedGroupRMSNorm
 
@@ -117,8 +118,7 @@ class Mamba2Mixer(nn.Module):
         y = GatedGroupRMSNorm(d_inner, g, self.eps, self.dtype, name="norm")(y, z, channel_mask)
         # transformers rescales out_proj at init: kaiming-uniform(a=sqrt 5) / sqrt(num_layers).
         out_bound = 1.0 / math.sqrt(d_inner) / math.sqrt(self.num_layers)
-        out = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=_uniform_init(out_bound), name="out_proj")(y)
+        out = Linear(self.hidden_size, self.dtype, _uniform_init(out_bound), name="out_proj")(y)
         return out, new_cache
 
 

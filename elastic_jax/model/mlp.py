@@ -6,16 +6,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from elastic_jax.model.linear import Linear
+
 
 def relu2(x: jax.Array) -> jax.Array:
     """Squared ReLU, the activation of every Nemotron-H feed-forward network."""
     return jnp.square(jax.nn.relu(x))
 
 
-def dense(features: int, dtype: jnp.dtype, name: str, init_std: float = 0.02) -> nn.Dense:
+def dense(features: int, dtype: jnp.dtype, name: str, init_std: float = 0.02) -> Linear:
     """A bias-free Linear with float32 parameters ([in, out] kernel) computing in `dtype`."""
-    return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.normal(init_std), name=name)
+    return Linear(features, dtype, nn.initializers.normal(init_std), name=name)
 
 
 class MLP(nn.Module):
