@@ -64,3 +64,16 @@ def test_looped_without_mask_and_in_bfloat16():
     got = experts_looped(bf(x), sizes, bf(up), bf(down))
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=5e-2, atol=5e-2)
+
+
+def test_looped_default_block_on_heavy_loads():
+    """Loads of hundreds of rows per expert take the 128-row block; ragged, empty and one-row experts included."""
+    x, sizes, up, down, mask, cot = make_case(5, [700, 0, 1300, 129, 1])
+    assert x.shape[0] >= 384 * NUM_EXPERTS
+    loss = lambda f, x, up, down: jnp.sum(f(x, sizes, up, down, ffn_mask=mask) * cot)
+    np.testing.assert_allclose(jax.jit(experts_looped)(x, sizes, up, down, mask), reference(x, sizes, up, down, mask),
+                               rtol=1e-5, atol=1e-5)
+    grads = jax.jit(jax.grad(lambda *a: loss(experts_looped, *a), argnums=(0, 1, 2)))(x, up, down)
+    want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(x, up, down)
+    for name, g, w in zip(("x", "up", "down"), grads, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-3, err_msg=name)
