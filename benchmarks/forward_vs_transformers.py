@@ -1,30 +1,26 @@
 """Prefill and cached-decode throughput of elastic_jax vs transformers' NemotronH on the same weights (CPU).
 
-Prints tokens/s of each and the ratio. Usage: python benchmarks/forward_vs_transformers.py [--config small]
+The two take turns (so background load hits both alike); prints best-of-N tokens/s of each and the ratios. Usage: python benchmarks/forward_vs_transformers.py [--config small]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import jax
 import numpy as np
 import torch
+from timing import interleaved_times
 from transformers import NemotronHForCausalLM
 
 import elastic_jax as ej
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def compare(jax_fn, hf_fn, repeats: int) -> tuple[float, float, float]:
+    """Best-of-N seconds of each (taking turns) and the ratio of their medians."""
+    times = interleaved_times({"jax": jax_fn, "hf": hf_fn}, warmup=1, repeats=repeats)
+    return min(times["jax"]), min(times["hf"]), float(np.median(times["hf"]) / np.median(times["jax"]))
 
 
 def main() -> None:
@@ -34,7 +30,7 @@ def main() -> None:
     parser.add_argument("--prefill-len", type=int, default=512)
     parser.add_argument("--decode-prompt", type=int, default=16)
     parser.add_argument("--decode-new", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     args = parser.parse_args()
     if args.threads:
@@ -51,23 +47,28 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, cfg.vocab_size, (args.prefill_batch, args.prefill_len)).astype(np.int32)
-    t_jax = best_time(lambda: ej.apply(cfg, params, tokens).block_until_ready(), args.repeats)
-    with torch.no_grad():
-        tt = torch.from_numpy(tokens.astype(np.int64))
-        t_hf = best_time(lambda: model(tt, use_cache=False), args.repeats)
+    tt = torch.from_numpy(tokens.astype(np.int64))
+
+    def hf_prefill() -> None:
+        with torch.no_grad():
+            model(tt, use_cache=False)
+    t_jax, t_hf, med = compare(lambda: ej.apply(cfg, params, tokens).block_until_ready(), hf_prefill, args.repeats)
     n = tokens.size
     print(f"prefill {args.prefill_batch}x{args.prefill_len}: jax {n / t_jax:,.0f} tok/s | transformers "
-          f"{n / t_hf:,.0f} tok/s | ratio {t_hf / t_jax:.2f}x")
+          f"{n / t_hf:,.0f} tok/s | ratio {t_hf / t_jax:.2f}x (ratio of medians {med:.2f}x)")
 
     prompt = rng.integers(3, cfg.vocab_size, (1, args.decode_prompt)).astype(np.int32)
     never = cfg.vocab_size  # an id no model emits, so both run all steps
-    t_jax = best_time(lambda: ej.generate(cfg, params, prompt, args.decode_new, eos_id=never), args.repeats)
-    with torch.no_grad():
-        tp = torch.from_numpy(prompt.astype(np.int64))
-        t_hf = best_time(lambda: model.generate(tp, max_new_tokens=args.decode_new, min_new_tokens=args.decode_new,
-                                                do_sample=False, pad_token_id=cfg.pad_token_id), args.repeats)
+    tp = torch.from_numpy(prompt.astype(np.int64))
+
+    def hf_decode() -> None:
+        with torch.no_grad():
+            model.generate(tp, max_new_tokens=args.decode_new, min_new_tokens=args.decode_new, do_sample=False,
+                           pad_token_id=cfg.pad_token_id)
+    t_jax, t_hf, med = compare(lambda: ej.generate(cfg, params, prompt, args.decode_new, eos_id=never), hf_decode,
+                               args.repeats)
     print(f"decode 1x{args.decode_new} (prompt {args.decode_prompt}): jax {args.decode_new / t_jax:,.1f} tok/s | "
-          f"transformers {args.decode_new / t_hf:,.1f} tok/s | ratio {t_hf / t_jax:.2f}x")
+          f"transformers {args.decode_new / t_hf:,.1f} tok/s | ratio {t_hf / t_jax:.2f}x (ratio of medians {med:.2f}x)")
 
 
 if __name__ == "__main__":

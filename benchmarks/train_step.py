@@ -12,30 +12,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
-import time
 from collections.abc import Callable
 
 import jax
 import numpy as np
 import torch
+from timing import interleaved_times
 from transformers import NemotronHForCausalLM
 
 import elastic_jax as ej
 from elastic_jax.train import TrainConfig, TrainState, make_optimizer, make_train_step
-
-
-def interleaved_times(steps: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each step, the steps taking turns so that background load hits both alike."""
-    for step in steps.values():
-        for _ in range(warmup):  # compilation, allocator warm-up
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def jax_step(cfg: ej.ModelConfig, params: dict, train: TrainConfig, batch: dict[str, np.ndarray]) -> Callable:

@@ -1,0 +1,20 @@
+"""Timing shared by the benchmarks: peers measured in turns, so that background load hits each alike."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def interleaved_times(steps: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each step, the steps taking turns so that background load hits both alike."""
+    for step in steps.values():
+        for _ in range(warmup):  # compilation, allocator warm-up
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
