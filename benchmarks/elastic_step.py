@@ -3,7 +3,7 @@
 All steps are the same jitted training step (teacher forward, student forward/backward, AdamW); only the
 set of budgets and how each is computed differ. Prints seconds per step and the two ratios of the issue:
 static joint / sum of single sliced steps, and static joint / mask-mode joint.
-Usage: python benchmarks/elastic_step.py [--config small --batch 4 --seq-len 256]
+Usage: python benchmarks/elastic_step.py [--config small --batch 4 --seq-len 256 --metric total_params]
 """
 
 from __future__ import annotations
@@ -40,11 +40,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--metric", default="total_params", choices=("total_params", "active_params", "memory"),
+                        help="what the budgets are fractions of (the router's resource metric)")
     args = parser.parse_args()
 
     cfg = ej.load_config(args.config)
     budgets = (1.0, 0.7, 0.4)
-    router = Router(cfg, RouterConfig(budgets=budgets))
+    router = Router(cfg, RouterConfig(budgets=budgets, metric=args.metric))
     model = ej.init_params(cfg, 0)
     router_params = jax.tree.map(lambda x: x * 100.0, router.init(jax.random.PRNGKey(1)))
     specs = tuple(router.spec_for(router_params, b) for b in budgets)
@@ -64,8 +66,8 @@ def main() -> None:
         step, _ = make_elastic_step(cfg, router, lc, optimizer, schedule, 100)
         return time_step(step, fresh(), teacher, batch, args.repeats)
 
-    print(f"config={args.config} batch={args.batch}x{args.seq_len} budgets={budgets} backend={jax.default_backend()}",
-          flush=True)
+    print(f"config={args.config} batch={args.batch}x{args.seq_len} budgets={budgets} of {args.metric} "
+          f"backend={jax.default_backend()}", flush=True)
     mask_joint = measure((1.0, 1.0, 1.0), (None, None, None))
     print(f"  joint, mask mode:   {mask_joint:.3f} s", flush=True)
     static_joint = measure((1.0, 1.0, 1.0), specs)
@@ -74,7 +76,8 @@ def main() -> None:
     for i, (b, s) in enumerate(zip(budgets, specs)):
         singles.append(measure(tuple(float(i == j) for j in range(3)), specs))
         print(f"  single sliced step, budget {b}: {singles[-1]:.3f} s  "
-              f"({ej.count_params(s.apply_to(cfg))[0] / 1e6:.1f}M params)", flush=True)
+              "({:.1f}M params, {:.1f}M active)".format(*(n / 1e6 for n in ej.count_params(s.apply_to(cfg)))),
+              flush=True)
     print(f"static joint / sum of single sliced steps = {static_joint / sum(singles):.2f}  (target <= 1.15)")
     print(f"static joint / mask-mode joint            = {static_joint / mask_joint:.2f}  (target <= 0.80)")
     print("(each single step computes the teacher forward too, as the joint step does once)")

@@ -1,6 +1,7 @@
 """Prefill and cached-decode throughput of elastic_jax vs transformers' NemotronH on the same weights (CPU).
 
-The two take turns (so background load hits both alike); prints best-of-N tokens/s of each and the ratios. Usage: python benchmarks/forward_vs_transformers.py [--config small]
+The two take turns (so background load hits both alike); prints best-of-N tokens/s of each and the ratios.
+Usage: python benchmarks/forward_vs_transformers.py [--config small]
 """
 
 from __future__ import annotations
