@@ -33,6 +33,7 @@ CASES = {
     "one_expert_takes_all": [0, 40, 0, 0, 0],
     "empty_and_ragged": [13, 0, 1, 0, 19],
     "block_multiples": [8, 16, 0, 8, 8],
+    "decode_sized": [1, 0, 2, 0, 1],  # no more rows than experts: the blocked form gathers per row
 }
 
 
