@@ -75,9 +75,9 @@ def main() -> None:
     singles = []
     for i, (b, s) in enumerate(zip(budgets, specs)):
         singles.append(measure(tuple(float(i == j) for j in range(3)), specs))
+        total, active = ej.count_params(s.apply_to(cfg))
         print(f"  single sliced step, budget {b}: {singles[-1]:.3f} s  "
-              "({:.1f}M params, {:.1f}M active)".format(*(n / 1e6 for n in ej.count_params(s.apply_to(cfg)))),
-              flush=True)
+              f"({total / 1e6:.1f}M params, {active / 1e6:.1f}M active)", flush=True)
     print(f"static joint / sum of single sliced steps = {static_joint / sum(singles):.2f}  (target <= 1.15)")
     print(f"static joint / mask-mode joint            = {static_joint / mask_joint:.2f}  (target <= 0.80)")
     print("(each single step computes the teacher forward too, as the joint step does once)")

@@ -12,16 +12,10 @@ import tempfile
 import jax
 import numpy as np
 import torch
-from timing import interleaved_times
+from timing import compare
 from transformers import NemotronHForCausalLM
 
 import elastic_jax as ej
-
-
-def compare(jax_fn, hf_fn, repeats: int) -> tuple[float, float, float]:
-    """Best-of-N seconds of each (taking turns) and the ratio of their medians."""
-    times = interleaved_times({"jax": jax_fn, "hf": hf_fn}, warmup=1, repeats=repeats)
-    return min(times["jax"]), min(times["hf"]), float(np.median(times["hf"]) / np.median(times["jax"]))
 
 
 def main() -> None:
@@ -53,7 +47,7 @@ def main() -> None:
     def hf_prefill() -> None:
         with torch.no_grad():
             model(tt, use_cache=False)
-    t_jax, t_hf, med = compare(lambda: ej.apply(cfg, params, tokens).block_until_ready(), hf_prefill, args.repeats)
+    t_jax, t_hf, med = compare(lambda: ej.apply(cfg, params, tokens).block_until_ready(), hf_prefill, 1, args.repeats)
     n = tokens.size
     print(f"prefill {args.prefill_batch}x{args.prefill_len}: jax {n / t_jax:,.0f} tok/s | transformers "
           f"{n / t_hf:,.0f} tok/s | ratio {t_hf / t_jax:.2f}x (ratio of medians {med:.2f}x)")
@@ -66,7 +60,7 @@ def main() -> None:
         with torch.no_grad():
             model.generate(tp, max_new_tokens=args.decode_new, min_new_tokens=args.decode_new, do_sample=False,
                            pad_token_id=cfg.pad_token_id)
-    t_jax, t_hf, med = compare(lambda: ej.generate(cfg, params, prompt, args.decode_new, eos_id=never), hf_decode,
+    t_jax, t_hf, med = compare(lambda: ej.generate(cfg, params, prompt, args.decode_new, eos_id=never), hf_decode, 1,
                                args.repeats)
     print(f"decode 1x{args.decode_new} (prompt {args.decode_prompt}): jax {args.decode_new / t_jax:,.1f} tok/s | "
           f"transformers {args.decode_new / t_hf:,.1f} tok/s | ratio {t_hf / t_jax:.2f}x (ratio of medians {med:.2f}x)")

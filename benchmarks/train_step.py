@@ -17,7 +17,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 import torch
-from timing import interleaved_times
+from timing import compare
 from transformers import NemotronHForCausalLM
 
 import elastic_jax as ej
@@ -91,11 +91,8 @@ def main() -> None:
           f"torch_device={args.torch_device} torch_threads={torch.get_num_threads()}")
 
     n = args.batch * args.seq_len
-    steps = {"jax": jax_step(cfg, params, train, batch),
-             "hf": torch_step(model, train, batch, args.torch_device, args.dtype)}
-    times = interleaved_times(steps, args.warmup, args.repeats)
-    t_jax, t_hf = min(times["jax"]), min(times["hf"])  # best of N: the least disturbed run of each
-    med = float(np.median(times["hf"]) / np.median(times["jax"]))
+    hf_step = torch_step(model, train, batch, args.torch_device, args.dtype)
+    t_jax, t_hf, med = compare(jax_step(cfg, params, train, batch), hf_step, args.warmup, args.repeats)
     print(f"train step {args.batch}x{args.seq_len}: jax {n / t_jax:,.0f} tok/s ({t_jax * 1e3:.0f} ms) | "
           f"transformers {n / t_hf:,.0f} tok/s ({t_hf * 1e3:.0f} ms) | ratio {t_hf / t_jax:.2f}x "
           f"(ratio of medians {med:.2f}x)")
