@@ -1,4 +1,10 @@
 """elastic_jax: many-in-one elastic Nemotron-H (hybrid Mamba-2 / attention / MoE) language models in JAX."""
+# ruff: noqa: E402  (the allocator settings must come before the first import of jax)
+
+# Before anything imports jax: XLA:CPU's worker threads must start under these malloc settings.
+from elastic_jax.host_allocator import tune_host_allocator
+
+tune_host_allocator()
 
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.convert.hf import from_hf, to_hf
