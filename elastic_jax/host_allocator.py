@@ -5,11 +5,11 @@ and frees it afterwards. glibc serves an allocation that large from a worker thr
 mmap, and returns memory above 128 KiB at the top of a heap to the kernel on free, so every call
 page-faults its whole working set back in (about 80,000 faults and 15% of a prefill on 2 cores).
 
-One arena, no mmaps and a high trim threshold keep that memory in the process between calls. The
-settings must be made before XLA starts its threads, so `elastic_jax` applies them on import, before
-jax is imported. Memory above the trim threshold is still returned; set ELASTIC_JAX_HOST_ALLOCATOR=default
-to leave glibc's defaults alone, and an allocator that is LD_PRELOADed (jemalloc, tcmalloc) or any
-MALLOC_* variable set by the user is respected.
+One arena, no mmaps and no trimming keep that memory in the process between calls, so the resident size
+stays at its peak (`release_host_memory()` hands free pages back, e.g. after a checkpoint conversion). The
+settings must be made before XLA starts its threads, so `elastic_jax` applies them on import, before jax is
+imported. Set ELASTIC_JAX_HOST_ALLOCATOR=default to leave glibc's defaults alone; an allocator that is
+LD_PRELOADed (jemalloc, tcmalloc) or any MALLOC_* variable set by the user is respected.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import os
 import platform
 
 ENV_SWITCH = "ELASTIC_JAX_HOST_ALLOCATOR"
-TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int: keep up to 2 GiB of freed heap
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # from glibc's malloc.h
 
 _applied: bool | None = None
@@ -49,6 +48,14 @@ def tune_host_allocator() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success; all three or we report that nothing is guaranteed.
-    ok = [mallopt(_M_ARENA_MAX, 1), mallopt(_M_MMAP_MAX, 0), mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)]
+    # A trim threshold of -1 turns trimming off: any finite int (at most 2 GiB) is below the temporaries of an
+    # elastic joint step, which then page-faulted back in on every call.
+    ok = [mallopt(_M_ARENA_MAX, 1), mallopt(_M_MMAP_MAX, 0), mallopt(_M_TRIM_THRESHOLD, -1)]
     _applied = all(result == 1 for result in ok)
     return _applied
+
+
+def release_host_memory() -> None:
+    """Return the heap's free pages to the operating system (glibc malloc_trim; a no-op elsewhere)."""
+    if _applied:
+        ctypes.CDLL(None).malloc_trim(0)

@@ -20,16 +20,21 @@ for _ in range(24):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(host_allocator.tune_host_allocator(), *faults[16:])
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() // 2**20
+del x
+held = rss_mb()
+host_allocator.release_host_memory()
+print(held - rss_mb(), host_allocator.tune_host_allocator(), *faults[16:])
 """
 
 
-def _probe(**env_overrides: str) -> tuple[bool, list[int]]:
+def _probe(**env_overrides: str) -> tuple[bool, list[int], int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "ELASTIC_JAX_HOST_ALLOCATOR"}
     env.update(env_overrides, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout.split()
-    return out[-9] == "True", [int(n) for n in out[-8:]]
+    return out[-9] == "True", [int(n) for n in out[-8:]], int(out[-10])
 
 
 glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -38,15 +43,16 @@ glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 
 @glibc_only
 def test_import_keeps_large_buffers_between_calls():
-    applied, faults = _probe()
+    applied, faults, released_mb = _probe()
     assert applied
     assert sum(n < 1_000 for n in faults) >= 6, faults  # without the settings each call faults 16,384 pages back in
+    assert released_mb >= 64  # the freed input and the held buffers go back to the system on request
 
 
 @glibc_only
 def test_opt_out_and_user_settings_leave_glibc_defaults():
-    applied, faults = _probe(ELASTIC_JAX_HOST_ALLOCATOR="default")
+    applied, faults, _ = _probe(ELASTIC_JAX_HOST_ALLOCATOR="default")
     assert not applied
     assert min(faults) > 10_000, faults  # the probe itself sees the difference the settings make
-    applied, _ = _probe(MALLOC_ARENA_MAX="2")
+    applied, _, _ = _probe(MALLOC_ARENA_MAX="2")
     assert not applied
