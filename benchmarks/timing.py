@@ -1,7 +1,10 @@
-"""Timing shared by the benchmarks: peers measured in turns, so that background load hits each alike."""
+"""Timing shared by the benchmarks: peers measured in turns (background load hits each alike), in fresh processes."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -27,3 +30,37 @@ def compare(jax_fn: Callable[[], None], hf_fn: Callable[[], None], warmup: int, 
     """Best-of-N seconds of each (the least disturbed call; the two take turns) and the ratio of their medians."""
     times = interleaved_times({"jax": jax_fn, "hf": hf_fn}, warmup, repeats)
     return min(times["jax"]), min(times["hf"]), float(np.median(times["hf"]) / np.median(times["jax"]))
+
+
+RESULT_TAG = "RESULT "
+
+
+def report(result: dict[str, float]) -> None:
+    """One machine-readable line with a process's figures, for `in_fresh_processes` to collect."""
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def in_fresh_processes(processes: int, script: str, argv: list[str]) -> list[dict[str, float]]:
+    """Run `script` `processes` times, each in a new interpreter, echoing its output; returns every run's result.
+
+    A process's speed depends on things fixed at its start (heap layout, where its threads land, neighbours'
+    memory traffic on a shared host): on a 2-core VM one process in five or so runs 15-30% slower throughout.
+    Like pyperf, the benchmarks therefore measure in several processes and report the median.
+    """
+    results = []
+    for i in range(processes):
+        print(f"--- process {i + 1} of {processes}", flush=True)
+        out = subprocess.run([sys.executable, script, *argv, "--processes", "1"], capture_output=True, text=True,
+                             check=True).stdout
+        for line in out.splitlines():
+            if line.startswith(RESULT_TAG):
+                results.append(json.loads(line[len(RESULT_TAG):]))
+            else:
+                print(line, flush=True)
+    return results
+
+
+def median_of(results: list[dict[str, float]], key: str) -> tuple[float, str]:
+    """The median of one figure over processes, and every process's value for the printout."""
+    values = [r[key] for r in results]
+    return float(np.median(values)), ", ".join(f"{v:.2f}" for v in values)

@@ -1,8 +1,9 @@
 """Training-step throughput of elastic_jax vs transformers' NemotronH on the same weights and batch.
 
 One step = forward, masked cross-entropy, backward, global-norm clipping and AdamW, on both sides. The two
-steps take turns (so background load affects both alike); prints best-of-N tokens/s of each and the ratio.
-Usage: python benchmarks/train_step.py [--config small] [--batch 4 --seq-len 256]
+steps take turns (so background load affects both alike); prints best-of-N tokens/s of each and the ratio, in
+each of --processes fresh processes, then the median ratio over them.
+Usage: python benchmarks/train_step.py [--config small] [--batch 4 --seq-len 256] [--processes 3]
 On a GPU: add `--torch-device cuda` (transformers on the same GPU) and `--dtype bfloat16` (our compute dtype;
 torch autocast to bfloat16), both with fp32 master weights.
 """
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 from collections.abc import Callable
 
 import jax
 import numpy as np
 import torch
-from timing import compare
+from timing import compare, in_fresh_processes, median_of, report
 from transformers import NemotronHForCausalLM
 
 import elastic_jax as ej
@@ -72,7 +74,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--torch-device", default="cpu", help="where transformers runs: cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype, both sides")
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes to measure in (median reported)")
     args = parser.parse_args()
+    if args.processes > 1:
+        median, each = median_of(in_fresh_processes(args.processes, __file__, sys.argv[1:]), "ratio")
+        print(f"train step ratio, median over {args.processes} processes: {median:.2f}x (target >= 1.5x; "
+              f"per process {each})")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -96,6 +104,7 @@ def main() -> None:
     print(f"train step {args.batch}x{args.seq_len}: jax {n / t_jax:,.0f} tok/s ({t_jax * 1e3:.0f} ms) | "
           f"transformers {n / t_hf:,.0f} tok/s ({t_hf * 1e3:.0f} ms) | ratio {t_hf / t_jax:.2f}x "
           f"(ratio of medians {med:.2f}x)")
+    report({"ratio": t_hf / t_jax})
 
 
 if __name__ == "__main__":
