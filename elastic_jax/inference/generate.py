@@ -15,6 +15,7 @@ import numpy as np
 from elastic_jax.config import ModelConfig
 from elastic_jax.model.cache import init_cache
 from elastic_jax.model.functional import InputError, build, check_tokens
+from elastic_jax.model.moe import EXPERT_VIEWS, expert_views
 
 
 def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
@@ -65,6 +66,8 @@ def _generate_fn(cfg: ModelConfig, max_new: int, temperature: float, top_k: int,
         cache = init_cache(cfg, batch, plen + max_new)
         logits, cache = model.apply({"params": params}, prompt, cache)
         out = jnp.full((batch, max_new), pad_id, jnp.int32)
+        # built once, outside the loop: each step then reads the routed experts' weights in place
+        variables = {"params": params, EXPERT_VIEWS: expert_views(params, jnp.dtype(cfg.compute_dtype))}
 
         def cond(carry):
             step, _, _, done, _, _ = carry
@@ -77,7 +80,7 @@ def _generate_fn(cfg: ModelConfig, max_new: int, temperature: float, top_k: int,
             tok = jnp.where(done, pad_id, tok)
             out = out.at[:, step].set(tok)
             done = done | (tok == eos_id)
-            logits, cache = model.apply({"params": params}, tok[:, None], cache)
+            logits, cache = model.apply(variables, tok[:, None], cache)
             return step + 1, logits[:, -1], cache, done, out, key
 
         init = (jnp.zeros((), jnp.int32), logits[:, -1], cache, jnp.zeros((batch,), bool), out, key)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from elastic_jax.model.experts_looped import experts_looped
-from elastic_jax.model.moe import experts_blocked, experts_ragged, experts_windowed
+from elastic_jax.model.moe import expert_views, experts_blocked, experts_ragged, experts_switched, experts_windowed
 
 NUM_EXPERTS, DIM, FFN = 5, 12, 16
 
@@ -78,3 +78,16 @@ def test_looped_default_block_on_heavy_loads():
     want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(x, up, down)
     for name, g, w in zip(("x", "up", "down"), grads, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-3, err_msg=name)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_switched_experts_on_decode_rows_match_reference(with_mask):
+    """Cached decoding's form: per-expert arrays from `expert_views`, one `lax.switch` per routed row."""
+    x, sizes, up, down, mask, _ = make_case(11, CASES["decode_sized"])
+    views = expert_views({"layers_1": {"mixer": {"up_proj": up, "down_proj": down}}}, jnp.float32)
+    mixer = views["layers_1"]["mixer"]
+    assert len(mixer["up_proj"]) == NUM_EXPERTS and mixer["down_proj"][2].shape == (FFN, DIM)
+    ffn_mask = mask if with_mask else None
+    got = jax.jit(experts_switched)(x, sizes, mixer["up_proj"], mixer["down_proj"], ffn_mask)
+    want = reference(x, sizes, up, down, mask if with_mask else jnp.ones(FFN))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
