@@ -50,9 +50,10 @@ def in_fresh_processes(processes: int, script: str, argv: list[str]) -> list[dic
     results = []
     for i in range(processes):
         print(f"--- process {i + 1} of {processes}", flush=True)
-        out = subprocess.run([sys.executable, script, *argv, "--processes", "1"], capture_output=True, text=True,
-                             check=True).stdout
-        for line in out.splitlines():
+        run = subprocess.run([sys.executable, script, *argv, "--processes", "1"], capture_output=True, text=True)
+        if run.returncode:
+            sys.exit(f"process {i + 1} failed:\n{run.stderr}")
+        for line in run.stdout.splitlines():
             if line.startswith(RESULT_TAG):
                 results.append(json.loads(line[len(RESULT_TAG):]))
             else:

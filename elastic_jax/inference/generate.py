@@ -66,8 +66,9 @@ def _generate_fn(cfg: ModelConfig, max_new: int, temperature: float, top_k: int,
         cache = init_cache(cfg, batch, plen + max_new)
         logits, cache = model.apply({"params": params}, prompt, cache)
         out = jnp.full((batch, max_new), pad_id, jnp.int32)
-        # built once, outside the loop: each step then reads the routed experts' weights in place
-        variables = {"params": params, EXPERT_VIEWS: expert_views(params, jnp.dtype(cfg.compute_dtype))}
+        variables = {"params": params}
+        if jax.default_backend() == "cpu":  # built once, outside the loop: each step reads its experts in place
+            variables[EXPERT_VIEWS] = expert_views(params, jnp.dtype(cfg.compute_dtype))
 
         def cond(carry):
             step, _, _, done, _, _ = carry

@@ -24,6 +24,11 @@ MOE_IMPLS = ("auto", "ragged", "blocked", "windowed", "looped")
 EXPERT_VIEWS = "expert_views"  # the variable collection of per-expert weight arrays used by cached decoding
 
 
+def _expert_of_row(group_sizes: jax.Array, rows: int) -> jax.Array:
+    """The expert of each expert-sorted row [rows]."""
+    return jnp.repeat(jnp.arange(group_sizes.shape[0]), group_sizes, total_repeat_length=rows)
+
+
 def expert_views(params: dict, dtype) -> dict:
     """Every MoE layer's experts as separate arrays, {path: {"up_proj": (E x [D, F]), "down_proj": (E x [F, D])}}.
 
@@ -31,6 +36,7 @@ def expert_views(params: dict, dtype) -> dict:
     decode step then multiplies each routed row by its expert's own array, chosen with `lax.switch`, instead of
     gathering (copying) the routed experts out of the stacked weights on every step. XLA:CPU cannot feed a
     product from a slice without a copy, and those copies were a fifth of a `small` decode step's op time.
+    The views are one more copy of every expert for the length of the call.
     """
     def walk(tree):
         if not isinstance(tree, dict):
@@ -48,7 +54,7 @@ def experts_switched(x_rows: jax.Array, group_sizes: jax.Array, ups: tuple, down
                      ffn_mask: jax.Array | None = None) -> jax.Array:
     """Grouped relu^2 FFN for a few expert-sorted rows (decode), each row multiplied by its expert's own arrays."""
     rows, num_experts = x_rows.shape[0], len(ups)
-    expert_of_row = jnp.repeat(jnp.arange(num_experts), group_sizes, total_repeat_length=rows)
+    expert_of_row = _expert_of_row(group_sizes, rows)
     mask = 1.0 if ffn_mask is None else ffn_mask.astype(x_rows.dtype)
 
     def branch(e):
@@ -116,7 +122,7 @@ def experts_blocked(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, do
     """
     rows, num_experts = x_rows.shape[0], up.shape[0]
     if rows <= num_experts:  # decode-sized inputs: gather just the routed experts' weights, one per row
-        expert_of_row = jnp.repeat(jnp.arange(num_experts), group_sizes, total_repeat_length=rows)
+        expert_of_row = _expert_of_row(group_sizes, rows)
         h = relu2(jnp.einsum("rd,rdf->rf", x_rows, up[expert_of_row]))
         if ffn_mask is not None:
             h = h * ffn_mask.astype(h.dtype)
@@ -126,7 +132,7 @@ def experts_blocked(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, do
     padded = (group_sizes + block - 1) // block * block
     group_start = jnp.cumsum(group_sizes) - group_sizes
     padded_start = jnp.cumsum(padded) - padded
-    expert_of_row = jnp.repeat(jnp.arange(num_experts), group_sizes, total_repeat_length=rows)
+    expert_of_row = _expert_of_row(group_sizes, rows)
     dest = padded_start[expert_of_row] + jnp.arange(rows) - group_start[expert_of_row]
     slots = jnp.zeros((num_blocks * block, x_rows.shape[1]), x_rows.dtype).at[dest].set(x_rows)
     block_expert = jnp.searchsorted(jnp.cumsum(padded), jnp.arange(num_blocks) * block, side="right")
