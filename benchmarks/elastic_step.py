@@ -1,19 +1,24 @@
 """Cost of the joint elastic step: static-slice mode vs mask mode vs the three sliced single-budget steps.
 
 All steps are the same jitted training step (teacher forward, student forward/backward, AdamW); only the
-set of budgets and how each is computed differ. Prints seconds per step and the two ratios of the issue:
-static joint / sum of single sliced steps, and static joint / mask-mode joint.
+set of budgets and how each is computed differ. The budgets' architectures are those a router picks (random
+router weights, scaled so that its argmax is decisive). All five steps take turns, so background load hits
+each alike; each figure is the median over --repeats warm calls. Prints seconds per step and the two ratios of
+the issue, static joint / sum of single sliced steps and static joint / mask-mode joint, in each of
+--processes fresh processes, then the median of each ratio over them.
 Usage: python benchmarks/elastic_step.py [--config small --batch 4 --seq-len 256 --metric total_params]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import in_fresh_processes, interleaved_times, median_of, report
 
 import elastic_jax as ej
 from elastic_jax.elastic.router import Router, RouterConfig
@@ -21,35 +26,16 @@ from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.elastic_step import JointLossConfig, make_elastic_optimizer, make_elastic_step
 from elastic_jax.train.state import TrainState
 
-
-def time_step(step, state, teacher, batch, repeats: int) -> float:
-    state, _ = step(state, teacher, batch, jax.random.PRNGKey(0))  # compile
-    jax.block_until_ready(state)
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        state, metrics = step(state, teacher, batch, jax.random.PRNGKey(i))
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+BUDGETS = (1.0, 0.7, 0.4)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="small")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--metric", default="total_params", choices=("total_params", "active_params", "memory"),
-                        help="what the budgets are fractions of (the router's resource metric)")
-    args = parser.parse_args()
-
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    """One process: every step compiled, warmed up and timed in turns; prints and returns its figures."""
     cfg = ej.load_config(args.config)
-    budgets = (1.0, 0.7, 0.4)
-    router = Router(cfg, RouterConfig(budgets=budgets, metric=args.metric))
+    router = Router(cfg, RouterConfig(budgets=BUDGETS, metric=args.metric))
     model = ej.init_params(cfg, 0)
-    router_params = jax.tree.map(lambda x: x * 100.0, router.init(jax.random.PRNGKey(1)))
-    specs = tuple(router.spec_for(router_params, b) for b in budgets)
+    router_params = jax.tree.map(lambda x: x * 100.0, router.init(jax.random.PRNGKey(args.router_seed)))
+    specs = tuple(router.spec_for(router_params, b) for b in BUDGETS)
     optimizer, schedule = make_elastic_optimizer(TrainConfig(total_steps=100, warmup_steps=1))
     rng = np.random.default_rng(0)
     batch = {"inputs": jnp.asarray(rng.integers(5, 250, (args.batch, args.seq_len)), jnp.int32),
@@ -57,29 +43,60 @@ def main() -> None:
              "loss_mask": jnp.ones((args.batch, args.seq_len), jnp.float32)}
     teacher = jax.tree.map(jnp.copy, model)
 
-    def fresh() -> TrainState:
-        params = {"model": model, "router": router_params}
-        return TrainState.create(jax.tree.map(jnp.copy, params), optimizer)
-
-    def measure(weights, fixed) -> float:
+    def step_of(weights, fixed) -> Callable[[], None]:
+        """A closure running one jitted elastic step on its own state (donated and carried between calls)."""
         lc = JointLossConfig(weights=weights, fixed_specs=fixed)
         step, _ = make_elastic_step(cfg, router, lc, optimizer, schedule, 100)
-        return time_step(step, fresh(), teacher, batch, args.repeats)
+        params = {"model": jax.tree.map(jnp.copy, model), "router": jax.tree.map(jnp.copy, router_params)}
+        holder = {"state": TrainState.create(params, optimizer), "calls": 0}
 
-    print(f"config={args.config} batch={args.batch}x{args.seq_len} budgets={budgets} of {args.metric} "
+        def run() -> None:
+            holder["state"], metrics = step(holder["state"], teacher, batch, jax.random.PRNGKey(holder["calls"]))
+            holder["calls"] += 1
+            jax.block_until_ready(metrics["loss"])
+        return run
+
+    print(f"config={args.config} batch={args.batch}x{args.seq_len} budgets={BUDGETS} of {args.metric} "
           f"backend={jax.default_backend()}", flush=True)
-    mask_joint = measure((1.0, 1.0, 1.0), (None, None, None))
-    print(f"  joint, mask mode:   {mask_joint:.3f} s", flush=True)
-    static_joint = measure((1.0, 1.0, 1.0), specs)
-    print(f"  joint, static mode: {static_joint:.3f} s", flush=True)
-    singles = []
-    for i, (b, s) in enumerate(zip(budgets, specs)):
-        singles.append(measure(tuple(float(i == j) for j in range(3)), specs))
-        total, active = ej.count_params(s.apply_to(cfg))
-        print(f"  single sliced step, budget {b}: {singles[-1]:.3f} s  "
-              f"({total / 1e6:.1f}M params, {active / 1e6:.1f}M active)", flush=True)
-    print(f"static joint / sum of single sliced steps = {static_joint / sum(singles):.2f}  (target <= 1.15)")
-    print(f"static joint / mask-mode joint            = {static_joint / mask_joint:.2f}  (target <= 0.80)")
+    steps = {"mask": step_of((1.0, 1.0, 1.0), (None, None, None)), "static": step_of((1.0, 1.0, 1.0), specs)}
+    for i, b in enumerate(BUDGETS):
+        steps[f"single {b}"] = step_of(tuple(float(i == j) for j in range(len(BUDGETS))), specs)
+    times = {name: float(np.median(t)) for name, t in interleaved_times(steps, args.warmup, args.repeats).items()}
+    print(f"  joint, mask mode:   {times['mask']:.3f} s")
+    print(f"  joint, static mode: {times['static']:.3f} s")
+    for b, spec in zip(BUDGETS, specs):
+        total, active = ej.count_params(spec.apply_to(cfg))
+        print(f"  single sliced step, budget {b}: {times[f'single {b}']:.3f} s  "
+              f"({total / 1e6:.1f}M params, {active / 1e6:.1f}M active)")
+    singles = sum(times[f"single {b}"] for b in BUDGETS)
+    result = {"static_over_singles": times["static"] / singles, "static_over_mask": times["static"] / times["mask"],
+              "static_s": times["static"], "mask_s": times["mask"]}
+    print(f"  static joint / sum of single sliced steps = {result['static_over_singles']:.2f}  (target <= 1.15)")
+    print(f"  static joint / mask-mode joint            = {result['static_over_mask']:.2f}  (target <= 0.80)",
+          flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=2, help="calls before timing (the first compiles)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes to measure in (median reported)")
+    parser.add_argument("--router-seed", type=int, default=1, help="seed of the random router picking the specs")
+    parser.add_argument("--metric", default="total_params", choices=("total_params", "active_params", "memory"),
+                        help="what the budgets are fractions of (the router's resource metric)")
+    args = parser.parse_args()
+    if args.processes <= 1:
+        report(measure(args))
+        return
+    results = in_fresh_processes(args.processes, __file__, sys.argv[1:])
+    for key, target in (("static_over_singles", 1.15), ("static_over_mask", 0.80)):
+        median, each = median_of(results, key)
+        print(f"{key.replace('_', ' ')}: median {median:.2f} over {len(results)} processes ({each}); "
+              f"target <= {target:.2f}")
     print("(each single step computes the teacher forward too, as the joint step does once)")
 
 

@@ -22,7 +22,8 @@ def budget_spec(cfg: ModelConfig, params: dict, meta: dict, budget: float) -> El
     for key, spec in specs.items():
         if abs(float(key) - budget) < 1e-9:
             return ElasticSpec.from_dict(spec)
-    router = Router(cfg, RouterConfig(**elastic["router"]))
+    # checkpoints from before aligned candidate widths routed over exact fractions (width_multiple 1)
+    router = Router(cfg, RouterConfig(**{"width_multiple": 1, **elastic["router"]}))
     return router.spec_for(params["router"], budget)
 
 

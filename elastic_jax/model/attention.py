@@ -60,4 +60,4 @@ class Attention(nn.Module):
         if head_mask is not None:  # [batch, length, kv, groups, head_dim]: query heads are kv-group major
             out = out * head_mask.astype(out.dtype).reshape(self.num_kv_heads, groups, 1)
         out = out.reshape(batch, length, self.num_heads * self.head_dim)
-        return dense(self.hidden_size, self.dtype, "o_proj", self.init_std)(out), new_cache
+        return dense(self.hidden_size, self.dtype, "o_proj", self.init_std, "output")(out), new_cache

@@ -118,7 +118,7 @@ class Mamba2Mixer(nn.Module):
         y = GatedGroupRMSNorm(d_inner, g, self.eps, self.dtype, name="norm")(y, z, channel_mask)
         # transformers rescales out_proj at init: kaiming-uniform(a=sqrt 5) / sqrt(num_layers).
         out_bound = 1.0 / math.sqrt(d_inner) / math.sqrt(self.num_layers)
-        out = Linear(self.hidden_size, self.dtype, _uniform_init(out_bound), name="out_proj")(y)
+        out = Linear(self.hidden_size, self.dtype, _uniform_init(out_bound), "output", name="out_proj")(y)
         return out, new_cache
 
 

@@ -14,9 +14,10 @@ def relu2(x: jax.Array) -> jax.Array:
     return jnp.square(jax.nn.relu(x))
 
 
-def dense(features: int, dtype: jnp.dtype, name: str, init_std: float = 0.02) -> Linear:
+def dense(features: int, dtype: jnp.dtype, name: str, init_std: float = 0.02, grad_transpose: str = "input"
+          ) -> Linear:
     """A bias-free Linear with float32 parameters ([in, out] kernel) computing in `dtype`."""
-    return Linear(features, dtype, nn.initializers.normal(init_std), name=name)
+    return Linear(features, dtype, nn.initializers.normal(init_std), grad_transpose, name=name)
 
 
 class MLP(nn.Module):
@@ -33,4 +34,4 @@ class MLP(nn.Module):
         h = relu2(dense(self.intermediate_size, self.dtype, "up_proj", self.init_std)(x))
         if mask is not None:
             h = h * mask.astype(h.dtype)
-        return dense(self.hidden_size, self.dtype, "down_proj", self.init_std)(h)
+        return dense(self.hidden_size, self.dtype, "down_proj", self.init_std, "output")(h)

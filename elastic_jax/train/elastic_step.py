@@ -68,26 +68,33 @@ def make_elastic_optimizer(train: TrainConfig, router_lr_multiplier: float = 100
     return (tx if train.clip_norm <= 0 else optax.chain(optax.clip_by_global_norm(train.clip_norm), tx)), schedule
 
 
+def _student_logits(cfg: ModelConfig, router: Router, params: dict, spec: ElasticSpec | None, index: int,
+                    key: jax.Array, progress: jax.Array, inputs: jax.Array, mesh: Mesh | None
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(logits, resource loss, resource ratio) of one budget: a static slice when its architecture is fixed
+    (no resource term), else the parent under the router's sampled masks."""
+    if spec is not None:
+        sub_params, sub_cfg = slice_params(params["model"], cfg, spec)
+        if mesh is not None:  # lay the slice out as a parent of its size would be, not as padded parent shards
+            sub_params = jax.lax.with_sharding_constraint(sub_params, distributed.param_shardings(sub_params, mesh))
+        return build(sub_cfg).apply({"params": sub_params}, inputs)[0], jnp.zeros(()), jnp.asarray(-1.0)
+    masks, resource, ratio, _ = router.sample(params["router"], index, key, progress)
+    return build(cfg).apply({"params": params["model"]}, inputs, masks=masks)[0], resource, ratio
+
+
 def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher_logits: jax.Array,
                   batch: Batch, key: jax.Array, progress: jax.Array, mesh: Mesh | None = None
                   ) -> tuple[list[jax.Array], dict[str, jax.Array]]:
     """Per-budget loss terms (distillation + CE + lambda * resource) and their metrics."""
-    model = build(cfg)
     losses, metrics = [], {}
     keys = jax.random.split(key, len(lc.weights))
     for i, (budget, spec) in enumerate(zip(router.rc.budgets, lc.fixed_specs)):
         if lc.weights[i] == 0:  # a budget with no weight in this stage costs nothing
             losses.append(jnp.zeros(()))
             continue
-        if spec is not None:
-            sub_params, sub_cfg = slice_params(params["model"], cfg, spec)
-            if mesh is not None:  # lay the slice out as a parent of its size would be, not as padded parent shards
-                sub_params = jax.lax.with_sharding_constraint(sub_params, distributed.param_shardings(sub_params, mesh))
-            logits = build(sub_cfg).apply({"params": sub_params}, batch["inputs"])[0]
-            resource, ratio = jnp.zeros(()), jnp.asarray(-1.0)
-        else:
-            masks, resource, ratio, _ = router.sample(params["router"], i, keys[i], progress)
-            logits = model.apply({"params": params["model"]}, batch["inputs"], masks=masks)[0]
+        with jax.named_scope(f"budget_{budget:g}"):  # each budget's ops carry its name in profiles
+            logits, resource, ratio = _student_logits(cfg, router, params, spec, i, keys[i], progress,
+                                                      batch["inputs"], mesh)
         kd = kl_forward(teacher_logits, logits, batch["loss_mask"], lc.kd_temperature)
         loss = kd + lc.router_weight * resource
         if lc.ce_weight:

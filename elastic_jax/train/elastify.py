@@ -68,6 +68,7 @@ class ElasticTrainConfig:
     axes: tuple[str, ...] = ROUTER_AXES
     num_choices: int = 8
     min_fraction: float = 0.25
+    width_multiple: int | None = None  # None: aligned automatically (router.width_multiple)
     heterogeneous: bool = False
     router_hidden: int = 128
     router_lr_multiplier: float = 100.0

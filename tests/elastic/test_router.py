@@ -10,7 +10,16 @@ import pytest
 
 import elastic_jax as ej
 from elastic_jax.elastic.accounting import count_params
-from elastic_jax.elastic.router import Router, RouterConfig, argmax_spec, budget_code, expected_config, router_logits
+from elastic_jax.elastic.router import (
+    Router,
+    RouterConfig,
+    argmax_spec,
+    budget_code,
+    build_axes,
+    expected_config,
+    router_logits,
+    width_multiple,
+)
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import Budget, ElasticError
 
@@ -116,3 +125,30 @@ def test_unknown_axis_and_metric():
         RouterConfig(axes=("hidden", "heads"))
     with pytest.raises(ElasticError, match="budget.metric: unknown 'flops'"):
         RouterConfig(metric="flops")
+
+
+@pytest.mark.parametrize("config", ["tiny", "small", "nemotron3_nano_30b_a3b"])
+def test_candidate_widths_are_aligned_and_keep_every_choice(config):
+    cfg = ej.load_config(config)
+    rc = RouterConfig()
+    for axis in build_axes(cfg, rc):
+        if axis.name not in ("hidden", "ffn", "expert_ffn", "shared_ffn"):
+            continue
+        full = axis.choices[0]
+        multiple = width_multiple(full, rc)
+        assert multiple & (multiple - 1) == 0 and 1 <= multiple <= 128
+        assert len(axis.choices) == rc.num_choices, (axis.name, axis.choices)  # alignment merged no candidates
+        assert list(axis.choices) == sorted(set(axis.choices), reverse=True)
+        assert all(w % multiple == 0 for w in axis.choices[1:]), (axis.name, multiple, axis.choices)
+        exact = np.linspace(1.0, rc.min_fraction, rc.num_choices) * full
+        assert np.all(np.abs(np.asarray(axis.choices) - exact) <= multiple / 2 + 1e-9)  # the nearest multiple
+    small = {a.name: a.choices for a in build_axes(ej.load_config("small"), rc)}
+    assert small["hidden"] == (512, 448, 416, 352, 288, 224, 192, 128)  # multiples of 32
+
+
+def test_width_multiple_one_keeps_exact_fractions_and_bad_values_are_refused():
+    axes = {a.name: a.choices for a in build_axes(ej.load_config("small"), RouterConfig(width_multiple=1))}
+    assert axes["hidden"] == (512, 457, 402, 347, 293, 238, 183, 128)
+    for bad in (0, -16, 2.5, True):
+        with pytest.raises(ElasticError, match="router.width_multiple must be a positive integer"):
+            RouterConfig(width_multiple=bad)

@@ -8,8 +8,9 @@ import pytest
 from elastic_jax.model.linear import Linear, matmul
 
 
+@pytest.mark.parametrize("grad_transpose", ["input", "output"])
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_gradients_match_autodiff(dtype, tol):
+def test_gradients_match_autodiff(dtype, tol, grad_transpose):
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, (3, 17, 24))
     w = jax.random.normal(kw, (24, 40)) * 0.2
@@ -19,7 +20,8 @@ def test_gradients_match_autodiff(dtype, tol):
         y = fn(x.astype(dtype), w.astype(dtype)).astype(jnp.float32)
         return jnp.sum(jax.nn.silu(y) * probe)
 
-    ours = jax.jit(jax.grad(lambda x, w: loss(matmul, x, w), argnums=(0, 1)))(x, w)
+    ours = jax.jit(jax.grad(lambda x, w: loss(lambda a, b: matmul(a, b, grad_transpose), x, w),
+                            argnums=(0, 1)))(x, w)
     plain = jax.jit(jax.grad(lambda x, w: loss(jnp.matmul, x, w), argnums=(0, 1)))(x, w)
     for a, b in zip(ours, plain, strict=True):
         assert a.dtype == b.dtype == jnp.float32
@@ -31,3 +33,8 @@ def test_module_keeps_flax_dense_layout():
     params = Linear(3, jnp.bfloat16).init(jax.random.PRNGKey(0), x)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == {"params": {"kernel": ((8, 3), jnp.float32)}}
     assert Linear(3, jnp.bfloat16).apply(params, x).dtype == jnp.bfloat16
+
+
+def test_unknown_grad_transpose_is_refused():
+    with pytest.raises(ValueError, match="grad_transpose must be one of"):
+        matmul(jnp.ones((2, 3)), jnp.ones((3, 4)), "weights")
