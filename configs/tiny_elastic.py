@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
         budgets=(1.0, 0.7, 0.4), metric="total_params",
         axes=("hidden", "mamba_heads", "attention_heads", "ffn", "experts", "expert_ffn", "shared_ffn"),
         num_choices=8, min_fraction=0.25, heterogeneous=False, router_hidden=128, router_lr_multiplier=100.0,
+        width_multiple=None,  # candidate widths' multiple; None: the coarsest power of two <= 128 that keeps 8 choices
         router_weight=1.0, tolerance=0.05,
         stage1_steps=200, stage2_steps=100, stage1_seq_len=128, stage2_seq_len=256, stage2_weights=(0.5, 0.3, 0.2),
         static_after=0.5, ce_weight=0.0, kd_temperature=1.0, importance_batches=8, permute=True,

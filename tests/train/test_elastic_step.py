@@ -66,6 +66,8 @@ def test_bad_elastic_config_values():
         ElasticTrainConfig(budgets=(1.0, 0.5), stage2_weights=(0.5, 0.3, 0.2))
     with pytest.raises(ConfigError, match="unknown field"):
         ElasticTrainConfig.from_dict({"budget": (1.0,)})
+    with pytest.raises(ConfigError, match="elastic.width_multiple must be a positive integer"):
+        ElasticTrainConfig(width_multiple=0)
     with pytest.raises(ElasticError, match="weights"):
         JointLossConfig(weights=(1.0, -1.0), fixed_specs=(None, None))
 
