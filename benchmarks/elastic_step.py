@@ -18,7 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from timing import in_fresh_processes, interleaved_times, median_of, report
+from timing import add_step_arguments, in_fresh_processes, interleaved_times, median_of, report
 
 import elastic_jax as ej
 from elastic_jax.elastic.router import Router, RouterConfig
@@ -79,12 +79,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="small")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--warmup", type=int, default=2, help="calls before timing (the first compiles)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--processes", type=int, default=3, help="fresh processes to measure in (median reported)")
+    add_step_arguments(parser, warmup_help="calls before timing (the first compiles)")
     parser.add_argument("--router-seed", type=int, default=1, help="seed of the random router picking the specs")
     parser.add_argument("--metric", default="total_params", choices=("total_params", "active_params", "memory"),
                         help="what the budgets are fractions of (the router's resource metric)")

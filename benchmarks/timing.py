@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -30,6 +31,16 @@ def compare(jax_fn: Callable[[], None], hf_fn: Callable[[], None], warmup: int, 
     """Best-of-N seconds of each (the least disturbed call; the two take turns) and the ratio of their medians."""
     times = interleaved_times({"jax": jax_fn, "hf": hf_fn}, warmup, repeats)
     return min(times["jax"]), min(times["hf"]), float(np.median(times["hf"]) / np.median(times["jax"]))
+
+
+def add_step_arguments(parser: argparse.ArgumentParser, warmup_help: str = "calls before timing") -> None:
+    """The arguments every training-step benchmark takes: model config, batch shape, calls and processes."""
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=2, help=warmup_help)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes to measure in (median reported)")
 
 
 RESULT_TAG = "RESULT "

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 import torch
-from timing import compare, in_fresh_processes, median_of, report
+from timing import add_step_arguments, compare, in_fresh_processes, median_of, report
 from transformers import NemotronHForCausalLM
 
 import elastic_jax as ej
@@ -66,15 +66,10 @@ def torch_step(model: torch.nn.Module, train: TrainConfig, batch: dict[str, np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="small")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_step_arguments(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--torch-device", default="cpu", help="where transformers runs: cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype, both sides")
-    parser.add_argument("--processes", type=int, default=3, help="fresh processes to measure in (median reported)")
     args = parser.parse_args()
     if args.processes > 1:
         median, each = median_of(in_fresh_processes(args.processes, __file__, sys.argv[1:]), "ratio")
