@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,19 @@ class ElasticRun:
     ranking: Any
 
 
+GPU_GEMM_FLAG = "--xla_gpu_enable_triton_gemm=false"
+
+
+def gpu_gemm_advice(backend: str, xla_flags: str) -> str | None:
+    """On a GPU with XLA's default GEMMs, the advice to use cuBLAS ones: each sliced student brings its own matrix
+    shapes, and autotuning a Triton GEMM for every one kept an H100 compiling the `small` joint step for minutes
+    (with autotuning off the untuned tiles ran 6x slower than cuBLAS; docs/performance.md)."""
+    if backend != "gpu" or "xla_gpu_enable_triton_gemm" in xla_flags:
+        return None
+    return (f"elastify on GPU: set XLA_FLAGS={GPU_GEMM_FLAG} before starting Python; XLA's Triton GEMM autotuning "
+            "compiles every sliced student's matrix shapes and can take minutes per joint step")
+
+
 def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str, parent: str) -> ElasticRun:
     """Validate, build the mesh, and place the frozen teacher (the ranked and permuted parent), the student's
     train state and the data feeds on it: fresh, or restored from the newest checkpoint in `workdir`."""
@@ -224,6 +238,9 @@ def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str,
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, total_steps=ec.total_steps,
                                                                schedule_steps=0))
     distributed.initialize()
+    advice = gpu_gemm_advice(jax.default_backend(), os.environ.get("XLA_FLAGS", ""))
+    if advice:
+        log.warning(advice)
     parent_params, parent_meta = load_parent(parent, spec.model)
     router = Router(spec.model, ec.router_config())
     layout = elastic_layout(spec, ec, router, parent_params)

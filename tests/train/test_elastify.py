@@ -46,3 +46,13 @@ def test_elastify_then_slice(tmp_path, capsys):
                  "--out", str(tmp_path / "b07")]) == 0
     trained = meta["elastic"]["specs"]["0.7"]
     assert load_model(tmp_path / "b07")[2]["sliced_from"]["spec"] == trained
+
+
+def test_gpu_gemm_advice():
+    from elastic_jax.train.elastify import GPU_GEMM_FLAG, gpu_gemm_advice
+
+    assert GPU_GEMM_FLAG in gpu_gemm_advice("gpu", "")
+    assert GPU_GEMM_FLAG in gpu_gemm_advice("gpu", "--xla_gpu_autotune_level=0")
+    assert gpu_gemm_advice("gpu", f"--xla_dump_to=/tmp {GPU_GEMM_FLAG}") is None
+    assert gpu_gemm_advice("gpu", "--xla_gpu_enable_triton_gemm=true") is None  # the user chose: leave it
+    assert gpu_gemm_advice("cpu", "") is None and gpu_gemm_advice("tpu", "") is None
