@@ -220,10 +220,8 @@ GPU_GEMM_FLAG = "--xla_gpu_enable_triton_gemm=false"
 
 
 def gpu_gemm_advice(backend: str, xla_flags: str) -> str | None:
-    """On a GPU with XLA's default GEMMs, the advice to use cuBLAS ones: each sliced student brings its own matrix
-    shapes, and autotuning a Triton GEMM for every one kept an H100 compiling the `small` joint step for minutes
-    (with autotuning off the untuned tiles ran 6x slower than cuBLAS; docs/performance.md)."""
-    if backend != "gpu" or "xla_gpu_enable_triton_gemm" in xla_flags:
+    """The advice to use cuBLAS GEMMs, on a GPU where XLA_FLAGS leaves the choice to XLA (docs/training.md)."""
+    if backend != "gpu" or GPU_GEMM_FLAG.split("=")[0] in xla_flags:
         return None
     return (f"elastify on GPU: set XLA_FLAGS={GPU_GEMM_FLAG} before starting Python; XLA's Triton GEMM autotuning "
             "compiles every sliced student's matrix shapes and can take minutes per joint step")
