@@ -10,6 +10,7 @@ experiment config and a free-form "elastic" field (JSON). Arrays are chunked fin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -26,12 +27,45 @@ from jax.experimental import multihost_utils
 
 from elastic_jax.config import ConfigError
 from elastic_jax.distributed import path_str
-from elastic_jax.train.config import CheckpointConfig
 
 log = logging.getLogger(__name__)
 ITEMS = ("state", "data", "metadata")
 FORMAT_VERSION = 1
 UNREADABLE_DIR = "unreadable"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """How often to save, how many to keep, and how arrays are chunked on disk.
+
+    Arrays are split into chunks of about `array_bytes / chunk_pieces**rank` bytes (at least min_chunk_bytes)
+    and expert tensors into one chunk row per expert, so a prefix slice of a parameter reads about its own
+    share of the bytes (see `restore_slice`).
+    """
+
+    every_steps: int = 100
+    max_to_keep: int = 3
+    async_save: bool = True
+    chunk_pieces: int = 16
+    min_chunk_bytes: int = 4096
+
+    @classmethod
+    def from_dict(cls, section: Any) -> CheckpointConfig:
+        data = dict(section.to_dict() if hasattr(section, "to_dict") else section or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"checkpoint: unknown field(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __post_init__(self):
+        for name, low in (("every_steps", 0), ("max_to_keep", 1), ("chunk_pieces", 1), ("min_chunk_bytes", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"checkpoint.{name}: must be an integer >= {low}, got {value!r}")
 
 
 class CheckpointMismatchError(ConfigError):

@@ -1,4 +1,4 @@
-"""The `train` and `checkpoint` sections of an experiment config: frozen, validated values with clear errors."""
+"""The `train` section of an experiment config: a frozen, validated value with clear errors."""
 
 from __future__ import annotations
 
@@ -98,35 +98,6 @@ class TrainConfig:
         if self.seq_len > model.max_position_embeddings:
             raise ConfigError(f"train.seq_len: {self.seq_len} exceeds model.max_position_embeddings="
                               f"{model.max_position_embeddings}; use a seq_len <= {model.max_position_embeddings}")
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-    """How often to save, how many to keep, and how arrays are chunked on disk.
-
-    Arrays are split into chunks of about `array_bytes / chunk_pieces**rank` bytes (at least min_chunk_bytes)
-    and expert tensors into one chunk row per expert, so a prefix slice of a parameter reads about its own
-    share of the bytes (see `restore_slice`).
-    """
-
-    every_steps: int = 100
-    max_to_keep: int = 3
-    async_save: bool = True
-    chunk_pieces: int = 16
-    min_chunk_bytes: int = 4096
-
-    @classmethod
-    def from_dict(cls, section: Any) -> CheckpointConfig:
-        return _from_dict(cls, section, "checkpoint")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def __post_init__(self):
-        for name, low in (("every_steps", 0), ("max_to_keep", 1), ("chunk_pieces", 1), ("min_chunk_bytes", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"checkpoint.{name}: must be an integer >= {low}, got {value!r}")
 
 
 def section(config: Mapping[str, Any] | Any, name: str) -> Any:

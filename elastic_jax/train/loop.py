@@ -24,12 +24,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from elastic_jax import distributed
-from elastic_jax.checkpoint import Checkpointer
+from elastic_jax.checkpoint import CheckpointConfig, Checkpointer
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.data import DataConfig, Tokenizer, eval_prompts, load_tokenizer, make_eval_batches, make_train_iterator
 from elastic_jax.experiment import model_config_from
 from elastic_jax.model.functional import build
-from elastic_jax.train.config import CheckpointConfig, TrainConfig, section
+from elastic_jax.train.config import TrainConfig, section
 from elastic_jax.train.evaluation import eval_loss, reasoning_accuracy
 from elastic_jax.train.metrics import MetricsWriter
 from elastic_jax.train.optim import make_optimizer
