@@ -251,6 +251,84 @@ def test_property_xla_matches_reference(b, seqlen, g, r, p, n, q, seed):
     assert rel_err(y, y_ref) < 1e-4 and rel_err(s, s_ref) < 1e-4
 
 
+def _packed_seq_idx(b: int, seqlen: int) -> jnp.ndarray:
+    """Rows of 2-3 documents with starts on and off chunk boundaries (chunk 8/16), and trailing padding (id 0)."""
+    seq = np.zeros((b, seqlen), np.int32)
+    seq[0, :10], seq[0, 10:16], seq[0, 16:] = 1, 2, 3  # a start at 16 = a chunk boundary, one mid-chunk
+    if b > 1:
+        seq[1, :17], seq[1, 17:30] = 1, 2  # then padding
+    return jnp.asarray(seq)
+
+
+def numpy_recurrence_with_resets(args, seq_idx):
+    """The float64 loop, restarted from a zero state wherever seq_idx changes (what running each alone does)."""
+    seq = np.asarray(seq_idx)
+    ys, states = [], []
+    for row in range(seq.shape[0]):
+        cuts = [0] + [t for t in range(1, seq.shape[1]) if seq[row, t] != seq[row, t - 1]] + [seq.shape[1]]
+        state = np.asarray(args["initial_state"][row:row + 1], np.float64)
+        pieces = []
+        for k, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
+            piece = {name: args[name][row:row + 1, lo:hi] for name in ("x", "dt", "B", "C")}
+            y, state = numpy_recurrence(**piece, A=args["A"], D=args["D"], initial_state=state if k == 0 else 0 * state)
+            pieces.append(y)
+        ys.append(np.concatenate(pieces, axis=1))
+        states.append(state)
+    return np.concatenate(ys), np.concatenate(states)
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+def test_seq_idx_restarts_each_document(impl):
+    """Packed documents: every document's outputs equal the scan of that document alone (from a zero state)."""
+    b, seqlen, h, p, g, n, q = CASES["ragged_groups"]
+    args = make_inputs(15, b, seqlen, h, p, g, n)
+    seq_idx = _packed_seq_idx(b, seqlen)
+    y_want, s_want = numpy_recurrence_with_resets(args, seq_idx)
+    y, s = ssd(**args, chunk_size=q, return_final_state=True, impl=impl, seq_idx=seq_idx)
+    assert rel_err(y, y_want) < 1e-4 and rel_err(s, s_want) < 1e-4
+
+
+@pytest.mark.parametrize("q", [8, 16])
+def test_seq_idx_gradients_match_reference(q):
+    b, seqlen, h, p, g, n, _ = CASES["ragged_groups"]
+    args = make_inputs(16, b, seqlen, h, p, g, n)
+    seq_idx = _packed_seq_idx(b, seqlen)
+    rng = np.random.default_rng(17)
+    wy = jnp.asarray(rng.standard_normal((b, seqlen, h, p)), jnp.float32)
+    ws = jnp.asarray(rng.standard_normal((b, h, p, n)), jnp.float32)
+
+    def loss(diff, impl):
+        y, s = ssd(**diff, chunk_size=q, return_final_state=True, impl=impl, seq_idx=seq_idx)
+        return jnp.sum(y * wy) + jnp.sum(s * ws)
+
+    want = jax.grad(loss)(args, "reference")
+    got = jax.jit(jax.grad(loss), static_argnums=1)(args, "xla")
+    for name in want:
+        assert rel_err(got[name], want[name]) < 1e-4, name
+
+
+def test_seq_idx_gradient_of_one_document_stays_in_it():
+    """A loss on one document has zero gradient on the other documents' inputs and on the initial state."""
+    b, seqlen, h, p, g, n, q = CASES["ragged_groups"]
+    args = make_inputs(18, b, seqlen, h, p, g, n)
+    seq_idx = _packed_seq_idx(b, seqlen)
+    grads = jax.grad(lambda a: jnp.sum(ssd(**a, chunk_size=q, impl="xla", seq_idx=seq_idx)[0, 10:16]))(args)
+    for name in ("x", "dt", "B", "C"):
+        outside = np.asarray(grads[name])[0, np.r_[0:10, 16:seqlen]]
+        assert np.all(outside == 0), name
+        assert np.any(np.asarray(grads[name])[0, 10:16] != 0), name
+    assert np.all(np.asarray(grads["initial_state"]) == 0)
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu_interpret", "pallas_gpu_interpret"])
+def test_seq_idx_with_a_pallas_impl_runs_xla(impl):
+    b, seqlen, h, p, g, n, q = CASES["ragged_groups"]
+    args = make_inputs(19, b, seqlen, h, p, g, n)
+    seq_idx = _packed_seq_idx(b, seqlen)
+    y_want = ssd(**args, chunk_size=q, impl="xla", seq_idx=seq_idx)
+    assert rel_err(ssd(**args, chunk_size=q, impl=impl, seq_idx=seq_idx), y_want) == 0.0
+
+
 BAD = [
     ("x", lambda a: a["x"][0], "x"),
     ("dt", lambda a: a["dt"][..., :1], "dt"),
@@ -261,6 +339,8 @@ BAD = [
     ("initial_state", lambda a: a["initial_state"][..., :-1], "initial_state"),
     ("B", lambda a: jnp.concatenate([a["B"]] * 3, axis=2), "divisible by groups"),
     ("x", lambda a: a["x"].astype(jnp.int32), "floating-point"),
+    ("seq_idx", lambda a: jnp.zeros((2, 11), jnp.int32), "seq_idx"),
+    ("seq_idx", lambda a: jnp.zeros((2, 12), jnp.float32), "integer"),
 ]
 
 

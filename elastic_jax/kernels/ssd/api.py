@@ -8,6 +8,9 @@ Implementations (`impl=`):
   "pallas_gpu"            Triton-lowered Pallas forward kernel; backward = the "xla" backward.
   "pallas_gpu_interpret"  the same kernel run by the generic Pallas interpreter (any backend; for testing).
   "auto"                  first supported of: TPU -> pallas_tpu, xla; GPU -> pallas_gpu, xla; otherwise xla.
+
+Packed documents: `ssd(..., seq_idx=...)` restarts the state at every document start. The reference and xla
+implementations take it; a Pallas impl (or "auto" resolving to one) given seq_idx runs "xla" instead.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def validate_ssd_args(
     D: jax.Array | None,
     initial_state: jax.Array | None,
     chunk_size: int,
+    seq_idx: jax.Array | None = None,
 ) -> None:
     """Check ranks, shapes and dtypes of `ssd` arguments; raises ValueError naming the offending argument."""
     if getattr(x, "ndim", None) != 4:
@@ -94,6 +98,11 @@ def validate_ssd_args(
     for name, v in named.items():
         if v is not None:
             _check_float(name, v)
+    if seq_idx is not None:
+        if getattr(seq_idx, "shape", None) is None or tuple(seq_idx.shape) != (b, seqlen):
+            raise _shape_err("seq_idx", f"[{b}, {seqlen}] (batch, seqlen) or None", getattr(seq_idx, "shape", None))
+        if not jnp.issubdtype(seq_idx.dtype, jnp.integer):
+            raise ValueError(f"ssd: `seq_idx` must be an integer array (document ids), got dtype {seq_idx.dtype}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"ssd: `chunk_size` must be a positive Python int (static), got {chunk_size!r}")
 
@@ -112,11 +121,11 @@ def resolve_impl(impl: str, x: jax.Array, B: jax.Array, chunk_size: int) -> str:
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size", "impl"))
-def _ssd_impl(x, dt, A, B, C, D, initial_state, *, chunk_size: int, impl: str):
+def _ssd_impl(x, dt, A, B, C, D, initial_state, seq_idx, *, chunk_size: int, impl: str):
     if impl == "reference":
-        return ssd_reference(x, dt, A, B, C, D, initial_state)
+        return ssd_reference(x, dt, A, B, C, D, initial_state, seq_idx)
     if impl == "xla":
-        return ssd_xla(x, dt, A, B, C, D, initial_state, chunk_size)
+        return ssd_xla(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
     if impl in ("pallas_tpu", "pallas_tpu_interpret"):
         return pallas_tpu.ssd_pallas_tpu(
             x, dt, A, B, C, D, initial_state, chunk_size=chunk_size, interpret=impl.endswith("interpret")
@@ -140,18 +149,24 @@ def ssd(
     initial_state: jax.Array | None = None,
     return_final_state: bool = False,
     impl: str = "auto",
+    seq_idx: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Mamba-2 selective scan h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = C_t h_t + D x_t over a sequence.
 
     x [b,L,h,p]; dt [b,L,h] (already softplus'ed, positive); A [h] (negative); B, C [b,L,g,n]; D [h] or None;
     initial_state [b,h,p,n] or None. Returns y [b,L,h,p] in x.dtype, plus final_state [b,h,p,n] float32 when
     return_final_state. Any seqlen works (padded internally to a multiple of the static chunk_size).
+    seq_idx [b,L] int or None: packed documents; the state restarts from zero wherever seq_idx changes (the
+    initial state feeds only the first document; the final state is the last document's). The Pallas kernels do
+    not take it: with seq_idx given they run the "xla" implementation.
     """
-    validate_ssd_args(x, dt, A, B, C, D, initial_state, chunk_size)
+    validate_ssd_args(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
     name = resolve_impl(impl, x, B, chunk_size)
+    if seq_idx is not None and name.startswith("pallas"):
+        name = "xla"
     if name == "xla" and jax.default_backend() == "cpu":
         chunk_size = min(chunk_size, CPU_MAX_CHUNK)
-    y, final_state = _ssd_impl(x, dt, A, B, C, D, initial_state, chunk_size=chunk_size, impl=name)
+    y, final_state = _ssd_impl(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size=chunk_size, impl=name)
     return (y, final_state) if return_final_state else y
 
 

@@ -1,6 +1,7 @@
 """Step-by-step Mamba-2 selective-scan recurrence: the numerical oracle for every other implementation.
 
 h_t = exp(dt_t * A) * h_{t-1} + dt_t * x_t (outer) B_t ;  y_t = C_t . h_t + D * x_t
+With `seq_idx` (packed documents), h_{t-1} is taken as zero wherever seq_idx[t] != seq_idx[t-1].
 """
 
 from __future__ import annotations
@@ -49,8 +50,12 @@ def ssd_reference(
     C: jax.Array,
     D: jax.Array | None = None,
     initial_state: jax.Array | None = None,
+    seq_idx: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Full-sequence scan over time with `lax.scan`; returns (y [b,L,h,p] in x.dtype, final_state [b,h,p,n] fp32)."""
+    """Full-sequence scan over time with `lax.scan`; returns (y [b,L,h,p] in x.dtype, final_state [b,h,p,n] fp32).
+
+    `seq_idx` [b, L] int (optional): the state restarts from zero at every t where seq_idx changes.
+    """
     b, _, h, p = x.shape
     n = B.shape[-1]
     if initial_state is None:
@@ -58,11 +63,17 @@ def ssd_reference(
     else:
         state0 = initial_state.astype(jnp.float32)
 
+    if seq_idx is None:
+        keep = jnp.ones((b, x.shape[1]), jnp.float32)
+    else:
+        keep = jnp.concatenate([jnp.ones((b, 1), bool), seq_idx[:, 1:] == seq_idx[:, :-1]], axis=1)
+
     def step(state, inputs):
-        xt, dtt, bt, ct = inputs
+        xt, dtt, bt, ct, kt = inputs
+        state = state * kt.astype(jnp.float32)[:, None, None, None]  # a document start forgets the past
         y, new_state = ssd_step_reference(state, xt, dtt, A, bt, ct, D)
         return new_state, y
 
-    time_major = tuple(jnp.moveaxis(v, 1, 0) for v in (x, dt, B, C))
+    time_major = tuple(jnp.moveaxis(v, 1, 0) for v in (x, dt, B, C, keep))
     final_state, ys = lax.scan(step, state0, time_major)
     return jnp.moveaxis(ys, 0, 1), final_state
