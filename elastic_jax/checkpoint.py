@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from jax.experimental import multihost_utils
 
+from elastic_jax import schema
 from elastic_jax.config import ConfigError
 from elastic_jax.distributed import path_str
 
@@ -43,6 +44,8 @@ class CheckpointConfig:
     share of the bytes (see `restore_slice`).
     """
 
+    SECTION = "checkpoint"
+
     every_steps: int = 100
     max_to_keep: int = 3
     async_save: bool = True
@@ -50,13 +53,8 @@ class CheckpointConfig:
     min_chunk_bytes: int = 4096
 
     @classmethod
-    def from_dict(cls, section: Any) -> CheckpointConfig:
-        data = dict(section.to_dict() if hasattr(section, "to_dict") else section or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"checkpoint: unknown field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, section: Any, path: str = "checkpoint") -> CheckpointConfig:
+        return schema.from_dict(cls, section, path)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,7 +63,7 @@ class CheckpointConfig:
         for name, low in (("every_steps", 0), ("max_to_keep", 1), ("chunk_pieces", 1), ("min_chunk_bytes", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"checkpoint.{name}: must be an integer >= {low}, got {value!r}")
+                raise ConfigError(f"must be an integer >= {low}, got {value!r}", name, self.SECTION)
 
 
 class CheckpointMismatchError(ConfigError):

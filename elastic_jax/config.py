@@ -12,6 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from elastic_jax import schema
+from elastic_jax.schema import ConfigError
+
 BLOCK_TYPES = {"M": "mamba", "*": "attention", "E": "moe", "-": "mlp"}
 HF_LAYER_TYPES = {"M": "linear_attention", "*": "full_attention", "E": "moe", "-": "mlp"}
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -28,16 +31,14 @@ PER_LAYER_FIELDS = {
 }
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and what is allowed."""
-
-
 IntOrTuple = int | tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shape and numerics of a Nemotron-H hybrid model (Mamba-2 `M`, attention `*`, MoE `E`, MLP `-`)."""
+
+    SECTION = "model"
 
     vocab_size: int = 256
     hidden_size: int = 64
@@ -137,20 +138,14 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config field(s) {unknown}; allowed: {sorted(known)}")
-        data = dict(data)
-        if "time_step_limit" in data:
-            data["time_step_limit"] = tuple(float(v) for v in data["time_step_limit"])
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any], path: str = "model") -> ModelConfig:
+        """From a mapping of fields (lists become tuples, "inf" infinity); unknown fields are a ConfigError."""
+        return schema.from_dict(cls, data, path)
 
 
 def _check(condition: bool, field: str, message: str) -> None:
     if not condition:
-        raise ConfigError(f"model.{field}: {message}")
+        raise ConfigError(message, field, ModelConfig.SECTION)
 
 
 def validate(cfg: ModelConfig) -> None:

@@ -1,7 +1,7 @@
 """Configuration of the data pipeline: one frozen, validated value, convertible to and from a plain dict.
 
-Errors are ValueErrors whose message starts with the dotted field name (`data.text_paths: ...`), so a bad
-command-line override points at the field to fix.
+Errors are ConfigErrors (ValueErrors) whose message starts with the dotted field name (`data.text_paths: ...`),
+so a bad command-line override points at the field to fix.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from elastic_jax import schema
 from elastic_jax.data.reasoning import ReasoningTaskConfig
 from elastic_jax.data.text import DEFAULT_EXTENSIONS
+from elastic_jax.schema import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,8 @@ class DataConfig:
     shuffle_seed: seed of the data order; None uses the seed passed to the pipeline (the run seed).
     num_workers: 0 reads synchronously; N > 0 prepares up to N batches ahead in a background thread.
     """
+
+    SECTION = "data"
 
     reasoning_weight: float = 0.7
     text_weight: float = 0.3
@@ -67,32 +71,22 @@ class DataConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> DataConfig:
-        """Raise ValueError naming the first invalid field; returns self so it can be chained."""
+        """Raise ConfigError naming the first invalid field; returns self so it can be chained."""
         validate(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["text_paths"] = list(self.text_paths)
-        out["text_extensions"] = list(self.text_extensions)
-        return out
+        return schema.to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
-        """Build from a (possibly nested, e.g. ml_collections) dict; unknown keys are an error."""
-        data = dict(data.items())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"data: unknown field(s) {unknown}; allowed: {sorted(known)}")
-        if "reasoning" in data and not isinstance(data["reasoning"], ReasoningTaskConfig):
-            data["reasoning"] = ReasoningTaskConfig.from_dict(dict(data["reasoning"].items()))
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any], path: str = "data") -> DataConfig:
+        """Build from a (possibly nested, e.g. ml_collections) dict; unknown keys are a ConfigError."""
+        return schema.from_dict(cls, data, path)
 
 
 def _check(condition: bool, field: str, message: str) -> None:
     if not condition:
-        raise ValueError(f"data.{field}: {message}")
+        raise ConfigError(message, field, DataConfig.SECTION)
 
 
 def _is_number(value: Any) -> bool:
@@ -100,7 +94,7 @@ def _is_number(value: Any) -> bool:
 
 
 def validate(cfg: DataConfig) -> None:
-    """Raise ValueError naming the first invalid field of `cfg` and what is allowed."""
+    """Raise ConfigError naming the first invalid field of `cfg` and what is allowed."""
     for name in ("reasoning_weight", "text_weight"):
         value = getattr(cfg, name)
         _check(_is_number(value) and value >= 0, name, f"must be a finite number >= 0, got {value!r}")

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
-from elastic_jax.config import ConfigError, ModelConfig
+from elastic_jax import schema
+from elastic_jax.config import ModelConfig
+from elastic_jax.schema import ConfigError, invalid
 
 DATA_LOADING = ("per_process", "global")
-
-
-def _to_dict(section: Any) -> dict[str, Any]:
-    if section is None:
-        return {}
-    return dict(section.to_dict() if hasattr(section, "to_dict") else section)
-
-
-def _from_dict(cls: type, section: Any, where: str):
-    data = _to_dict(section)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
-    return cls(**data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +23,8 @@ class TrainConfig:
     eval_every / checkpoint cadence of 0 disables it; eval_prompts is the number of reasoning problems
     answered greedily for the accuracy figure.
     """
+
+    SECTION = "train"
 
     seed: int = 0
     seq_len: int = 128
@@ -60,11 +48,11 @@ class TrainConfig:
     progress_bar: bool = True
 
     @classmethod
-    def from_dict(cls, section: Any) -> TrainConfig:
-        return _from_dict(cls, section, "train")
+    def from_dict(cls, section: Any, path: str = "train") -> TrainConfig:
+        return schema.from_dict(cls, section, path)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return schema.to_dict(self)
 
     def __post_init__(self):
         ints = ("seed", "seq_len", "global_batch", "total_steps", "schedule_steps", "warmup_steps", "log_every",
@@ -73,20 +61,20 @@ class TrainConfig:
             value = getattr(self, name)
             positive = name in ("seq_len", "global_batch", "total_steps", "log_every")
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if positive else 0):
-                raise ConfigError(f"train.{name}: must be an integer {'>= 1' if positive else '>= 0'}, got {value!r}")
+                raise invalid(self, name, f"must be an integer {'>= 1' if positive else '>= 0'}, got {value!r}")
         for name in ("lr", "weight_decay", "eps", "clip_norm"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"train.{name}: must be a number >= 0, got {value!r}")
+                raise invalid(self, name, f"must be a number >= 0, got {value!r}")
         for name in ("min_lr_ratio", "b1", "b2"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"train.{name}: must be in [0, 1], got {value!r}")
+                raise invalid(self, name, f"must be in [0, 1], got {value!r}")
         if self.warmup_steps > self.decay_steps:
-            raise ConfigError(f"train.warmup_steps: {self.warmup_steps} exceeds the schedule length {self.decay_steps} "
-                              "(train.schedule_steps, or train.total_steps when that is 0)")
+            raise invalid(self, "warmup_steps", f"{self.warmup_steps} exceeds the schedule length {self.decay_steps} "
+                          "(train.schedule_steps, or train.total_steps when that is 0)")
         if self.data_loading not in DATA_LOADING:
-            raise ConfigError(f"train.data_loading: must be one of {DATA_LOADING}, got {self.data_loading!r}")
+            raise invalid(self, "data_loading", f"must be one of {DATA_LOADING}, got {self.data_loading!r}")
 
     @property
     def decay_steps(self) -> int:
@@ -98,11 +86,3 @@ class TrainConfig:
         if self.seq_len > model.max_position_embeddings:
             raise ConfigError(f"train.seq_len: {self.seq_len} exceeds model.max_position_embeddings="
                               f"{model.max_position_embeddings}; use a seq_len <= {model.max_position_embeddings}")
-
-
-def section(config: Mapping[str, Any] | Any, name: str) -> Any:
-    """config[name] or None, for ConfigDicts and plain dicts alike."""
-    try:
-        return config[name] if name in config else None
-    except TypeError:
-        return None

@@ -1,7 +1,7 @@
 """Elastification: rank and permute a parent, then train every budget and the router jointly; one checkpoint out.
 
 `run_elastify(experiment_config, workdir, parent)` is what `elastic-jax elastify` calls. The experiment has the
-pretraining sections (model, train, data, checkpoint) plus `elastic` (ElasticTrainConfig). Stage 1 trains on
+pretraining sections (model, train, data, checkpoint) plus `elastic` (elastic/config.py). Stage 1 trains on
 short sequences with uniform budget weights, stage 2 on longer ones with weights favouring the full model;
 after `static_after` of the steps every budget's architecture is fixed to the router's argmax and trains as a
 static prefix slice. The checkpoint's metadata carries the router config, budgets, the chosen spec per budget
@@ -30,11 +30,12 @@ from elastic_jax import distributed
 from elastic_jax.checkpoint import Checkpointer, config_diff
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.data import make_eval_batches
+from elastic_jax.elastic.config import ElasticConfig
 from elastic_jax.elastic.importance import run_importance
 from elastic_jax.elastic.permute import permute_params, ranking_to_json
-from elastic_jax.elastic.router import ROUTER_AXES, Router, RouterConfig
-from elastic_jax.elastic.spec import ElasticError, ElasticSpec
-from elastic_jax.train.config import section
+from elastic_jax.elastic.router import Router
+from elastic_jax.elastic.spec import ElasticSpec
+from elastic_jax.experiment import ExperimentConfig
 from elastic_jax.train.elastic_eval import evaluate_budgets
 from elastic_jax.train.elastic_step import (
     JointLossConfig,
@@ -60,75 +61,7 @@ from elastic_jax.train.state import TrainState
 log = logging.getLogger("elastic_jax.elastify")
 
 
-@dataclasses.dataclass(frozen=True)
-class ElasticTrainConfig:
-    """The `elastic` section: budgets, router, loss weights and the two-stage schedule."""
-
-    budgets: tuple[float, ...] = (1.0, 0.7, 0.4)
-    metric: str = "total_params"
-    axes: tuple[str, ...] = ROUTER_AXES
-    num_choices: int = 8
-    min_fraction: float = 0.25
-    width_multiple: int | None = None  # None: aligned automatically (router.width_multiple)
-    heterogeneous: bool = False
-    router_hidden: int = 128
-    router_lr_multiplier: float = 100.0
-    router_weight: float = 1.0
-    tolerance: float = 0.05
-    stage1_steps: int = 100
-    stage2_steps: int = 50
-    stage1_seq_len: int = 128
-    stage2_seq_len: int = 256
-    stage2_weights: tuple[float, ...] | None = (0.5, 0.3, 0.2)
-    static_after: float = 0.6
-    ce_weight: float = 0.0
-    kd_temperature: float = 1.0
-    importance_batches: int = 8
-    permute: bool = True
-
-    def __post_init__(self):
-        for name in ("budgets", "axes", "stage2_weights"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
-        self.router_config()  # budget and axis validation with clear errors
-        for name in ("stage1_steps", "stage2_steps", "stage1_seq_len", "stage2_seq_len", "importance_batches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0 or (name.endswith("seq_len") and value < 1):
-                raise ConfigError(f"elastic.{name}: must be a non-negative integer (seq_len >= 1), got {value!r}")
-        if self.stage1_steps + self.stage2_steps < 1:
-            raise ConfigError("elastic.stage1_steps + elastic.stage2_steps must be >= 1")
-        if not 0.0 <= self.static_after <= 1.0:
-            raise ConfigError(f"elastic.static_after: must be in [0, 1], got {self.static_after}")
-        if self.stage2_weights is not None and len(self.stage2_weights) != len(self.budgets):
-            raise ConfigError(f"elastic.stage2_weights: one weight per budget ({len(self.budgets)}), got "
-                              f"{list(self.stage2_weights)}")
-        if 1.0 not in self.budgets:
-            raise ConfigError(f"elastic.budgets: must include the full model 1.0, got {list(self.budgets)}")
-
-    @property
-    def total_steps(self) -> int:
-        return self.stage1_steps + self.stage2_steps
-
-    def router_config(self) -> RouterConfig:
-        """The router settings, which this section carries under the same names (router_hidden -> hidden_dim)."""
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(RouterConfig) if hasattr(self, f.name)}
-        try:
-            return RouterConfig(**shared, hidden_dim=self.router_hidden)
-        except ElasticError as err:
-            raise ConfigError(str(err).replace("router.", "elastic.")) from None
-
-    @classmethod
-    def from_dict(cls, data: Any) -> ElasticTrainConfig:
-        data = dict(data.to_dict() if hasattr(data, "to_dict") else data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"elastic: unknown field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+ElasticTrainConfig = ElasticConfig  # the `elastic` section's schema lives in the config tree
 
 
 def load_parent(path: str | Path, expected: ModelConfig) -> tuple[dict, dict[str, Any]]:
@@ -162,7 +95,7 @@ def rank_and_permute(spec: RunSpec, ec: ElasticTrainConfig, params: dict, meta: 
 
 
 def _metadata(spec: RunSpec, ec: ElasticTrainConfig, ranking: Any, specs: dict[float, ElasticSpec]) -> dict:
-    elastic = {"train": ec.to_dict(), "router": dataclasses.asdict(ec.router_config()), "budgets": list(ec.budgets),
+    elastic = {"train": ec.to_dict(), "router": ec.router.to_dict(), "budgets": list(ec.budgets),
                "ranking": ranking, "specs": {f"{b:g}": s.to_dict() for b, s in specs.items()}}
     return json.loads(json.dumps({"model": spec.model.to_dict(), "tokenizer": spec.tokenizer.to_dict(),
                                   "experiment": spec.experiment, "elastic": elastic}))
@@ -188,7 +121,7 @@ def elastic_layout(spec: RunSpec, ec: ElasticTrainConfig, router: Router, parent
     """The pretraining mesh and shardings for the elastic state {"model", "router"}: the student's (and the
     teacher's) weights sharded like a parent's, the small router replicated."""
     mesh = distributed.make_mesh(spec.mesh)
-    optimizer, schedule = make_elastic_optimizer(spec.train, ec.router_lr_multiplier)
+    optimizer, schedule = make_elastic_optimizer(spec.train, ec.router.lr_multiplier)
     abstract = {"model": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), parent_params),
                 "router": jax.eval_shape(router.init, jax.random.PRNGKey(0))}
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -231,16 +164,14 @@ def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str,
     """Validate, build the mesh, and place the frozen teacher (the ranked and permuted parent), the student's
     train state and the data feeds on it: fresh, or restored from the newest checkpoint in `workdir`."""
     spec = parse_experiment(experiment_config)
-    ec = ElasticTrainConfig.from_dict(section(experiment_config, "elastic"))
-    # the learning-rate schedule spans the elastic run
-    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, total_steps=ec.total_steps,
-                                                               schedule_steps=0))
+    # train.total_steps is the elastic schedule's length (derived when the tree is parsed; never replaced here)
+    ec = ExperimentConfig.from_dict(experiment_config).require_elastic()
     distributed.initialize()
     advice = gpu_gemm_advice(jax.default_backend(), os.environ.get("XLA_FLAGS", ""))
     if advice:
         log.warning(advice)
     parent_params, parent_meta = load_parent(parent, spec.model)
-    router = Router(spec.model, ec.router_config())
+    router = Router(spec.model, ec.router)
     layout = elastic_layout(spec, ec, router, parent_params)
     teacher_sharding = layout.state_sharding.params["model"]
     workdir_path = Path(workdir).absolute()
@@ -313,7 +244,8 @@ def _train(run: ElasticRun, steps: StepCache, writer: MetricsWriter, preemption:
         stage = 1 if step < ec.stage1_steps else 2
         run.specs = _fixed_specs(ec, router, run.state, step, run.specs)
         lc = JointLossConfig(weights=stage_weights(len(ec.budgets), ec.stage2_weights, stage),
-                             fixed_specs=tuple(run.specs.get(b) for b in ec.budgets), router_weight=ec.router_weight,
+                             fixed_specs=tuple(run.specs.get(b) for b in ec.budgets),
+                             router_weight=ec.router.loss_weight,
                              ce_weight=ec.ce_weight, kd_temperature=ec.kd_temperature)
         run.state, metrics = steps.get(lc)(run.state, run.teacher, run.feeds.next(stage),
                                            jax.random.fold_in(key, step))

@@ -27,9 +27,9 @@ from elastic_jax import distributed
 from elastic_jax.checkpoint import CheckpointConfig, Checkpointer
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.data import DataConfig, Tokenizer, eval_prompts, load_tokenizer, make_eval_batches, make_train_iterator
-from elastic_jax.experiment import model_config_from
+from elastic_jax.experiment import ExperimentConfig
 from elastic_jax.model.functional import build
-from elastic_jax.train.config import TrainConfig, section
+from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.evaluation import eval_loss, reasoning_accuracy
 from elastic_jax.train.metrics import MetricsWriter
 from elastic_jax.train.optim import make_optimizer
@@ -68,15 +68,10 @@ def json_safe(obj: Any) -> Any:
 
 def parse_experiment(config: ml_collections.ConfigDict | dict) -> RunSpec:
     """Validate every section (model, train, checkpoint, data, mesh) without touching a device."""
-    if section(config, "model") is None:
-        raise ConfigError("experiment config has no 'model' section")
-    model = model_config_from(section(config, "model"))
-    train = TrainConfig.from_dict(section(config, "train"))
-    ckpt = CheckpointConfig.from_dict(section(config, "checkpoint"))
-    data_section = section(config, "data")
-    data_dict = dict(data_section.to_dict() if hasattr(data_section, "to_dict") else data_section or {})
+    tree = ExperimentConfig.from_dict(config)  # every section, validated (elastic_jax/experiment.py)
+    model, train, ckpt = tree.model, tree.train, tree.checkpoint
     try:
-        data = DataConfig.from_dict(data_dict).validate()
+        data = tree.data.validate()
         tokenizer = load_tokenizer(data.tokenizer)
     except ConfigError:
         raise
@@ -86,9 +81,7 @@ def parse_experiment(config: ml_collections.ConfigDict | dict) -> RunSpec:
     if tokenizer.vocab_size > model.vocab_size:
         raise ConfigError(f"model.vocab_size: {model.vocab_size} is smaller than the tokenizer's vocabulary "
                           f"({tokenizer.vocab_size} ids, data.tokenizer={data.tokenizer!r})")
-    mesh_section = section(config, "mesh")
-    mesh = distributed.check_mesh_config(mesh_section.to_dict() if hasattr(mesh_section, "to_dict")
-                                         else mesh_section or {})
+    mesh = tree.mesh.to_dict()
     experiment = json_safe(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     return RunSpec(model, train, ckpt, data, mesh, tokenizer, experiment)
 

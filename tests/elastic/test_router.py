@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import elastic_jax as ej
+from elastic_jax.config import ConfigError
 from elastic_jax.elastic.accounting import count_params
 from elastic_jax.elastic.router import (
     Router,
@@ -116,14 +117,14 @@ def test_hard_router_masks_equal_the_sliced_model():
 @pytest.mark.parametrize("budgets, match", [((1.0, -0.2), r"in \(0, 1\]"), ((1.0, 1.3), r"in \(0, 1\]"),
                                             ((1.0, 0.5, 0.5), "duplicated")])
 def test_bad_budgets(budgets, match):
-    with pytest.raises(ElasticError, match=match):
+    with pytest.raises(ConfigError, match=match):
         RouterConfig(budgets=budgets)
 
 
 def test_unknown_axis_and_metric():
-    with pytest.raises(ElasticError, match=r"router.axes: unknown axis \['heads'\]"):
+    with pytest.raises(ConfigError, match=r"router.axes: unknown axis \['heads'\]"):
         RouterConfig(axes=("hidden", "heads"))
-    with pytest.raises(ElasticError, match="budget.metric: unknown 'flops'"):
+    with pytest.raises(ConfigError, match="router.metric: unknown 'flops'"):
         RouterConfig(metric="flops")
 
 
@@ -150,5 +151,5 @@ def test_width_multiple_one_keeps_exact_fractions_and_bad_values_are_refused():
     axes = {a.name: a.choices for a in build_axes(ej.load_config("small"), RouterConfig(width_multiple=1))}
     assert axes["hidden"] == (512, 457, 402, 347, 293, 238, 183, 128)
     for bad in (0, -16, 2.5, True):
-        with pytest.raises(ElasticError, match="router.width_multiple must be a positive integer"):
+        with pytest.raises(ConfigError, match="router.width_multiple: must be a positive integer"):
             RouterConfig(width_multiple=bad)

@@ -56,18 +56,18 @@ def test_joint_gradient_is_the_weighted_sum_of_budget_gradients(setup):
 
 
 def test_bad_elastic_config_values():
-    with pytest.raises(ConfigError, match=r"elastic.budgets: every budget must be in \(0, 1\]"):
-        ElasticTrainConfig(budgets=(1.0, -0.3))
-    with pytest.raises(ConfigError, match=r"elastic.budgets: every budget must be in \(0, 1\]"):
-        ElasticTrainConfig(budgets=(1.0, 1.4))
+    with pytest.raises(ConfigError, match=r"elastic.router.budgets: every budget must be in \(0, 1\]"):
+        ElasticTrainConfig.from_dict({"router": {"budgets": (1.0, -0.3)}})
+    with pytest.raises(ConfigError, match=r"elastic.router.budgets: every budget must be in \(0, 1\]"):
+        ElasticTrainConfig.from_dict({"router": {"budgets": (1.0, 1.4)}})
     with pytest.raises(ConfigError, match="duplicated"):
-        ElasticTrainConfig(budgets=(1.0, 0.5, 0.5), stage2_weights=None)
+        ElasticTrainConfig.from_dict({"router": {"budgets": (1.0, 0.5, 0.5)}, "stage2_weights": None})
     with pytest.raises(ConfigError, match="elastic.stage2_weights: one weight per budget"):
-        ElasticTrainConfig(budgets=(1.0, 0.5), stage2_weights=(0.5, 0.3, 0.2))
-    with pytest.raises(ConfigError, match="unknown field"):
+        ElasticTrainConfig.from_dict({"router": {"budgets": (1.0, 0.5)}, "stage2_weights": (0.5, 0.3, 0.2)})
+    with pytest.raises(ConfigError, match="unknown field 'elastic.budget'"):
         ElasticTrainConfig.from_dict({"budget": (1.0,)})
-    with pytest.raises(ConfigError, match="elastic.width_multiple must be a positive integer"):
-        ElasticTrainConfig(width_multiple=0)
+    with pytest.raises(ConfigError, match="elastic.router.width_multiple: must be a positive integer"):
+        ElasticTrainConfig.from_dict({"router": {"width_multiple": 0}})
     with pytest.raises(ElasticError, match="weights"):
         JointLossConfig(weights=(1.0, -1.0), fixed_specs=(None, None))
 

@@ -1,0 +1,117 @@
+"""The `elastic` section of an experiment: the router (`elastic.router`), the two-stage schedule of the joint
+training, its loss weights and the importance ranking done before it.
+
+The schedule is the only source of an elastic run's length: `total_steps = stage1_steps + stage2_steps`
+(the experiment derives `train.total_steps` from it; see experiment.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from elastic_jax import schema
+from elastic_jax.elastic.router.config import RouterConfig
+from elastic_jax.schema import ConfigError, invalid
+
+# The flat layout of older configs and checkpoint metadata: elastic.<old> is now elastic.router.<new>.
+LEGACY_ROUTER_FIELDS = {
+    "budgets": "budgets", "metric": "metric", "axes": "axes", "num_choices": "num_choices",
+    "min_fraction": "min_fraction", "width_multiple": "width_multiple", "heterogeneous": "heterogeneous",
+    "tolerance": "tolerance", "router_hidden": "hidden_dim", "router_lr_multiplier": "lr_multiplier",
+    "router_weight": "loss_weight",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ElasticConfig:
+    """Budgets and router (`router`), the two-stage schedule and the joint loss of elastification.
+
+    Stage 1 trains stage1_steps on stage1_seq_len tokens with uniform budget weights, stage 2 stage2_steps on
+    stage2_seq_len with `stage2_weights` (one per budget; None: uniform). After `static_after` of the steps each
+    budget's architecture is fixed to the router's argmax and trains as a static prefix slice. The loss is KD at
+    `kd_temperature` (+ ce_weight * cross-entropy) + router.loss_weight * resource loss. Before training the
+    parent is ranked on importance_batches calibration batches and permuted (`permute`).
+    """
+
+    SECTION = "elastic"
+    MOVED = {old: f"router.{new}" for old, new in LEGACY_ROUTER_FIELDS.items()}
+
+    router: RouterConfig = dataclasses.field(default_factory=RouterConfig)
+    stage1_steps: int = 100
+    stage2_steps: int = 50
+    stage1_seq_len: int = 128
+    stage2_seq_len: int = 256
+    stage2_weights: tuple[float, ...] | None = (0.5, 0.3, 0.2)
+    static_after: float = 0.6
+    ce_weight: float = 0.0
+    kd_temperature: float = 1.0
+    importance_batches: int = 8
+    permute: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.router, dict):
+            object.__setattr__(self, "router", RouterConfig.from_dict(self.router, "elastic.router"))
+        if self.stage2_weights is not None:
+            object.__setattr__(self, "stage2_weights", tuple(self.stage2_weights))
+        for name in ("stage1_steps", "stage2_steps", "stage1_seq_len", "stage2_seq_len", "importance_batches"):
+            value = getattr(self, name)
+            low = 1 if name.endswith("seq_len") else 0
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise invalid(self, name, f"must be an integer >= {low}, got {value!r}")
+        if self.total_steps < 1:
+            raise invalid(self, "stage1_steps", "stage1_steps + stage2_steps must be >= 1")
+        if not 0.0 <= self.static_after <= 1.0:
+            raise invalid(self, "static_after", f"must be in [0, 1], got {self.static_after}")
+        if 1.0 not in self.budgets:
+            raise invalid(self, "router.budgets", f"must include the full model 1.0, got {list(self.budgets)}")
+        if self.stage2_weights is not None:
+            if len(self.stage2_weights) != len(self.budgets):
+                raise invalid(self, "stage2_weights", f"one weight per budget ({len(self.budgets)}: "
+                              f"{list(self.budgets)}), got {list(self.stage2_weights)}")
+            if any(w < 0 for w in self.stage2_weights) or sum(self.stage2_weights) <= 0:
+                raise invalid(self, "stage2_weights", f"weights must be >= 0 with a positive sum, got "
+                              f"{list(self.stage2_weights)}")
+        for name in ("ce_weight", "kd_temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > 0 if name == "kd_temperature" else value >= 0)):
+                raise invalid(self, name, f"must be a finite number {'> 0' if name == 'kd_temperature' else '>= 0'}"
+                              f", got {value!r}")
+
+    @property
+    def budgets(self) -> tuple[float, ...]:
+        return self.router.budgets
+
+    @property
+    def metric(self) -> str:
+        return self.router.metric
+
+    @property
+    def total_steps(self) -> int:
+        """The length of the elastic run (and of its learning-rate schedule unless train.schedule_steps is set)."""
+        return self.stage1_steps + self.stage2_steps
+
+    @staticmethod
+    def upgrade(data: dict[str, Any], path: str) -> dict[str, Any]:
+        """Read the older flat layout (router settings directly under `elastic`, e.g. configs and checkpoint
+        metadata written before elastic.router existed)."""
+        old = [k for k in data if k in LEGACY_ROUTER_FIELDS]
+        if not old:
+            return data
+        router = dict(schema.plain(data.get("router")))
+        for key in old:
+            new = LEGACY_ROUTER_FIELDS[key]
+            if new in router:
+                raise ConfigError(f"set twice: '{path}.{key}' (the older flat layout) and '{path}.router.{new}'; "
+                                  f"keep only '{path}.router.{new}'", section=path)
+            router[new] = data.pop(key)
+        data["router"] = router
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "elastic") -> ElasticConfig:
+        return schema.from_dict(cls, data, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return schema.to_dict(self)
