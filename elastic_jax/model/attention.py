@@ -25,8 +25,9 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, cache: dict | None = None, pos: jax.Array | None = None,
-                 head_mask: jax.Array | None = None):
-        """`head_mask` [num_heads] (optional, query-head order) scales each head's output before o_proj."""
+                 head_mask: jax.Array | None = None, segment_ids: jax.Array | None = None):
+        """`head_mask` [num_heads] (optional, query-head order) scales each head's output before o_proj.
+        `segment_ids` [batch, length] (optional, no cache): packed documents; a query sees only its own document."""
         batch, length, _ = x.shape
         q = dense(self.num_heads * self.head_dim, self.dtype, "q_proj", self.init_std)(x)
         k = dense(self.num_kv_heads * self.head_dim, self.dtype, "k_proj", self.init_std)(x)
@@ -53,6 +54,9 @@ class Attention(nn.Module):
         kt = k.astype(q.dtype).transpose(0, 2, 1, 3)
         scores = jnp.einsum("bkqd,bksd->bkqs", qf, kt).astype(jnp.float32) * (self.head_dim ** -0.5)
         visible = jnp.tile(visible, (groups, 1))
+        if segment_ids is not None:  # [batch, 1, groups * q, s]: keys of other documents are invisible
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            visible = visible & jnp.tile(same, (1, groups, 1))[:, None]
         scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(self.dtype).transpose(0, 2, 1, 3))

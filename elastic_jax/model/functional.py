@@ -56,25 +56,46 @@ def check_tokens(cfg: ModelConfig, tokens, name: str = "tokens") -> np.ndarray |
 @lru_cache(maxsize=64)
 def _jitted_forward(cfg: ModelConfig, ssd_impl: str, moe_impl: str):
     model = build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
-    return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens)[0])
+    return jax.jit(lambda params, tokens, segment_ids=None:
+                   model.apply({"params": params}, tokens, segment_ids=segment_ids)[0])
 
 
 @lru_cache(maxsize=64)
 def _jitted_masked_forward(cfg: ModelConfig, ssd_impl: str, moe_impl: str):
     model = build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
-    return jax.jit(lambda params, tokens, masks: model.apply({"params": params}, tokens, masks=masks)[0])
+    return jax.jit(lambda params, tokens, masks, segment_ids=None:
+                   model.apply({"params": params}, tokens, masks=masks, segment_ids=segment_ids)[0])
 
 
-def apply(cfg: ModelConfig, params: dict, tokens, *, masks: dict | None = None, ssd_impl: str = "auto",
-          moe_impl: str = "auto") -> jax.Array:
+def check_segment_ids(tokens, segment_ids) -> np.ndarray | jax.Array | None:
+    """None, or a validated int32 array of document ids with the shape of `tokens` (checked before compiling)."""
+    if segment_ids is None or isinstance(segment_ids, jax.core.Tracer):
+        return segment_ids
+    arr = np.asarray(segment_ids)
+    if arr.shape != tuple(np.shape(tokens)):
+        raise InputError(f"segment_ids: expected the shape of tokens {tuple(np.shape(tokens))} (a document id per "
+                         f"token), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"segment_ids: expected integer document ids, got dtype {arr.dtype}")
+    return arr.astype(np.int32)
+
+
+def apply(cfg: ModelConfig, params: dict, tokens, *, masks: dict | None = None, segment_ids=None,
+          ssd_impl: str = "auto", moe_impl: str = "auto") -> jax.Array:
     """Logits [batch, length, vocab] (float32) of the full forward pass; compiled once per config and shape.
+
+    `segment_ids` [batch, length] int (optional): packed documents, numbered within each row (e.g. 1, 1, 2, 2, 2,
+    0 for padding); each document's logits are those of the document run alone.
 
     `masks` (optional) runs the elastic masked forward (see NemotronH); the masks are traced arrays, so every
     mask value of one structure shares one compiled program.
     """
     tokens = check_tokens(cfg, tokens)
+    segment_ids = check_segment_ids(tokens, segment_ids)
     if isinstance(tokens, jax.core.Tracer):
-        return build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl).apply({"params": params}, tokens, masks=masks)[0]
+        model = build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
+        return model.apply({"params": params}, tokens, masks=masks, segment_ids=segment_ids)[0]
+    segment_ids = None if segment_ids is None else jnp.asarray(segment_ids)
     if masks is not None:
-        return _jitted_masked_forward(cfg, ssd_impl, moe_impl)(params, jnp.asarray(tokens), masks)
-    return _jitted_forward(cfg, ssd_impl, moe_impl)(params, jnp.asarray(tokens))
+        return _jitted_masked_forward(cfg, ssd_impl, moe_impl)(params, jnp.asarray(tokens), masks, segment_ids)
+    return _jitted_forward(cfg, ssd_impl, moe_impl)(params, jnp.asarray(tokens), segment_ids)

@@ -48,23 +48,25 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, cache: dict | None = None, pos: jax.Array | None = None,
-                 masks: dict | None = None, hidden_mask: jax.Array | None = None):
-        """`masks`: this layer's elastic masks (see NemotronH); `hidden_mask`: the model's hidden-channel mask."""
+                 masks: dict | None = None, hidden_mask: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None):
+        """`masks`: this layer's elastic masks (see NemotronH); `hidden_mask`: the model's hidden-channel mask;
+        `segment_ids`: packed documents, for the mixers that mix tokens (attention, Mamba)."""
         cfg, kind = self.cfg, self.cfg.pattern[self.layer]
         normed = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm")(h, hidden_mask)
         mixer = make_mixer(cfg, self.layer, ssd_impl=self.ssd_impl, moe_impl=self.moe_impl)
         if masks is None:
             if kind == "M":
-                out, cache = mixer(normed, cache)
+                out, cache = mixer(normed, cache, segment_ids=segment_ids)
             elif kind == "*":
-                out, cache = mixer(normed, cache, pos)
+                out, cache = mixer(normed, cache, pos, segment_ids=segment_ids)
             else:
                 out = mixer(normed)
             return h + out.astype(h.dtype), cache
         if kind == "M":
-            out, cache = mixer(normed, cache, masks.get("mamba_heads"))
+            out, cache = mixer(normed, cache, masks.get("mamba_heads"), segment_ids)
         elif kind == "*":
-            out, cache = mixer(normed, cache, pos, masks.get("attention_heads"))
+            out, cache = mixer(normed, cache, pos, masks.get("attention_heads"), segment_ids)
         elif kind == "E":
             out = mixer(normed, masks)
         else:
@@ -85,6 +87,8 @@ class NemotronH(nn.Module):
     {"hidden": [hidden_size], "layers": [one dict per layer]} with float arrays, any key may be left out; a layer's
     dict holds "depth" (scalar gate on the mixer output) and the masks of its kind: "mamba_heads" [H],
     "attention_heads" [query heads], "ffn" [F], "experts" [E], "expert_ffn" [F_e], "shared_ffn" [F_s].
+    `segment_ids` [batch, length] int (optional, no cache): packed documents numbered within each row; no token
+    sees another document (attention masks it, the Mamba conv and state restart).
     """
 
     cfg: ModelConfig
@@ -92,8 +96,12 @@ class NemotronH(nn.Module):
     moe_impl: str = "auto"
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, cache: dict | None = None, masks: dict | None = None):
+    def __call__(self, tokens: jax.Array, cache: dict | None = None, masks: dict | None = None,
+                 segment_ids: jax.Array | None = None):
         cfg = self.cfg
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids: packed documents are for full-sequence passes; decode with a cache "
+                             "runs one document per row")
         hidden_mask = None if masks is None else masks.get("hidden")
         layer_masks = [None] * cfg.num_layers if masks is None else masks.get("layers", [{}] * cfg.num_layers)
         embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=jnp.float32,
@@ -107,9 +115,9 @@ class NemotronH(nn.Module):
             layer_cache = None if cache is None else cache["layers"][layer]
             block = Block(cfg, layer, self.ssd_impl, self.moe_impl, name=f"layers_{layer}")
             if masks is None:
-                h, layer_cache = block(h, layer_cache, pos)
+                h, layer_cache = block(h, layer_cache, pos, segment_ids=segment_ids)
             else:
-                h, layer_cache = block(h, layer_cache, pos, layer_masks[layer] or {}, hidden_mask)
+                h, layer_cache = block(h, layer_cache, pos, layer_masks[layer] or {}, hidden_mask, segment_ids)
             new_layers.append(layer_cache)
         h = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm_f")(h, hidden_mask)
         logits = dense(cfg.vocab_size, compute_dtype(cfg), "lm_head", cfg.initializer_range)(h).astype(jnp.float32)

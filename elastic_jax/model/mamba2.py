@@ -19,12 +19,22 @@ from elastic_jax.model.mlp import dense
 from elastic_jax.model.norms import GatedGroupRMSNorm
 
 
-def causal_depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, state: jax.Array) -> jax.Array:
-    """y[t] = bias + sum_k kernel[k] * xs[t + k] over xs = concat(state, x); state holds the K-1 previous inputs."""
+def causal_depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, state: jax.Array,
+                          segment_ids: jax.Array | None = None) -> jax.Array:
+    """y[t] = bias + sum_k kernel[k] * xs[t + k] over xs = concat(state, x); state holds the K-1 previous inputs.
+
+    `segment_ids` [batch, length] (optional, packed documents): a tap that would read another document's input
+    reads zero instead, as at the start of a sequence (the state counts as part of the first document).
+    """
     width = kernel.shape[0]
     xs = jnp.concatenate([state.astype(x.dtype), x], axis=1)
     length = x.shape[1]
-    out = sum(xs[:, k:k + length] * kernel[k].astype(x.dtype) for k in range(width))
+    if segment_ids is None:
+        out = sum(xs[:, k:k + length] * kernel[k].astype(x.dtype) for k in range(width))
+        return out + bias.astype(x.dtype)
+    seg = jnp.concatenate([jnp.repeat(segment_ids[:, :1], width - 1, axis=1), segment_ids], axis=1)
+    same = [(seg[:, k:k + length] == segment_ids)[..., None] for k in range(width)]
+    out = sum(jnp.where(same[k], xs[:, k:k + length], 0) * kernel[k].astype(x.dtype) for k in range(width))
     return out + bias.astype(x.dtype)
 
 
@@ -66,8 +76,11 @@ class Mamba2Mixer(nn.Module):
     init_std: float = 0.02
 
     @nn.compact
-    def __call__(self, h: jax.Array, cache: dict | None = None, head_mask: jax.Array | None = None):
-        """`head_mask` [num_heads] (optional) scales each head's output; the gated norm averages over kept heads."""
+    def __call__(self, h: jax.Array, cache: dict | None = None, head_mask: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None):
+        """`head_mask` [num_heads] (optional) scales each head's output; the gated norm averages over kept heads.
+        `segment_ids` [batch, length] (optional, packed documents): the convolution and the SSM state restart at
+        each document start."""
         batch, length, _ = h.shape
         heads, p, g, n = self.num_heads, self.head_dim, self.n_groups, self.state_size
         d_inner = heads * p
@@ -91,7 +104,7 @@ class Mamba2Mixer(nn.Module):
                       else jnp.zeros((batch, self.conv_kernel - 1, conv_dim), xbc.dtype))
         xs_all = jnp.concatenate([conv_state.astype(xbc.dtype), xbc], axis=1)
         new_conv_state = xs_all[:, -(self.conv_kernel - 1):] if self.conv_kernel > 1 else conv_state
-        xbc = jax.nn.silu(causal_depthwise_conv(xbc, conv_w, conv_b, conv_state))
+        xbc = jax.nn.silu(causal_depthwise_conv(xbc, conv_w, conv_b, conv_state, segment_ids))
         x, b_, c_ = jnp.split(xbc, [d_inner, d_inner + g * n], axis=-1)
 
         dt = jax.nn.softplus(dt_raw.astype(jnp.float32) + dt_bias)
@@ -109,10 +122,10 @@ class Mamba2Mixer(nn.Module):
             new_cache = {"conv": new_conv_state, "ssm": ssm}
         elif cache is not None:
             y, ssm = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, initial_state=cache["ssm"],
-                         return_final_state=True, impl=self.ssd_impl)
+                         return_final_state=True, impl=self.ssd_impl, seq_idx=segment_ids)
             new_cache = {"conv": new_conv_state, "ssm": ssm}
         else:
-            y = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, impl=self.ssd_impl)
+            y = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, impl=self.ssd_impl, seq_idx=segment_ids)
         y = y.reshape(batch, length, d_inner)
         channel_mask = None if head_mask is None else jnp.repeat(head_mask, p, total_repeat_length=d_inner)
         y = GatedGroupRMSNorm(d_inner, g, self.eps, self.dtype, name="norm")(y, z, channel_mask)
