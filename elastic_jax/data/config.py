@@ -32,6 +32,8 @@ class DataConfig:
     tokenizer: None/"byte" for the byte tokenizer, or a tokenizer.json file / directory.
     shuffle_seed: seed of the data order; None uses the seed passed to the pipeline (the run seed).
     num_workers: 0 reads synchronously; N > 0 prepares up to N batches ahead in a background thread.
+    document_aware: packed rows carry `segment_ids` and no token sees another document (attention, Mamba conv and
+        state), as each problem runs alone at evaluation; False trains on the row as one sequence.
     """
 
     SECTION = "data"
@@ -46,6 +48,7 @@ class DataConfig:
     tokenizer: str | None = None
     shuffle_seed: int | None = None
     num_workers: int = 0
+    document_aware: bool = True
 
     def __post_init__(self):
         if isinstance(self.text_paths, (str, os.PathLike)):
@@ -119,3 +122,5 @@ def validate(cfg: DataConfig) -> None:
            "shuffle_seed", f"must be None or an integer in [0, 2**32), got {cfg.shuffle_seed!r}")
     _check(isinstance(cfg.num_workers, int) and cfg.num_workers >= 0, "num_workers",
            f"must be an integer >= 0, got {cfg.num_workers!r}")
+    _check(isinstance(cfg.document_aware, bool), "document_aware",
+           f"must be True or False, got {cfg.document_aware!r}")

@@ -27,33 +27,38 @@ STATE_VERSION = 1
 
 
 def rows_to_batch(tokens: np.ndarray, mask: np.ndarray, segments: np.ndarray,
-                  positions: np.ndarray) -> dict[str, np.ndarray]:
+                  positions: np.ndarray, document_aware: bool = True) -> dict[str, np.ndarray]:
     """Turn packed rows of `L + 1` tokens into model inputs/targets of length L.
 
     loss_mask[t] is 1 only when target t is a trainable token of the same segment as input t, so no loss
-    crosses a document boundary and padding (segment 0) never counts.
+    crosses a document boundary and padding (segment 0) never counts. `segment_ids` (the model's document
+    mask) is left out when not `document_aware`: the model then reads each row as one sequence.
     """
     same_segment = (segments[..., 1:] == segments[..., :-1]) & (segments[..., 1:] > 0)
-    return {
+    batch = {
         "inputs": tokens[..., :-1].astype(np.int32),
         "targets": tokens[..., 1:].astype(np.int32),
         "loss_mask": (mask[..., 1:].astype(bool) & same_segment).astype(np.float32),
         "segment_ids": segments[..., :-1].astype(np.int32),
         "positions": positions[..., :-1].astype(np.int32),
     }
+    if not document_aware:
+        del batch["segment_ids"]
+    return batch
 
 
 class PackedMixtureIterDataset(grain.IterDataset):
     """Mix `sources` by token share `weights` and pack them into rows of `seq_len + 1` tokens.
 
-    Elements are dicts of int32/float32 arrays of shape [seq_len] (see `rows_to_batch`); batch them with
+    Elements are dicts of int32/float32 arrays of shape [seq_len] (see `rows_to_batch`; `segment_ids` only
+    when `document_aware`); batch them with
     `.batch(n)`. `fingerprint` is stored in the state and checked on restore, so a state from a differently
     configured pipeline is rejected instead of silently producing other data.
     """
 
     def __init__(self, sources: Sequence[grain.MapDataset], weights: Sequence[float], seq_len: int, pad_id: int,
                  *, names: Sequence[str] | None = None, atomic: Sequence[bool] | None = None,
-                 fingerprint: dict[str, Any] | None = None):
+                 fingerprint: dict[str, Any] | None = None, document_aware: bool = True):
         super().__init__(list(sources))
         if not sources:
             raise ValueError("PackedMixtureIterDataset needs at least one source")
@@ -70,6 +75,7 @@ class PackedMixtureIterDataset(grain.IterDataset):
         self.names = list(names) if names is not None else [f"source{i}" for i in range(len(sources))]
         self.atomic = list(atomic) if atomic is not None else [False] * len(sources)
         self.fingerprint = dict(fingerprint or {})
+        self.document_aware = bool(document_aware)
 
     def __iter__(self) -> PackedMixtureIterator:
         return PackedMixtureIterator(self)
@@ -197,7 +203,7 @@ class PackedMixtureIterator(grain.DatasetIterator):
             else:
                 self._offset[s] = start + take
         self._rows += 1
-        return rows_to_batch(tokens, mask, segments, positions)
+        return rows_to_batch(tokens, mask, segments, positions, self._ds.document_aware)
 
     def __str__(self) -> str:
         return f"PackedMixtureIterator(rows={self._rows}, consumed={self._consumed})"

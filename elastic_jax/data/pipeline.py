@@ -7,6 +7,8 @@ restoring it continues with bitwise-identical batches.
 Batches are dicts of numpy arrays of shape [per_process_batch, seq_len]:
     inputs int32, targets int32 (inputs shifted by one), loss_mask float32 (1 where the target is trained),
     segment_ids int32 (1, 2, ... per packed piece in a row, 0 for padding), positions int32 (within piece).
+segment_ids is present when data.document_aware (the default): the training steps then pass it to the model, so
+no token sees another document of its row, as in evaluation, where each problem runs alone.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def _fingerprint(data_cfg: DataConfig, tokenizer: Tokenizer, seq_len: int, seed:
                  process_index: int, process_count: int) -> dict[str, Any]:
     """What the packed stream depends on; stored in iterator states and checked when restoring."""
     cfg = dataclasses.replace(data_cfg, num_workers=0).to_dict()
+    cfg.pop("document_aware", None)  # it changes no token of the stream (and states saved before it still load)
     tok = tokenizer.to_dict()
     tok_key = hashlib.blake2b(json.dumps(tok, sort_keys=True).encode(), digest_size=8).hexdigest()
     cfg_key = hashlib.blake2b(json.dumps(cfg, sort_keys=True).encode(), digest_size=8).hexdigest()
@@ -156,7 +159,8 @@ def make_dataset(data_cfg: DataConfig, tokenizer: Tokenizer | None, seq_len: int
     names, datasets, weights, atomic = (list(x) for x in zip(*sources, strict=True))
     packed = PackedMixtureIterDataset(
         datasets, weights, seq_len, tokenizer.pad_id, names=names, atomic=atomic,
-        fingerprint=_fingerprint(data_cfg, tokenizer, seq_len, seed, split, process_index, process_count))
+        fingerprint=_fingerprint(data_cfg, tokenizer, seq_len, seed, split, process_index, process_count),
+        document_aware=data_cfg.document_aware)
     ds = packed.batch(batch)
     if data_cfg.num_workers > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data_cfg.num_workers)

@@ -73,6 +73,41 @@ def test_batch_format_and_alignment(z_corpus):
         assert np.all(batch["positions"][starts] == 0)
 
 
+def test_segment_ids_line_up_with_document_boundaries(z_corpus):
+    """Segments are numbered 1, 2, ... within a row, padding is 0 and trails; a segment ends exactly where its
+    document ends (eos), and every document start (bos) starts a segment. (A text split across rows continues as
+    a segment of its own, which may come after other documents.)"""
+    cfg = DataConfig(text_paths=(str(z_corpus),))
+    seen_starts = 0
+    for batch in take(make_train_iterator(cfg, TOK, 96, 4, seed=2, process_index=0, process_count=1), 4):
+        seg, inputs = batch["segment_ids"], batch["inputs"]
+        for row_seg, row in zip(seg, inputs, strict=True):
+            used = int((row_seg > 0).sum())
+            assert np.all(row_seg[used:] == 0) and row_seg[0] == 1
+            assert np.all(np.diff(row_seg[:used]) >= 0) and np.all(np.diff(row_seg[:used]) <= 1)
+            change = np.flatnonzero(np.diff(row_seg[:used])) + 1
+            assert np.all(row[change - 1] == TOK.eos_id)
+            starts_in_row = np.flatnonzero(row[1:used] == TOK.bos_id) + 1
+            assert set(starts_in_row) <= set(change)
+            assert np.all(row[sorted(set(change) - set(starts_in_row))] == Z)  # continued texts
+            seen_starts += len(starts_in_row)
+    assert seen_starts > 10
+
+
+def test_document_aware_off_leaves_out_segment_ids(z_corpus):
+    """data.document_aware=False: the same rows without segment_ids (the model reads a row as one sequence); the
+    iterator state is interchangeable, since the stream is the same."""
+    cfg = DataConfig(text_paths=(str(z_corpus),))
+    on = make_train_iterator(cfg, TOK, 64, 2, 0, 0, 1)
+    off = make_train_iterator(cfg.replace(document_aware=False), TOK, 64, 2, 0, 0, 1)
+    a, b = take(on, 2), take(off, 2)
+    assert_batches_equal([{k: v for k, v in x.items() if k != "segment_ids"} for x in a], b)
+    assert "segment_ids" in a[0] and "segment_ids" not in b[0]
+    resumed = make_train_iterator(cfg.replace(document_aware=False), TOK, 64, 2, 0, 0, 1)
+    resumed.set_state(on.get_state())
+    assert_batches_equal([{k: v for k, v in next(on).items() if k != "segment_ids"}], [next(resumed)])
+
+
 def test_default_config_uses_stdlib():
     batch = next(make_train_iterator(DataConfig(text_max_files=20), None, 128, 2, 0, 0, 1))
     assert batch["inputs"].shape == (2, 128)
@@ -221,6 +256,7 @@ def test_default_process_resolution():
     (dict(tokenizer="/no/tokenizer.json"), "data.tokenizer"),
     (dict(shuffle_seed=-1), "data.shuffle_seed"),
     (dict(num_workers=-1), "data.num_workers"),
+    (dict(document_aware="yes"), "data.document_aware"),
 ])
 def test_config_errors_name_the_field(changes, field):
     cfg = DataConfig(**changes)
