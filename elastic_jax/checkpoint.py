@@ -36,7 +36,7 @@ UNREADABLE_DIR = "unreadable"
 
 
 @dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
+class CheckpointConfig(schema.Section):
     """How often to save, how many to keep, and how arrays are chunked on disk.
 
     Arrays are split into chunks of about `array_bytes / chunk_pieces**rank` bytes (at least min_chunk_bytes)
@@ -51,13 +51,6 @@ class CheckpointConfig:
     async_save: bool = True
     chunk_pieces: int = 16
     min_chunk_bytes: int = 4096
-
-    @classmethod
-    def from_dict(cls, section: Any, path: str = "checkpoint") -> CheckpointConfig:
-        return schema.from_dict(cls, section, path)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def __post_init__(self):
         for name, low in (("every_steps", 0), ("max_to_keep", 1), ("chunk_pieces", 1), ("min_chunk_bytes", 1)):

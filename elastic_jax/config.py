@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any
 
 from elastic_jax import schema
@@ -35,7 +34,7 @@ IntOrTuple = int | tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(schema.Section):
     """Shape and numerics of a Nemotron-H hybrid model (Mamba-2 `M`, attention `*`, MoE `E`, MLP `-`)."""
 
     SECTION = "model"
@@ -128,19 +127,6 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for key, value in out.items():
-            if isinstance(value, tuple):
-                out[key] = list(value)
-        limit = out["time_step_limit"]
-        out["time_step_limit"] = [v if math.isfinite(v) else "inf" for v in limit]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], path: str = "model") -> ModelConfig:
-        """From a mapping of fields (lists become tuples, "inf" infinity); unknown fields are a ConfigError."""
-        return schema.from_dict(cls, data, path)
 
 
 def _check(condition: bool, field: str, message: str) -> None:

@@ -37,7 +37,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclasses.dataclass(frozen=True)
-class MeshConfig:
+class MeshConfig(schema.Section):
     """Device mesh axis sizes; one -1 takes the remaining devices (elastic_jax/distributed.py)."""
 
     SECTION = "mesh"
@@ -50,12 +50,9 @@ class MeshConfig:
     def __post_init__(self):
         check_mesh_config(self.to_dict())
 
-    def to_dict(self) -> dict[str, int]:
-        return schema.to_dict(self)
-
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(schema.Section):
     """Every section of an experiment. `elastic` is None for pretraining-only experiments."""
 
     SECTION = ""
@@ -75,7 +72,7 @@ class ExperimentConfig:
             raise _length_conflict(self.train.total_steps, self.elastic)
 
     @classmethod
-    def from_dict(cls, data: Any) -> ExperimentConfig:
+    def from_dict(cls, data: Any, path: str | None = None) -> ExperimentConfig:
         """The validated tree of a (nested, ml_collections or plain) mapping; train.total_steps of an elastic
         experiment is derived from its schedule."""
         data = dict(schema.plain(data))
@@ -86,9 +83,6 @@ class ExperimentConfig:
                 raise _length_conflict(train["total_steps"], elastic)
             data.update(elastic=elastic, train=train)
         return schema.from_dict(cls, data, "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return schema.to_dict(self)
 
     def require_elastic(self, verb: str = "elastify") -> ElasticConfig:
         """The elastic section, or a ConfigError saying that `verb` needs one."""

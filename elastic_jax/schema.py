@@ -36,6 +36,20 @@ class ConfigError(ValueError):
         return ".".join(p for p in (self.section, self.field) if p)
 
 
+class Section:
+    """Base of a config section (a frozen dataclass): `SECTION` is its default dotted path, and from_dict / to_dict
+    are the generic ones below."""
+
+    SECTION = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str | None = None) -> Any:
+        return from_dict(cls, data, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
 def invalid(section: Any, field: str, message: str) -> ConfigError:
     """The error of one field of a section object (its SECTION name gives the path when built directly)."""
     return ConfigError(message, field, getattr(section, "SECTION", None))

@@ -20,7 +20,7 @@ from elastic_jax.schema import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(schema.Section):
     """What the training data is made of and how it is read.
 
     reasoning_weight / text_weight: share of *tokens* drawn from the reasoning task and from text.
@@ -78,13 +78,6 @@ class DataConfig:
         validate(self)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return schema.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], path: str = "data") -> DataConfig:
-        """Build from a (possibly nested, e.g. ml_collections) dict; unknown keys are a ConfigError."""
-        return schema.from_dict(cls, data, path)
 
 
 def _check(condition: bool, field: str, message: str) -> None:

@@ -25,7 +25,7 @@ LEGACY_ROUTER_FIELDS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class ElasticConfig:
+class ElasticConfig(schema.Section):
     """Budgets and router (`router`), the two-stage schedule and the joint loss of elastification.
 
     Stage 1 trains stage1_steps on stage1_seq_len tokens with uniform budget weights, stage 2 stage2_steps on
@@ -108,10 +108,3 @@ class ElasticConfig:
             router[new] = data.pop(key)
         data["router"] = router
         return data
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "elastic") -> ElasticConfig:
-        return schema.from_dict(cls, data, path)
-
-    def to_dict(self) -> dict[str, Any]:
-        return schema.to_dict(self)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from elastic_jax import schema
 from elastic_jax.config import ModelConfig
@@ -13,7 +12,7 @@ DATA_LOADING = ("per_process", "global")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(schema.Section):
     """Optimisation, batch shape, logging and evaluation settings of a pretraining run.
 
     data_loading: "per_process" reads a separate stream per process (scales to many hosts); "global" has
@@ -46,13 +45,6 @@ class TrainConfig:
     eval_max_new_tokens: int = 32
     data_loading: str = "per_process"
     progress_bar: bool = True
-
-    @classmethod
-    def from_dict(cls, section: Any, path: str = "train") -> TrainConfig:
-        return schema.from_dict(cls, section, path)
-
-    def to_dict(self) -> dict[str, Any]:
-        return schema.to_dict(self)
 
     def __post_init__(self):
         ints = ("seed", "seq_len", "global_batch", "total_steps", "schedule_steps", "warmup_steps", "log_every",

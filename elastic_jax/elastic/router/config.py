@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 from elastic_jax import schema
 from elastic_jax.elastic.spec import ATTENTION_MODES, BUDGET_METRICS
@@ -16,7 +15,7 @@ ROUTER_AXES = ("hidden", "mamba_heads", "attention_heads", "ffn", "experts", "ex
 
 
 @dataclasses.dataclass(frozen=True)
-class RouterConfig:
+class RouterConfig(schema.Section):
     """Budgets (fractions of the parent under `metric`), axes, candidate grid and schedules of the router.
 
     budgets / metric / tolerance: the nested models trained, what a budget is a fraction of, and how far a
@@ -91,10 +90,3 @@ class RouterConfig:
         if self.attention_mode not in ATTENTION_MODES:
             raise invalid(self, "attention_mode", f"must be one of {list(ATTENTION_MODES)}, "
                           f"got {self.attention_mode!r}")
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "router") -> RouterConfig:
-        return schema.from_dict(cls, data, path)
-
-    def to_dict(self) -> dict[str, Any]:
-        return schema.to_dict(self)
