@@ -222,7 +222,7 @@ class Checkpointer:
         self.manager.reload()
 
 
-# ---- partial reads -------------------------------------------------------------------------------------------
+# ---- reading (Orbax's public API; nothing here creates, locks or changes a directory) -------------------------
 def bytes_read() -> int:
     """Bytes read by tensorstore key-value stores in this process so far (all drivers)."""
     total = 0
@@ -248,6 +248,76 @@ def count_bytes_read() -> Iterator[ReadCounter]:
         counter.bytes = bytes_read() - start
 
 
+def _steps_in(path: Path, item: str) -> list[int]:
+    """Committed steps of a checkpoint directory (Orbax writes a step under a temporary name, then renames it)."""
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / item).is_dir())
+
+
+def checkpoint_steps(path: str | Path) -> list[int]:
+    """The saved steps of a checkpoint directory (empty when it has none); never creates anything."""
+    path = Path(path)
+    return _steps_in(path, "state") if path.is_dir() else []
+
+
+def find_checkpoint(path: str | Path, step: int | None = None, item: str = "state") -> Path:
+    """The `item` directory of the newest (or given) step under `path`, or one clear error saying what `path` is.
+
+    `path` may be a checkpoint directory, a step directory or an item directory. A missing directory, a file, a
+    Hugging Face model directory and a directory without steps raise FileNotFoundError naming what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such directory (expected an elastic_jax checkpoint directory)")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is a file, not an elastic_jax checkpoint directory")
+    if path.name == item and (path / "_METADATA").exists():
+        return path
+    if (path / item).is_dir() and (path / item / "_METADATA").exists():
+        return path / item
+    if (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"{path} is a Hugging Face model directory, not an elastic_jax checkpoint: pass it with --hf (generate, "
+            f"importance) or --parent (elastify), or convert it once with `elastic-jax import-hf --hf {path} "
+            "--out <dir>`")
+    steps = _steps_in(path, item)
+    if not steps:
+        raise FileNotFoundError(f"{path}: no checkpoint steps found (expected <dir>/<step>/{item}); not an "
+                                "elastic_jax checkpoint directory")
+    chosen = steps[-1] if step is None else step
+    if chosen not in steps:
+        raise FileNotFoundError(f"{path}: no checkpoint for step {step}; available: {steps}")
+    return path / str(chosen) / item
+
+
+def read_checkpoint_metadata(path: str | Path, step: int | None = None) -> dict[str, Any]:
+    """The JSON metadata (model config, tokenizer, experiment, elastic fields) of the newest (or given) step."""
+    item_dir = find_checkpoint(path, step, "metadata").absolute()
+    handler = ocp.JsonCheckpointHandler()
+    try:
+        return dict(handler.restore(item_dir) or {})
+    finally:
+        handler.close()
+
+
+def _tree_metadata(item_dir: Path) -> Any:
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        return handler.metadata(item_dir)
+    finally:
+        handler.close()
+
+
+def stored_shapes(path: str | Path, *, step: int | None = None, subtree: str = "params"
+                  ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{"layers_0/mixer/in_x/kernel": (shape, dtype)} of every stored array under `subtree`, without reading any."""
+    item_dir = find_checkpoint(path, step, "state").absolute()
+    tree = _tree_metadata(item_dir).tree
+    if subtree not in tree:
+        raise KeyError(f"{item_dir} has no {subtree!r} subtree")
+    return {path_str(p): (tuple(m.shape), np.dtype(m.dtype))
+            for p, m in jax.tree_util.tree_leaves_with_path(tree[subtree])}
+
+
 def _flatten_slices(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
@@ -259,27 +329,22 @@ def _flatten_slices(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]
     return out
 
 
-def _resolve_item_dir(path: str | Path, step: int | None, item: str) -> Path:
-    path = Path(path)
-    if (path / "_METADATA").exists():
-        return path
-    if (path / item / "_METADATA").exists():
-        return path / item
-    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / item).exists()) \
-        if path.is_dir() else []
-    if not steps:
-        raise FileNotFoundError(f"{path}: no checkpoint found (expected <dir>/<step>/{item}/_METADATA)")
-    chosen = steps[-1] if step is None else step
-    if chosen not in steps:
-        raise FileNotFoundError(f"{path}: no checkpoint for step {step}; available: {steps}")
-    return path / str(chosen) / item
-
-
 def _index(idx: Any) -> Any:
     if idx is Ellipsis or idx == ():
         return ()
     idx = idx if isinstance(idx, tuple) else (idx,)
     return tuple(np.asarray(i, np.int64) if isinstance(i, (list, np.ndarray)) else i for i in idx)
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = out
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
 
 
 def restore_slice(path: str | Path, slices: Mapping[str, Any], *, step: int | None = None,
@@ -290,45 +355,45 @@ def restore_slice(path: str | Path, slices: Mapping[str, Any], *, step: int | No
     `slices` maps parameters to static indices: either a pytree shaped like the params (leaf = tuple of
     slice / int / int-array per axis; `...` for the whole array; None to skip) or a flat dict
     {"layers_2/mixer/up_proj": (slice(0, 4), slice(None), slice(0, 32))}. Only parameters named in
-    `slices` are read, and of those only the chunks that the indices touch (tensorstore partial reads).
+    `slices` are read, and of those only the chunks that the indices touch. Orbax's restore reads whole
+    arrays (or prefixes, for jax arrays), and nested models keep strided blocks (a prefix of every head
+    group), so the arrays are opened with the TensorStore spec Orbax's public type handlers give for them.
     """
-    item_dir = _resolve_item_dir(path, step, item).absolute()
-    info = json.loads((item_dir / "_METADATA").read_text())
-    driver = "zarr3" if info.get("use_zarr3") else "zarr"
-    context = ts.Context({"cache_pool": {"total_bytes_limit": 256 << 20}})
+    item_dir = find_checkpoint(path, step, item).absolute()
+    use_zarr3 = bool(getattr(_tree_metadata(item_dir), "use_zarr3", False))
+    use_ocdbt = ocp.type_handlers.is_ocdbt_checkpoint(item_dir)
+    context = ocp.type_handlers.get_ts_context(use_ocdbt=use_ocdbt)
     reads = {}
     for name, idx in _flatten_slices(slices).items():
         key = ".".join([subtree, *name.split("/")]) if subtree else ".".join(name.split("/"))
-        if info.get("use_ocdbt", True):
-            kvstore = {"driver": "ocdbt", "base": f"file://{item_dir}/", "path": key + "/"}
-        else:
-            kvstore = {"driver": "file", "path": f"{item_dir}/{key}/"}
+        info = ocp.type_handlers.ParamInfo(name=key, parent_dir=item_dir, is_ocdbt_checkpoint=use_ocdbt,
+                                           use_zarr3=use_zarr3, ts_context=context)
+        spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=use_ocdbt)
         try:
-            array = ts.open({"driver": driver, "kvstore": kvstore}, context=context, open=True).result()
+            array = ts.open(spec, context=context, open=True).result()
         except ValueError as err:
             raise KeyError(f"restore_slice: parameter {name!r} is not in {item_dir} ({err})") from None
         index = _index(idx)
         view = array.oindex[index] if any(isinstance(i, np.ndarray) for i in index) else array[index]
         reads[name] = view.read()
-    out: dict[str, Any] = {}
-    for name, future in reads.items():
-        node = out
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = np.asarray(future.result())
-    return out
+    return _nest({name: np.asarray(future.result()) for name, future in reads.items()})
 
 
 def load_params(path: str | Path, *, step: int | None = None, subtree: str = "params") -> dict[str, Any]:
-    """All parameters of a checkpoint (newest step, or `step`) as a nested dict of numpy arrays."""
-    item_dir = _resolve_item_dir(path, step, "state")
-    tree = json.loads((item_dir / "_METADATA").read_text())["tree_metadata"]
-    names = {}
-    for entry in tree.values():
-        keys = [k["key"] for k in entry["key_metadata"]]
-        if keys and keys[0] == subtree:
-            names["/".join(keys[1:])] = ...
-    if not names:
+    """All parameters of a checkpoint (newest step, or `step`) as a nested dict of numpy arrays.
+
+    Orbax's partial restore of the `subtree` only: optimizer state and other items are not read.
+    """
+    item_dir = find_checkpoint(path, step, "state").absolute()
+    tree = _tree_metadata(item_dir).tree
+    if subtree not in tree:
         raise KeyError(f"{item_dir} has no {subtree!r} subtree")
-    return restore_slice(item_dir, names, subtree=subtree)
+    target = {subtree: tree[subtree]}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        out = handler.restore(item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                                    partial_restore=True))
+    finally:
+        handler.close()
+    return jax.tree.map(np.asarray, dict(out[subtree]))

@@ -24,6 +24,13 @@ def _config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required, help="config file or name in configs/ (tiny, small, ...)")
 
 
+def _out_arg(p: argparse.ArgumentParser, what: str = "output directory") -> None:
+    """--out and --overwrite: every verb that writes a directory refuses a non-empty one unless --overwrite."""
+    p.add_argument("--out", required=True, help=f"{what} (must not exist or be empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it already holds a model (written aside first, swapped in when complete)")
+
+
 @verb("params", "print total and active-per-token parameters of a config (shapes only)")
 def _params_args(p):
     _config_arg(p)
@@ -32,20 +39,20 @@ def _params_args(p):
 @verb("init", "write a randomly initialised model checkpoint")
 def _init_args(p):
     _config_arg(p)
-    p.add_argument("--out", required=True)
+    _out_arg(p, "checkpoint directory to write")
     p.add_argument("--seed", type=int, default=0)
 
 
 @verb("import-hf", "import a Hugging Face NemotronH directory as an elastic_jax checkpoint")
 def _import_args(p):
     p.add_argument("--hf", required=True, help="Hugging Face model directory (config.json + safetensors)")
-    p.add_argument("--out", required=True)
+    _out_arg(p, "checkpoint directory to write")
 
 
 @verb("export-hf", "export a checkpoint as a Hugging Face NemotronH directory")
 def _export_args(p):
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", required=True, help="elastic_jax checkpoint directory")
+    _out_arg(p, "Hugging Face directory to write")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--layout", default="nvidia", choices=["nvidia", "transformers"])
 
@@ -70,14 +77,18 @@ def _pretrain_args(p):
     p.add_argument("--workdir", required=True)
 
 
-@verb("importance", "rank every elastic axis on calibration data and write the permuted parent")
+@verb("importance", "rank every elastic axis on calibration data and write the permuted parent, which "
+                    "`elastify --parent` then trains from")
 def _importance_args(p):
-    p.add_argument("--checkpoint", required=True, help="parent checkpoint (or --hf)")
-    _config_arg(p, required=False)
-    p.add_argument("--out", required=True)
-    p.add_argument("--batches", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="parent checkpoint directory")
+    src.add_argument("--hf", help="parent as a Hugging Face NemotronH directory")
+    p.add_argument("--config", help="experiment whose data section calibrates (default: the data the checkpoint "
+                                    "was trained on, else the built-in data); the tokenizer is the parent's own")
+    _out_arg(p, "checkpoint directory for the ranked, permuted parent")
+    p.add_argument("--batches", type=int, default=8, help="calibration batches")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per calibration batch")
 
 
 @verb("elastify", "train nested budgets and the router jointly from a parent; one checkpoint out")
@@ -89,9 +100,9 @@ def _elastify_args(p):
 
 @verb("slice", "cut one budget (trained or in between) out of an elastic checkpoint, zero-shot")
 def _slice_args(p):
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--budget", type=float, required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", required=True, help="elastic checkpoint (or importance-ranked parent)")
+    p.add_argument("--budget", type=float, required=True, help="fraction of the parent in (0, 1]")
+    _out_arg(p, "directory for the nested model")
     p.add_argument("--format", default="elastic_jax", choices=["elastic_jax", "hf"])
 
 
@@ -107,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="verb", required=True)
     for name, (help_text, add_args) in VERBS.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
+        # argparse %-formats help strings (not descriptions): a literal % must be doubled there
+        add_args(sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text))
     return parser
 
 
@@ -127,23 +139,38 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def _load_hf(path: str) -> tuple:
+    """(cfg, params, metadata) of a Hugging Face directory; metadata carries its tokenizer when it has one."""
+    from elastic_jax.checkpoint import checkpoint_steps
+    from elastic_jax.convert.hf import from_hf
+    from elastic_jax.data import load_tokenizer
+
+    if checkpoint_steps(path):
+        raise FileNotFoundError(f"{path} is an elastic_jax checkpoint, not a Hugging Face directory: pass it with "
+                                "--checkpoint")
+    cfg, params = from_hf(path)
+    has_tok = (Path(path) / "tokenizer.json").exists()
+    return cfg, params, ({"tokenizer": load_tokenizer(path).to_dict()} if has_tok else {})
+
+
+def _load_source(args) -> tuple:
+    """(cfg, params, metadata) from --checkpoint or --hf (an elastic checkpoint gives its full model)."""
+    if getattr(args, "hf", None):
+        return _load_hf(args.hf)
+    from elastic_jax.model_io import load_model
+
+    cfg, params, meta = load_model(args.checkpoint)
+    return cfg, (params["model"] if "router" in params else params), meta
+
+
 def _load_any(args) -> tuple:
     """(cfg, params, tokenizer) from --checkpoint, --hf or --config."""
     from elastic_jax.data import load_tokenizer
     from elastic_jax.data.tokenizer import tokenizer_from_dict
 
-    if getattr(args, "checkpoint", None):
-        from elastic_jax.model_io import load_model
-
-        cfg, params, meta = load_model(args.checkpoint)
-        tokenizer = tokenizer_from_dict(meta["tokenizer"]) if meta.get("tokenizer") else load_tokenizer(None)
-        return cfg, params, tokenizer
-    if getattr(args, "hf", None):
-        from elastic_jax.convert.hf import from_hf
-
-        cfg, params = from_hf(args.hf)
-        has_tok = (Path(args.hf) / "tokenizer.json").exists()
-        return cfg, params, load_tokenizer(args.hf if has_tok else None)
+    if getattr(args, "checkpoint", None) or getattr(args, "hf", None):
+        cfg, params, meta = _load_source(args)
+        return cfg, params, tokenizer_from_dict(meta["tokenizer"]) if meta.get("tokenizer") else load_tokenizer(None)
     import elastic_jax as ej
 
     cfg = ej.load_config(args.config, args.overrides)
@@ -162,23 +189,20 @@ def run(args) -> int:
         from elastic_jax.model_io import save_model
 
         cfg = ej.load_config(args.config, args.overrides)
-        save_model(args.out, cfg, ej.init_params(cfg, args.seed))
+        save_model(args.out, cfg, ej.init_params(cfg, args.seed), overwrite=args.overwrite)
         print(f"wrote {args.out}")
     elif args.verb == "import-hf":
-        from elastic_jax.data import load_tokenizer
         from elastic_jax.model_io import save_model
 
-        cfg, params = ej.from_hf(args.hf)
-        meta = {}
-        if (Path(args.hf) / "tokenizer.json").exists():
-            meta["tokenizer"] = load_tokenizer(args.hf).to_dict()
-        save_model(args.out, cfg, params, meta)
+        cfg, params, meta = _load_hf(args.hf)
+        save_model(args.out, cfg, params, meta, overwrite=args.overwrite)
         print(f"imported {args.hf} -> {args.out}")
     elif args.verb == "export-hf":
         from elastic_jax.model_io import load_model
 
         cfg, params, _ = load_model(args.checkpoint)
-        ej.to_hf(cfg, params, args.out, dtype=args.dtype, layout=args.layout)
+        params = params["model"] if "router" in params else params
+        ej.to_hf(cfg, params, args.out, dtype=args.dtype, layout=args.layout, overwrite=args.overwrite)
         print(f"exported {args.checkpoint} -> {args.out}")
     elif args.verb == "generate":
         cfg, params, tokenizer = _load_any(args)
@@ -202,19 +226,7 @@ def run_elastic_verb(args) -> int:
     from elastic_jax.elastic.accounting import format_count
 
     if args.verb == "importance":
-        from elastic_jax.data import ByteTokenizer, DataConfig, make_eval_batches
-        from elastic_jax.elastic import permute_params, ranking_to_json, run_importance
-        from elastic_jax.model_io import load_model, save_model
-
-        cfg, params, meta = load_model(args.checkpoint)
-        batches = make_eval_batches(DataConfig(), ByteTokenizer(), args.seq_len, args.batch_size, args.batches,
-                                    0, 1, max_seq_len=cfg.max_position_embeddings)
-        scores, ranking = run_importance(cfg, params, [b["inputs"] for b in batches])
-        ranking_json = ranking_to_json(ranking)
-        meta = {k: v for k, v in meta.items() if k not in ("model", "format")}
-        meta["elastic"] = {**meta.get("elastic", {}), "ranking": ranking_json}
-        save_model(args.out, cfg, permute_params(params, cfg, ranking), meta)
-        print(f"ranked the parent on {len(batches)} calibration batches; permuted parent -> {args.out}")
+        _importance(args)
     elif args.verb == "elastify":
         from elastic_jax.train.elastify import run_elastify
 
@@ -223,7 +235,8 @@ def run_elastic_verb(args) -> int:
     elif args.verb == "slice":
         from elastic_jax.elastic.slice_checkpoint import slice_checkpoint
 
-        spec, sub_cfg = slice_checkpoint(args.checkpoint, args.budget, args.out, args.format)
+        spec, sub_cfg = slice_checkpoint(args.checkpoint, args.budget, args.out, args.format,
+                                         overwrite=args.overwrite)
         total, active = ej.count_params(sub_cfg)
         print(f"budget {args.budget}: {spec.to_dict()}\ntotal {format_count(total)} active {format_count(active)} "
               f"-> {args.out}")
@@ -232,6 +245,27 @@ def run_elastic_verb(args) -> int:
 
         run_quickstart(args.workdir, args.pretrain_steps, args.elastic_steps, tuple(args.overrides))
     return 0
+
+
+def _importance(args) -> None:
+    """Rank the parent on calibration batches of the experiment's data (its own tokenizer), store it permuted."""
+    import elastic_jax as ej
+    from elastic_jax.data.calibration import calibration_batches, calibration_source
+    from elastic_jax.elastic import permute_params, ranking_to_json, run_importance
+    from elastic_jax.model_io import save_model
+
+    cfg, params, meta = _load_source(args)
+    experiment = ej.load_experiment(args.config, args.overrides) if args.config else None
+    data, tokenizer = calibration_source(meta, cfg.vocab_size, experiment)
+    batches = calibration_batches(data, tokenizer, args.batches, args.seq_len, args.batch_size,
+                                  max_seq_len=cfg.max_position_embeddings)
+    _, ranking = run_importance(cfg, params, batches)
+    meta = {k: v for k, v in meta.items() if k not in ("model", "format", "sliced_from")}
+    meta["tokenizer"] = tokenizer.to_dict()
+    meta["elastic"] = {"ranking": ranking_to_json(ranking)}
+    save_model(args.out, cfg, permute_params(params, cfg, ranking), meta, overwrite=args.overwrite)
+    print(f"ranked the parent on {len(batches)} calibration batches ({tokenizer!r}); permuted parent -> {args.out}\n"
+          f"next: elastic-jax elastify --config <experiment> --parent {args.out} --workdir <dir>")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,8 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from elastic_jax.convert.hf_config import ConversionError
     from elastic_jax.elastic.spec import ElasticError
     from elastic_jax.model.functional import InputError
+    from elastic_jax.model_io import check_output
 
     try:
+        if getattr(args, "out", None):
+            check_output(args.out, args.overwrite)  # before any work: refuse a non-empty --out at once
         return run(args)
     except (ConfigError, ConversionError, InputError, ElasticError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

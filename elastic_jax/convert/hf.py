@@ -17,6 +17,7 @@ from elastic_jax.config import ModelConfig
 from elastic_jax.convert.hf_config import ConversionError, config_from_hf, config_to_hf
 from elastic_jax.convert.hf_weights import from_hf_tensors, to_hf_tensors
 from elastic_jax.model.functional import param_shapes
+from elastic_jax.model_io import check_output, writing_output
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja")
@@ -110,29 +111,43 @@ def _shards(tensors: list[tuple[str, np.ndarray]], max_shard_bytes: int) -> list
 
 def to_hf(cfg: ModelConfig, params: dict, path: str | os.PathLike, *, dtype: str = "float32",
           max_shard_bytes: int = 2 * 1024**3, tokenizer_dir: str | os.PathLike | None = None,
-          layout: str = "nvidia") -> Path:
+          layout: str = "nvidia", overwrite: bool = False) -> Path:
     """Write `params` as a NemotronH directory: sharded safetensors + index, config.json, generation_config.json.
 
     e_score_correction_bias stays float32 whatever `dtype` is, as NVIDIA publishes it. Tokenizer files are
-    copied from `tokenizer_dir` when given.
+    copied from `tokenizer_dir` when given. `path` follows the output rule of `model_io.writing_output`: a
+    non-empty directory is refused unless `overwrite`, and nothing is left behind when writing fails.
     """
     if dtype not in _EXPORT_DTYPES:
         raise ConversionError(f"export dtype {dtype!r}; allowed: {sorted(_EXPORT_DTYPES)}")
     if layout not in ("nvidia", "transformers"):
         raise ConversionError(f"export layout {layout!r}; allowed: 'nvidia', 'transformers'")
+    check_output(path, overwrite)  # before converting anything
     hf_config = config_to_hf(cfg, dtype)
     _check_shapes(cfg, jax.device_get(params))
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     tensors = []
     for name, array in to_hf_tensors(cfg, jax.device_get(params), layout):
         target = np.float32 if name.endswith("e_score_correction_bias") else _EXPORT_DTYPES[dtype]
         tensors.append((name, np.ascontiguousarray(array.astype(target))))
-    shards = _shards(tensors, max_shard_bytes)
+    with writing_output(path, overwrite) as tmp:
+        _write_hf(tmp, cfg, hf_config, _shards(tensors, max_shard_bytes), tokenizer_dir)
+    return Path(path)
+
+
+def _file_mode() -> int:
+    """The mode a new regular file gets here (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_hf(path: Path, cfg: ModelConfig, hf_config: dict, shards: list[list[tuple[str, np.ndarray]]],
+              tokenizer_dir: str | os.PathLike | None) -> None:
     weight_map, total = {}, 0
     for i, shard in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(dict(shard), str(path / fname), metadata={"format": "pt"})
+        os.chmod(path / fname, _file_mode())  # safetensors creates its files 0600; these are ordinary outputs
         for name, array in shard:
             weight_map[name] = fname
             total += array.nbytes
@@ -146,4 +161,3 @@ def to_hf(cfg: ModelConfig, params: dict, path: str | os.PathLike, *, dtype: str
         for fname in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / fname).exists():
                 shutil.copy(Path(tokenizer_dir) / fname, path / fname)
-    return path
