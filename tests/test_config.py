@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from elastic_jax.cli import main
 from elastic_jax.config import ConfigError
 from elastic_jax.elastic.config import ElasticConfig
-from elastic_jax.elastic.router import Router, RouterConfig
+from elastic_jax.elastic.router import Router, RouterConfig, schedule
 from elastic_jax.experiment import ExperimentConfig, load_config, load_experiment
 
 
@@ -45,6 +46,17 @@ def test_overrides_reach_every_router_knob():
     assert set(overrides) == {f for f in RouterConfig.__dataclass_fields__}  # every knob is covered here
     built = Router(cfg.model, router)  # the router is built from exactly these settings
     assert [a.name for a in built.axes] == ["hidden", "ffn"] and all(len(a.choices) <= 4 for a in built.axes)
+    ends = [float(v) for p in (0.0, 1.0) for v in schedule(router, p)]  # the Gumbel schedules' ends
+    assert ends == pytest.approx([2.0, 0.5, 0.1, 4.0])
+
+
+def test_command_line_refuses_an_unknown_router_knob_before_doing_anything(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    code = main(["elastify", "--config", "tiny_elastic", "--parent", str(tmp_path), "--workdir", str(workdir),
+                 "--config.elastic.router.gumbel_scale=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unknown field 'elastic.router.gumbel_scale'" in err[0]
+    assert not workdir.exists()
 
 
 def test_round_trip_through_json():
