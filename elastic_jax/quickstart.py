@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from elastic_jax.elastic.accounting import format_count
-from elastic_jax.experiment import load_experiment
+from elastic_jax.experiment import ExperimentConfig, load_experiment
 
 
 def _fmt_row(row: dict[str, Any]) -> str:
@@ -51,14 +51,15 @@ def run_quickstart(workdir: str = "quickstart", pretrain_steps: int = 600, elast
     print(f"[1/4] pretraining the tiny parent ({pretrain_steps} steps) in {root / 'parent'}", flush=True)
     parent_cfg = load_experiment("tiny", [f"train.total_steps={pretrain_steps}", *[o for o in overrides
                                                                                    if not o.startswith("elastic.")]])
+    stage1 = int(elastic_steps * 2 / 3)
+    elastic_cfg = load_experiment("tiny_elastic", [f"elastic.stage1_steps={stage1}",
+                                                   f"elastic.stage2_steps={elastic_steps - stage1}", *overrides])
+    ExperimentConfig.from_dict(elastic_cfg)  # both stages' configs are checked before the first one runs
     pretrain = run_pretrain(parent_cfg, str(root / "parent"))
     print(f"      parent: {json.dumps({k: v for k, v in pretrain.items() if 'eval' in k or k == 'step'})}", flush=True)
 
-    stage1 = int(elastic_steps * 2 / 3)
     print(f"[2/4] ranking, permuting and elastifying into budgets 1.0 / 0.7 / 0.4 ({elastic_steps} steps)",
           flush=True)
-    elastic_cfg = load_experiment("tiny_elastic", [f"elastic.stage1_steps={stage1}",
-                                                   f"elastic.stage2_steps={elastic_steps - stage1}", *overrides])
     result = run_elastify(elastic_cfg, str(root / "elastic"), str(root / "parent" / "checkpoints"))
     if "budgets" not in result:
         return result
