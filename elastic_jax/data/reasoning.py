@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from elastic_jax import schema
 from elastic_jax.data.tokenizer import END_THINK, THINK, ByteTokenizer, Tokenizer
 
 SPLITS = ("train", "eval")
@@ -79,11 +80,7 @@ class ReasoningTaskConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReasoningTaskConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"data.reasoning: unknown field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
+        return schema.from_dict(cls, data, "data.reasoning")  # the one unknown-field check of every section
 
 
 @dataclasses.dataclass(frozen=True)
