@@ -28,11 +28,11 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str, field: str | None = None, section: str | None = None):
         self.message, self.field, self.section = message, field, section
-        where = ".".join(p for p in (section, field) if p)
-        super().__init__(f"{where}: {message}" if where else message)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
 
     @property
     def path(self) -> str:
+        """The dotted path of the field ('' when the message names it itself)."""
         return ".".join(p for p in (self.section, self.field) if p)
 
 
