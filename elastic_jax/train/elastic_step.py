@@ -27,7 +27,7 @@ from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.losses import cross_entropy, kl_forward
 from elastic_jax.train.optim import learning_rate_schedule, param_labels
 from elastic_jax.train.state import TrainState
-from elastic_jax.train.step import BATCH_KEYS, TraceCounter
+from elastic_jax.train.step import TraceCounter, batch_for_step
 
 Batch = dict[str, jax.Array]
 
@@ -69,17 +69,19 @@ def make_elastic_optimizer(train: TrainConfig, router_lr_multiplier: float = 100
 
 
 def _student_logits(cfg: ModelConfig, router: Router, params: dict, spec: ElasticSpec | None, index: int,
-                    key: jax.Array, progress: jax.Array, inputs: jax.Array, mesh: Mesh | None
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                    key: jax.Array, progress: jax.Array, inputs: jax.Array, mesh: Mesh | None,
+                    segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(logits, resource loss, resource ratio) of one budget: a static slice when its architecture is fixed
     (no resource term), else the parent under the router's sampled masks."""
     if spec is not None:
         sub_params, sub_cfg = slice_params(params["model"], cfg, spec)
         if mesh is not None:  # lay the slice out as a parent of its size would be, not as padded parent shards
             sub_params = jax.lax.with_sharding_constraint(sub_params, distributed.param_shardings(sub_params, mesh))
-        return build(sub_cfg).apply({"params": sub_params}, inputs)[0], jnp.zeros(()), jnp.asarray(-1.0)
+        logits = build(sub_cfg).apply({"params": sub_params}, inputs, segment_ids=segment_ids)[0]
+        return logits, jnp.zeros(()), jnp.asarray(-1.0)
     masks, resource, ratio, _ = router.sample(params["router"], index, key, progress)
-    return build(cfg).apply({"params": params["model"]}, inputs, masks=masks)[0], resource, ratio
+    logits = build(cfg).apply({"params": params["model"]}, inputs, masks=masks, segment_ids=segment_ids)[0]
+    return logits, resource, ratio
 
 
 def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher_logits: jax.Array,
@@ -94,7 +96,7 @@ def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params:
             continue
         with jax.named_scope(f"budget_{budget:g}"):  # each budget's ops carry its name in profiles
             logits, resource, ratio = _student_logits(cfg, router, params, spec, i, keys[i], progress,
-                                                      batch["inputs"], mesh)
+                                                      batch["inputs"], mesh, batch.get("segment_ids"))
         kd = kl_forward(teacher_logits, logits, batch["loss_mask"], lc.kd_temperature)
         loss = kd + lc.router_weight * resource
         if lc.ce_weight:
@@ -110,7 +112,9 @@ def joint_loss(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: di
                batch: Batch, key: jax.Array, progress: jax.Array, mesh: Mesh | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """sum_b w_b * loss_b over budgets, with the teacher's logits computed once."""
-    teacher_logits = jax.lax.stop_gradient(build(cfg).apply({"params": teacher_params}, batch["inputs"])[0])
+    teacher_logits = build(cfg).apply({"params": teacher_params}, batch["inputs"],
+                                      segment_ids=batch.get("segment_ids"))[0]
+    teacher_logits = jax.lax.stop_gradient(teacher_logits)
     losses, metrics = budget_losses(cfg, router, lc, params, teacher_logits, batch, key, progress, mesh)
     norm = sum(lc.weights)
     total = sum(w / norm * loss for w, loss in zip(lc.weights, losses))
@@ -127,8 +131,7 @@ class StepShardings:
 
     def jit_kwargs(self) -> dict[str, Any]:
         replicated = NamedSharding(self.batch.mesh, PartitionSpec())
-        batch = {k: self.batch for k in BATCH_KEYS}
-        return {"in_shardings": (self.state, self.state.params["model"], batch, replicated),
+        return {"in_shardings": (self.state, self.state.params["model"], self.batch, replicated),
                 "out_shardings": (self.state, replicated)}
 
 
@@ -144,7 +147,7 @@ def make_elastic_step(cfg: ModelConfig, router: Router, lc: JointLossConfig, opt
     def step(state: TrainState, teacher_params: dict, batch: Batch, key: jax.Array):
         counter.count += 1
         progress = state.step.astype(jnp.float32) / max(total_steps - 1, 1)
-        batch = {k: batch[k] for k in BATCH_KEYS}
+        batch = batch_for_step(batch)
         (loss, metrics), grads = jax.value_and_grad(
             lambda p: joint_loss(cfg, router, lc, p, teacher_params, batch, key, progress, mesh),
             has_aux=True)(state.params)

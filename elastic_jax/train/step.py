@@ -22,6 +22,7 @@ from elastic_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("inputs", "targets", "loss_mask")
+OPTIONAL_BATCH_KEYS = ("segment_ids",)  # packed documents (data.document_aware): the model masks across them
 
 
 @dataclasses.dataclass
@@ -32,7 +33,7 @@ class TraceCounter:
 
 
 def _loss_fn(model, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    logits = model.apply({"params": params}, batch["inputs"])[0]
+    logits = model.apply({"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"))[0]
     return cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
 
@@ -41,15 +42,16 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                     donate: bool = True) -> tuple[Callable[[TrainState, Batch], tuple[TrainState, dict]], TraceCounter]:
     """(step_fn, counter): step_fn(state, batch) -> (new state, metrics {loss, grad_norm, lr, tokens}).
 
-    `batch` holds inputs/targets [b, L] int32 and loss_mask [b, L]; the loss is the mean over masked tokens
-    of the whole global batch. With shardings given, the state keeps its layout across steps.
+    `batch` holds inputs/targets [b, L] int32 and loss_mask [b, L] (and segment_ids [b, L] int32 for packed
+    documents); the loss is the mean over masked tokens of the whole global batch. With shardings given, the
+    state keeps its layout across steps.
     """
     model = build(model_cfg)
     counter = TraceCounter()
 
     def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         counter.count += 1
-        batch = {k: batch[k] for k in BATCH_KEYS}
+        batch = batch_for_step(batch)
         (loss, tokens), grads = jax.value_and_grad(lambda p: _loss_fn(model, p, batch), has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -59,7 +61,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
 
     kwargs: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}
     if state_sharding is not None:
-        batch_in = {k: batch_sharding for k in BATCH_KEYS} if batch_sharding is not None else None
+        batch_in = batch_sharding  # a prefix: every key of the batch is split by rows
         replicated = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec()) if batch_sharding else None
         kwargs.update(in_shardings=(state_sharding, batch_in), out_shardings=(state_sharding, replicated))
     return jax.jit(step_fn, **kwargs), counter
@@ -73,15 +75,15 @@ def make_eval_step(model_cfg: ModelConfig, *, param_sharding: Any = None,
 
     def eval_fn(params: Any, batch: Batch) -> dict[str, jax.Array]:
         counter.count += 1
-        loss, tokens = _loss_fn(model, params, {k: batch[k] for k in BATCH_KEYS})
+        loss, tokens = _loss_fn(model, params, batch_for_step(batch))
         return {"loss": loss, "tokens": tokens}
 
     kwargs: dict[str, Any] = {}
     if param_sharding is not None and batch_sharding is not None:
-        kwargs["in_shardings"] = (param_sharding, {k: batch_sharding for k in BATCH_KEYS})
+        kwargs["in_shardings"] = (param_sharding, batch_sharding)
     return jax.jit(eval_fn, **kwargs), counter
 
 
 def batch_for_step(batch: dict[str, Any]) -> dict[str, Any]:
-    """The keys the steps read (others, e.g. segment_ids, stay on the host)."""
-    return {k: batch[k] for k in BATCH_KEYS}
+    """The keys the steps read: BATCH_KEYS, and segment_ids when the batch has them (others stay on the host)."""
+    return {k: batch[k] for k in (*BATCH_KEYS, *(k for k in OPTIONAL_BATCH_KEYS if k in batch))}

@@ -89,3 +89,21 @@ def test_bad_segment_ids_raise_before_compiling():
         ej.apply(cfg, params, tokens, segment_ids=np.ones((1, 7), np.int32))
     with pytest.raises(InputError, match="segment_ids: expected integer"):
         ej.apply(cfg, params, tokens, segment_ids=np.ones((1, 8), np.float32))
+
+
+def test_training_and_eval_steps_pass_segment_ids():
+    """The eval step (the train step's loss) reads segment_ids from the batch and hands them to the model."""
+    from elastic_jax.train.losses import cross_entropy
+    from elastic_jax.train.step import make_eval_step
+
+    cfg, params = PARITY_CONFIGS["all_blocks"], _params("all_blocks")
+    tokens, segments, _ = packed_row(cfg, seed=10)
+    targets = np.roll(tokens, -1, axis=1)
+    mask = ((segments > 0) & (np.roll(segments, -1, axis=1) == segments)).astype(np.float32)
+    batch = {"inputs": tokens, "targets": targets, "loss_mask": mask, "segment_ids": segments,
+             "positions": np.zeros_like(tokens)}
+    eval_fn = make_eval_step(cfg)[0]
+    got = float(eval_fn(params, batch)["loss"])
+    want = float(cross_entropy(ej.apply(cfg, params, tokens, segment_ids=segments), targets, mask)[0])
+    plain = float(cross_entropy(ej.apply(cfg, params, tokens), targets, mask)[0])
+    assert got == pytest.approx(want, rel=1e-5) and abs(plain - want) > 1e-3
