@@ -1,0 +1,131 @@
+"""The engine's compiled programs, one set per architecture: feeding tokens into caches (prefill) and the decode loop.
+
+Exact batching without padding: every sequence keeps its own cache (batch 1 inside, the sequences stacked on a
+leading axis) and its own position, and the model runs under `jax.vmap` over the sequences. A sequence's
+attention sees only its own keys and its Mamba conv window and SSM state only ever take its own tokens, so a
+batch of prompts of different lengths computes, for each prompt, what that prompt alone computes; no pad token
+enters any state. Ragged prompts are fed in pieces of 1, 4, 16, ... tokens (a 37-token prompt as 16 + 16 + 4 + 1),
+every sequence at its own position, rows without a piece of that size left untouched: the number of feed programs
+per architecture is bounded by log4(context) instead of one per prompt length.
+
+The parameters passed in are always the parent's: each program cuts its budget's static prefix slices
+(`slice_params`) inside the jit, so no served budget keeps a copy of its weights between calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+
+import jax
+import jax.numpy as jnp
+
+from elastic_jax.config import ModelConfig
+from elastic_jax.elastic.slicing import slice_params
+from elastic_jax.elastic.spec import ElasticSpec
+from elastic_jax.inference.generate import sample_next
+from elastic_jax.model.functional import build
+
+log = logging.getLogger(__name__)
+
+
+class ProgramCache:
+    """Jitted programs by key (architecture + static shapes); every key is compiled exactly once, and counted."""
+
+    def __init__(self):
+        self._programs: dict[Hashable, Callable] = {}
+
+    @property
+    def compilations(self) -> int:
+        return len(self._programs)
+
+    def get(self, key: Hashable, make: Callable[[], Callable]) -> Callable:
+        if key not in self._programs:
+            self._programs[key] = make()
+            log.info("compiling %s (%d programs so far)", key[0], len(self._programs))
+        return self._programs[key]
+
+
+PROGRAMS = ProgramCache()  # shared by every engine in the process: programs depend on configs and shapes only
+
+
+def _rows(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """Per-row select: `new` where mask[row], else `old`."""
+    return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+
+def _hold(done: jax.Array, new: dict, old: dict) -> dict:
+    """Caches of finished rows stay as they were. K/V buffers need no select: a finished row's position does not
+    advance, so what it writes at that slot is overwritten before any query can see it."""
+    def pick(path, n, o):
+        last = path[-1]
+        if isinstance(last, jax.tree_util.DictKey) and last.key in ("k", "v"):
+            return n
+        return _rows(~done, n, o)
+    return jax.tree_util.tree_map_with_path(pick, new, old)
+
+
+def _sequence_step(cfg: ModelConfig, spec: ElasticSpec):
+    """(parent params) -> f(sliced params, tokens [L], one sequence's cache) -> (last logits [V], cache)."""
+    sub_cfg = spec.apply_to(cfg)
+    model = build(sub_cfg)
+
+    def one(params, tokens, cache):
+        logits, cache = model.apply({"params": params}, tokens[None], cache)
+        return logits[0, -1], cache
+
+    return lambda parent: slice_params(parent, cfg, spec)[0], jax.vmap(one, in_axes=(None, 0, 0))
+
+
+def make_feed(cfg: ModelConfig, spec: ElasticSpec) -> Callable:
+    """jit(parent, tokens [B, piece], caches, logits [B, V], active [B]) -> (logits, caches) for active rows."""
+    cut, step = _sequence_step(cfg, spec)
+
+    def run(parent, tokens, caches, logits, active):
+        new_logits, new_caches = step(cut(parent), tokens, caches)
+        return _rows(active, new_logits, logits), jax.tree.map(lambda n, o: _rows(active, n, o), new_caches, caches)
+
+    return jax.jit(run, donate_argnums=(2,))
+
+
+def make_decode(cfg: ModelConfig, spec: ElasticSpec, width: int, temperature: float, top_k: int, top_p: float,
+                stop_ids: tuple[int, ...], pad_id: int) -> Callable:
+    """jit(parent, caches, logits, keys [B], emitted [B], done [B], max_new) -> (tokens [B, width], counts [B],
+    logits, caches, done): up to `max_new` (<= width, traced: one program serves every count) tokens per row in one
+    `lax.while_loop`, a row stopping at any of `stop_ids`.
+
+    Every emitted token (a stop token included) is fed, so the caches end holding each row's whole text and
+    `logits` are those after its last token: a later call continues where this one ended. Row r's sample at its
+    n-th emitted token uses fold_in(keys[r], n), so decoding in several calls samples what one call would.
+    """
+    cut, step = _sequence_step(cfg, spec)
+    stops = jnp.asarray(stop_ids, jnp.int32)
+
+    def sample(logits, key):
+        return sample_next(logits[None], key, temperature, top_k, top_p)[0]
+
+    def run(parent, caches, logits, keys, emitted, done, max_new):
+        params = cut(parent)
+        batch = logits.shape[0]
+
+        def cond(carry):
+            return (carry[0] < max_new) & ~jnp.all(carry[3])
+
+        def body(carry):
+            t, logits, caches, done, out, count = carry
+            keys_now = jax.vmap(jax.random.fold_in)(keys, emitted + count)
+            tok = jnp.where(done, pad_id, jax.vmap(sample)(logits, keys_now))
+            out = out.at[:, t].set(tok)
+            new_logits, new_caches = step(params, tok[:, None], caches)
+            caches = _hold(done, new_caches, caches)
+            logits = _rows(done, logits, new_logits)
+            count = count + (~done).astype(jnp.int32)
+            done = done | jnp.isin(tok, stops)
+            return t + 1, logits, caches, done, out, count
+
+        out = jnp.full((batch, width), pad_id, jnp.int32)
+        init = (jnp.zeros((), jnp.int32), logits, caches, done, out, jnp.zeros((batch,), jnp.int32))
+        _, logits, caches, done, out, count = jax.lax.while_loop(cond, body, init)
+        return out, count, logits, caches, done
+
+    return jax.jit(run, donate_argnums=(1,))
