@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from elastic_jax.quant.exact import div
+
 E4M3_MAX = 448.0
 
 Array = Any  # numpy or jax array
@@ -60,7 +62,7 @@ def _e4m3_dtype(xp: Any) -> Any:
 def scale_from_amax(amax: Array, xp: Any = np) -> Array:
     """amax / 448 in float32; 1.0 where amax is 0."""
     amax = xp.asarray(amax, xp.float32)
-    return xp.where(amax == 0, xp.float32(1.0), amax / xp.float32(E4M3_MAX)).astype(xp.float32)
+    return xp.where(amax == 0, xp.float32(1.0), div(amax, E4M3_MAX, xp)).astype(xp.float32)
 
 
 def weight_scale(w: Array, axis: int, per_channel: bool = False, xp: Any = np) -> Array:
@@ -71,7 +73,7 @@ def weight_scale(w: Array, axis: int, per_channel: bool = False, xp: Any = np) -
 
 def cast(x: Array, scale: Array, xp: Any = np) -> Array:
     """float8_e4m3fn(clip(x / scale, -448, 448)), the division in float32."""
-    v = xp.asarray(x, xp.float32) / xp.asarray(scale, xp.float32)
+    v = div(x, scale, xp)
     return xp.clip(v, -xp.float32(E4M3_MAX), xp.float32(E4M3_MAX)).astype(_e4m3_dtype(xp))
 
 

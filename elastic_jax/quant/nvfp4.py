@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from elastic_jax.quant.exact import div
+
 BLOCK = 16
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
@@ -103,7 +105,7 @@ def _e4m3(s: Array, xp: Any) -> Array:
 def global_scale(x: Array, xp: Any = np) -> Array:
     """s2 = amax(|x|) / (6 * 448) in float32; 1.0 for an all-zero tensor."""
     amax = xp.max(xp.abs(xp.asarray(x, xp.float32)))
-    s2 = amax / xp.float32(E2M1_MAX * E4M3_MAX)
+    s2 = div(amax, E2M1_MAX * E4M3_MAX, xp)
     return xp.where(amax == 0, xp.float32(1.0), s2).astype(xp.float32)
 
 
@@ -117,10 +119,10 @@ def _encode(x: Array, axis: int, scale_2: Array | None, xp: Any) -> NVFP4Array:
     blocks = _blocks(x, axis, xp)
     s2 = global_scale(x, xp) if scale_2 is None else xp.asarray(scale_2, xp.float32).reshape(())
     block_amax = xp.max(xp.abs(blocks), axis=-1)
-    raw = block_amax / (xp.float32(E2M1_MAX) * s2)
+    raw = div(block_amax, xp.float32(E2M1_MAX) * s2, xp)
     raw = xp.where((raw == 0) | (block_amax == 0), xp.float32(1.0), raw)  # zero blocks (0/0 when s2 is 0)
     scale = _e4m3(xp.clip(raw, xp.float32(MIN_BLOCK_SCALE), xp.float32(E4M3_MAX)), xp)
-    scaled = blocks / (scale.astype(xp.float32) * s2)[..., None]
+    scaled = div(blocks, (scale.astype(xp.float32) * s2)[..., None], xp)
     codes = e2m1_codes(scaled.reshape(scaled.shape[:-2] + (-1,)), xp)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
     return NVFP4Array(xp.moveaxis(packed, -1, axis), xp.moveaxis(scale, -1, axis), s2, axis)

@@ -106,6 +106,24 @@ def test_jax_encoder_and_decoder_give_the_same_bits():
         np.testing.assert_array_equal(np.asarray(dec(qj)), nvfp4.decode(q))
 
 
+def test_ties_under_an_inexact_scale():
+    """Values exactly at E2M1 ties of a block whose scale product is not a power of two: numpy, JAX and the
+    reference all see the exact quotient (a multiply-by-reciprocal would move many of them off the tie)."""
+    rng = np.random.default_rng(7)
+    x = rng.uniform(1, 2, size=(128, 16)).astype(np.float32)
+    x[0::16] = 6.0  # each block's max
+    s2 = np.float32(0.3)
+    q = nvfp4.encode(x, 0, s2)
+    denom = np.repeat(q.scale.astype(np.float32) * s2, 16, axis=0)
+    ties = rng.choice(np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, -0.75, -2.5], np.float32), size=x.shape)
+    y = np.where(np.arange(128)[:, None] % 16 == 0, x, ties * denom)
+    assert np.mean(y / denom == ties) > 0.5
+    q = assert_matches_reference(y, s2)
+    qj = jax.jit(nvfp4.encode_jax, static_argnums=1)(jnp.asarray(y), 0, s2)
+    np.testing.assert_array_equal(np.asarray(qj.packed), q.packed)
+    np.testing.assert_array_equal(_bits(qj.scale), _bits(q.scale))
+
+
 def test_input_axis_anywhere_and_bfloat16():
     """Experts [E, in, out] along axis 1 equal each expert's 2-D encoding under the shared global scale; a bf16
     weight encodes as its exact float32 values."""
