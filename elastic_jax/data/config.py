@@ -15,6 +15,7 @@ from typing import Any
 
 from elastic_jax import schema
 from elastic_jax.data.reasoning import ReasoningTaskConfig
+from elastic_jax.data.records import validate_records
 from elastic_jax.data.text import DEFAULT_EXTENSIONS
 from elastic_jax.schema import ConfigError
 
@@ -34,6 +35,14 @@ class DataConfig(schema.Section):
     num_workers: 0 reads synchronously; N > 0 prepares up to N batches ahead in a background thread.
     document_aware: packed rows carry `segment_ids` and no token sees another document (attention, Mamba conv and
         state), as each problem runs alone at evaluation; False trains on the row as one sequence.
+    record_weight: share of tokens from your own records (record_paths); 0 leaves them out.
+    record_paths: JSONL / Parquet / ArrayRecord files, or directories of them (data/records.py).
+    record_text_field / record_messages_field: a record is a document (text) or a chat (messages, loss only on
+        assistant turns).
+    record_eval_fraction: share of records held out for evaluation (evenly spaced positions).
+    record_keep_whole: a record that fits in a row is never split across rows (the gap is filled or padded).
+    chat_template: None (the tokenizer's own, else the built-in "simple"), "simple", or a .jinja file /
+        tokenizer_config.json / directory holding a Hugging Face chat template (data/chat.py).
     """
 
     SECTION = "data"
@@ -49,12 +58,23 @@ class DataConfig(schema.Section):
     shuffle_seed: int | None = None
     num_workers: int = 0
     document_aware: bool = True
+    record_weight: float = 0.0
+    record_paths: tuple[str, ...] = ()
+    record_text_field: str = "text"
+    record_messages_field: str = "messages"
+    record_eval_fraction: float = 0.01
+    record_keep_whole: bool = True
+    chat_template: str | None = None
 
     def __post_init__(self):
         if isinstance(self.text_paths, (str, os.PathLike)):
             object.__setattr__(self, "text_paths", (os.fspath(self.text_paths),))
         else:
             object.__setattr__(self, "text_paths", tuple(os.fspath(p) for p in self.text_paths))
+        if isinstance(self.record_paths, (str, os.PathLike)):
+            object.__setattr__(self, "record_paths", (os.fspath(self.record_paths),))
+        else:
+            object.__setattr__(self, "record_paths", tuple(os.fspath(p) for p in self.record_paths))
         if isinstance(self.text_extensions, str):
             object.__setattr__(self, "text_extensions", (self.text_extensions,))
         else:
@@ -91,11 +111,12 @@ def _is_number(value: Any) -> bool:
 
 def validate(cfg: DataConfig) -> None:
     """Raise ConfigError naming the first invalid field of `cfg` and what is allowed."""
-    for name in ("reasoning_weight", "text_weight"):
+    for name in ("reasoning_weight", "text_weight", "record_weight"):
         value = getattr(cfg, name)
         _check(_is_number(value) and value >= 0, name, f"must be a finite number >= 0, got {value!r}")
-    _check(cfg.reasoning_weight + cfg.text_weight > 0, "reasoning_weight",
-           "reasoning_weight + text_weight must be > 0 (nothing to train on)")
+    _check(cfg.reasoning_weight + cfg.text_weight + cfg.record_weight > 0, "reasoning_weight",
+           "reasoning_weight + text_weight + record_weight must be > 0 (nothing to train on)")
+    validate_records(cfg, _check)
     for path in cfg.text_paths:
         _check(Path(os.path.expanduser(path)).exists(), "text_paths", f"{path} does not exist")
     _check(len(cfg.text_extensions) > 0, "text_extensions", "must name at least one extension")

@@ -25,6 +25,7 @@ import numpy as np
 from elastic_jax.data.config import DataConfig
 from elastic_jax.data.packing import PackedMixtureIterDataset
 from elastic_jax.data.reasoning import ReasoningExample, ReasoningSource, ReasoningTaskConfig, encode_example
+from elastic_jax.data.records import record_dataset
 from elastic_jax.data.text import TextSource
 from elastic_jax.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -125,6 +126,12 @@ def build_sources(data_cfg: DataConfig, tokenizer: Tokenizer, seed: int, split: 
             out.append(("text", ds, float(data_cfg.text_weight), False))
         elif split == "train":
             raise ValueError("data.text_paths: the text corpus has no training files")
+    if data_cfg.record_weight > 0:  # your own JSONL / Parquet / ArrayRecord records (data/records.py)
+        ds = record_dataset(data_cfg, tokenizer, _seed32(seed, "records"), split, process_index, process_count)
+        if ds is not None:
+            out.append(("records", ds, float(data_cfg.record_weight), bool(data_cfg.record_keep_whole)))
+        elif split == "train":
+            raise ValueError("data.record_paths: the records have no training records")
     if not out:
         raise ValueError(f"data.text_eval_fraction: the {split} split is empty: data.reasoning_weight is 0 and no "
                          "text file is held out (too few files for the fraction)")
@@ -136,6 +143,9 @@ def _fingerprint(data_cfg: DataConfig, tokenizer: Tokenizer, seq_len: int, seed:
     """What the packed stream depends on; stored in iterator states and checked when restoring."""
     cfg = dataclasses.replace(data_cfg, num_workers=0).to_dict()
     cfg.pop("document_aware", None)  # it changes no token of the stream (and states saved before it still load)
+    if not data_cfg.record_weight:  # unused record fields change nothing (and states saved before them still load)
+        for key in [k for k in cfg if k.startswith("record_")] + ["chat_template"]:
+            cfg.pop(key, None)
     tok = tokenizer.to_dict()
     tok_key = hashlib.blake2b(json.dumps(tok, sort_keys=True).encode(), digest_size=8).hexdigest()
     cfg_key = hashlib.blake2b(json.dumps(cfg, sort_keys=True).encode(), digest_size=8).hexdigest()
