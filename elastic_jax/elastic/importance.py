@@ -3,10 +3,11 @@
 One jitted function per config computes a batch's statistics; Python sums them over the batch stream. The
 activations come from the unmodified model through a Flax method interceptor that `sow`s what a mixer reads:
 the pre-norm outputs (hidden channels), the inputs of out_proj / o_proj / the FFN down projections, the x part
-of the Mamba in-projection, and each MoE layer's input, from which routing and expert outputs are recomputed
-for REAP. Width scores use Minitron's aggregation (mean |activation| over the sequence, then L2 over the batch);
-hidden channels sum |rmsnorm(x)_i| over batch, sequence and every block norm; experts use REAP; depth is the
-normalised logit MSE when a layer is removed (through the masked forward, so one compilation serves all).
+of the Mamba in-projection; each MoE layer sows the rows it routed itself (routing weight, expert hidden
+activations and output; `ROUTED_ROWS` in elastic_jax/model/moe.py) for REAP. Width scores use Minitron's
+aggregation (mean |activation| over the sequence, then L2 over the batch); hidden channels sum |rmsnorm(x)_i|
+over batch, sequence and every block norm; experts use REAP; depth is the normalised logit MSE when a layer is
+removed (through the masked forward, so one compilation serves all).
 
 Mamba heads: METHOD §4 / the Megatron code score a head by the L2 of its channels in the x part of in_proj
 ("mamba_heads", `mamba_source="in_x"`). The default ranks by the same statistic at the out_proj input, after
@@ -27,10 +28,12 @@ import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.spec import ElasticError
+from elastic_jax.model.declare import ELASTIC_AXES, ElasticAxis, elastic_axes_of, elastic_axis_size
 from elastic_jax.model.functional import build, check_tokens
+from elastic_jax.model.hybrid import block_declarations
 from elastic_jax.model.linear import Linear
-from elastic_jax.model.mlp import relu2
-from elastic_jax.model.moe import MoE, _sort_assignments, route
+from elastic_jax.model.masks import LayerMasks, Masks
+from elastic_jax.model.moe import ROUTED_ROWS
 from elastic_jax.model.norms import RMSNorm
 
 _KEY = "elastic_importance"
@@ -49,8 +52,6 @@ def _capture(next_fun, args, kwargs, context):
         module.sow("intermediates", _KEY, out)
     elif isinstance(module, Linear) and module.name in ("out_proj", "o_proj", "down_proj"):
         module.sow("intermediates", _KEY, args[0])
-    elif isinstance(module, MoE):
-        module.sow("intermediates", _KEY, args[0])
     return out
 
 
@@ -59,20 +60,13 @@ def _minitron(a: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(jnp.mean(jnp.abs(a.astype(jnp.float32)), axis=1)), axis=0)
 
 
-def _moe_stats(cfg: ModelConfig, p: dict, x: jax.Array) -> dict[str, jax.Array]:
-    """REAP sums and counts per expert, and expert-FFN channel statistics shared by all experts."""
-    batch, length, d = x.shape
-    tokens = x.reshape(-1, d).astype(jnp.float32)
-    num_experts = p["gate"].shape[1]
-    idx, weights = route(tokens, p["gate"], p["e_score_correction_bias"], top_k=cfg.num_experts_per_tok,
-                         n_group=cfg.n_group, topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
-                         scaling=cfg.routed_scaling_factor)
-    order, token_of_row, group_sizes = _sort_assignments(idx, num_experts)
-    h = relu2(jax.lax.ragged_dot(tokens[token_of_row], p["up_proj"], group_sizes))
-    y = jax.lax.ragged_dot(h, p["down_proj"], group_sizes)
-    w_rows, expert_of_row = weights.reshape(-1)[order], idx.reshape(-1)[order]
+def _moe_stats(rows: dict[str, jax.Array], num_experts: int, batch: int, length: int) -> dict[str, jax.Array]:
+    """REAP sums and counts per expert, and expert-FFN channel statistics shared by all experts, from the rows
+    the MoE layer itself routed and computed (its `routed_rows` sow, elastic_jax/model/moe.py)."""
+    w_rows, expert_of_row = rows["weights"], rows["experts"]
+    y, h = rows["outputs"].astype(jnp.float32), rows["hidden"].astype(jnp.float32)
     reap = jax.ops.segment_sum(w_rows * jnp.linalg.norm(y, axis=-1), expert_of_row, num_experts)
-    per_seq = jax.ops.segment_sum(jnp.abs(h) * w_rows[:, None], token_of_row // length, batch) / length
+    per_seq = jax.ops.segment_sum(jnp.abs(h) * w_rows[:, None], rows["tokens"] // length, batch) / length
     return {"reap_sum": reap, "reap_count": jnp.bincount(expert_of_row, length=num_experts).astype(jnp.float32),
             "expert_ffn": jnp.sum(jnp.square(per_seq), axis=0)}
 
@@ -83,7 +77,7 @@ def _depth_errors(model: nn.Module, params: dict, tokens: jax.Array, reference: 
     num_layers = base.shape[0]
 
     def removed(gates: jax.Array) -> jax.Array:
-        masks = {"layers": [{"depth": gates[i]} for i in range(num_layers)]}
+        masks = Masks(layers=tuple(LayerMasks(depth=gates[i]) for i in range(num_layers)))
         logits = model.apply({"params": params}, tokens, masks=masks)[0]
         return jnp.sum(jnp.square(logits - reference))
 
@@ -114,7 +108,7 @@ def _stats_fn(cfg: ModelConfig):
             elif kind == "-":
                 layers.append({"ffn": _minitron(mixer["down_proj"][_KEY][0])})
             else:
-                entry = _moe_stats(cfg, params[f"layers_{layer}"]["mixer"], mixer[_KEY][0])
+                entry = _moe_stats(mixer[ROUTED_ROWS][0], cfg.width("n_routed_experts", layer), *tokens.shape)
                 entry["shared_ffn"] = _minitron(mixer["shared_experts"]["down_proj"][_KEY][0])
                 layers.append(entry)
         ones = jnp.ones((cfg.num_layers,), jnp.float32)
@@ -194,20 +188,24 @@ def rank_from_scores(cfg: ModelConfig, scores: dict, *, mamba_source: str = "out
     if mamba_source not in MAMBA_SOURCES:
         raise ElasticError(f"mamba_source {mamba_source!r} is unknown; allowed: {list(MAMBA_SOURCES)}")
     layers = []
-    for layer, kind in enumerate(cfg.pattern):
-        s = scores["layers"][layer]
-        if kind == "M":
-            layers.append({"mamba_heads": _within_groups(s[MAMBA_SOURCES[mamba_source]], cfg.mamba_n_groups)})
-        elif kind == "*":
-            per = len(s["attention_heads"]) // len(s["kv_groups"])
-            order = [g * per + _desc(s["attention_heads"][g * per:(g + 1) * per]) for g in _desc(s["kv_groups"])]
-            layers.append({"attention_heads": np.concatenate(order)})
-        elif kind == "-":
-            layers.append({"ffn": _desc(s["ffn"])})
-        else:
-            layers.append({"experts": _within_groups(s["experts"], cfg.n_group), "expert_ffn": _desc(s["expert_ffn"]),
-                           "shared_ffn": _desc(s["shared_ffn"])})
+    for layer in range(cfg.num_layers):
+        s, decls = scores["layers"][layer], block_declarations(cfg, layer)
+        layers.append({name: _order(s[MAMBA_SOURCES[mamba_source]] if name == "mamba_heads" else s[name],
+                                    ELASTIC_AXES[name], elastic_axis_size(decls, name))
+                       for name in elastic_axes_of(decls)})
     return {"hidden": _desc(scores["hidden"]), "layers": layers, "depth": _desc(scores["depth"])}
+
+
+def _order(scores: np.ndarray, ea: ElasticAxis, sizes: tuple[int, ...]) -> np.ndarray:
+    """Decreasing score along an elastic axis, within the structure its declaration allows: within groups
+    ("fixed"), or groups by the L2 of their items' scores, then items within each group ("whole")."""
+    if len(sizes) == 1:
+        return _desc(scores)
+    if ea.groups == "fixed":
+        return _within_groups(scores, sizes[0])
+    per = len(scores) // sizes[0]
+    grouped = np.asarray(scores).reshape(sizes[0], per)
+    return np.concatenate([g * per + _desc(grouped[g]) for g in _desc(np.linalg.norm(grouped, axis=-1))])
 
 
 def iterative_depth_order(cfg: ModelConfig, params: dict, batches: list[Any]) -> np.ndarray:

@@ -1,25 +1,16 @@
 """Static prefix slicing of a (permuted) parent's parameters, and the equivalent masks of the masked forward.
 
-`slice_params` cuts a nested model out with basic slices and reshapes only (Mamba heads and experts are kept
-as an equal prefix of every B/C group / routing group; attention keeps whole KV groups or a per-group prefix
-of query heads), so it is pure and jit-friendly with the spec static. `spec_masks` builds the 0/1 masks that
-make the parent's masked forward compute exactly the sliced model; soft masks (e.g. from a router) use the
-same structure:
-
-    {"hidden": f32[D], "layers": [per parent layer: {"depth": f32[], <kind's masks>}]}
-    M: "mamba_heads" [H]   *: "attention_heads" [Hq, kv-group major]   -: "ffn" [F]
-    E: "experts" [E], "expert_ffn" [F_e], "shared_ffn" [F_s]
-
-What a mask value m does (hard 0/1 masks reproduce the slice exactly; fractional values interpolate):
-hidden: the embedding and every mixer output are multiplied by m, and every RMSNorm takes the m-weighted mean
-of x^2 (sum(x^2 m) / sum(m)); heads / neurons / channels: their output is multiplied by m (Mamba's gated group
-norm also averages over the kept channels of each group); experts: an expert with m <= 0 is not a routing
-candidate (top-k unchanged) and a chosen expert's routing weight is multiplied by m; depth: the layer's mixer
-output is multiplied by the gate (0 makes the block an identity).
+Both come from the parameter declarations (elastic_jax/model/declare.py): a spec gives every logical axis a kept
+size (`kept_sizes`), `slice_params` cuts each declared dimension to those sizes with basic slices and reshapes
+only (Mamba heads and experts are an equal prefix of every B/C / routing group, attention keeps whole KV groups
+or a per-group prefix of query heads), so it is pure and jit-friendly with the spec static; `spec_masks` builds
+the 0/1 `Masks` (elastic_jax/model/masks.py) under which the parent's masked forward computes exactly the
+sliced model. Soft masks (e.g. from a router) use the same structure.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -27,6 +18,17 @@ import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.spec import ElasticSpec
+from elastic_jax.model.declare import (
+    ELASTIC_AXES,
+    Dim,
+    ParamDecl,
+    check_declared,
+    elastic_axes_of,
+    elastic_axis_size,
+    unflatten,
+)
+from elastic_jax.model.hybrid import block_declarations, model_declarations
+from elastic_jax.model.masks import LayerMasks, Masks
 
 Array = Any  # numpy or jax array
 
@@ -50,117 +52,103 @@ def _concat(parts: list[Array], axis: int) -> Array:
     return jnp.concatenate(parts, axis=axis)
 
 
-def _mamba(p: dict, cfg: ModelConfig, spec: ElasticSpec, layer: int, d: int) -> dict:
-    g, hd = cfg.mamba_n_groups, cfg.mamba_head_dim
-    keep = spec.width(cfg, "mamba_num_heads", layer) // g
-    d_inner = cfg.mamba_d_inner(layer)
-    heads = lambda x, axis, unit=1: group_prefix(x, axis, g, keep, unit)  # noqa: E731
-    cat = _concat
-    return {
-        "in_z": {"kernel": heads(p["in_z"]["kernel"][:d], 1, hd)},
-        "in_x": {"kernel": heads(p["in_x"]["kernel"][:d], 1, hd)},
-        "in_B": {"kernel": p["in_B"]["kernel"][:d]},
-        "in_C": {"kernel": p["in_C"]["kernel"][:d]},
-        "in_dt": {"kernel": heads(p["in_dt"]["kernel"][:d], 1)},
-        "conv_kernel": cat([heads(p["conv_kernel"][:, :d_inner], 1, hd), p["conv_kernel"][:, d_inner:]], axis=1),
-        "conv_bias": cat([heads(p["conv_bias"][:d_inner], 0, hd), p["conv_bias"][d_inner:]], axis=0),
-        "dt_bias": heads(p["dt_bias"], 0), "A_log": heads(p["A_log"], 0), "D": heads(p["D"], 0),
-        "norm": {"weight": heads(p["norm"]["weight"], 0, hd)},
-        "out_proj": {"kernel": heads(p["out_proj"]["kernel"], 0, hd)[:, :d]},
-    }
+def kept_sizes(cfg: ModelConfig, spec: ElasticSpec, layer: int | None, decls: tuple[ParamDecl, ...]
+               ) -> dict[str, int]:
+    """The kept size of every logical axis the spec cuts at parent layer `layer` (None: outside the layers);
+    axes not listed keep their full size."""
+    keep = {"embed": spec.hidden(cfg)}
+    if layer is None:
+        return keep
+    for name in elastic_axes_of(decls):
+        ea, sizes = ELASTIC_AXES[name], elastic_axis_size(decls, name)
+        width = spec.width(cfg, ea.field, layer)
+        if len(ea.axes) == 1:
+            keep[ea.axes[0]] = width
+        elif ea.groups == "fixed":  # an equal prefix of every group
+            keep[ea.axes[1]] = width // sizes[0]
+        else:  # whole groups move: the spec's attention mode says how many groups (KV heads) stay
+            major = spec.kv_heads(cfg, layer)
+            keep[ea.axes[0]], keep[ea.axes[1]] = major, width // major
+    return keep
 
 
-def _attention(p: dict, cfg: ModelConfig, spec: ElasticSpec, layer: int, d: int) -> dict:
-    q, kv, hd = cfg.width("num_attention_heads", layer), cfg.width("num_key_value_heads", layer), cfg.head_dim
-    per = q // kv
-    kv_keep = spec.kv_heads(cfg, layer)
-    q_keep = spec.width(cfg, "num_attention_heads", layer) // kv_keep
-
-    def query(x: Array, axis: int) -> Array:  # kv-group major query heads: keep groups, then heads in groups
-        return group_prefix(group_prefix(x, axis, 1, kv_keep, per * hd), axis, kv_keep, q_keep, hd)
-
-    return {
-        "q_proj": {"kernel": query(p["q_proj"]["kernel"][:d], 1)},
-        "k_proj": {"kernel": p["k_proj"]["kernel"][:d, :kv_keep * hd]},
-        "v_proj": {"kernel": p["v_proj"]["kernel"][:d, :kv_keep * hd]},
-        "o_proj": {"kernel": query(p["o_proj"]["kernel"], 0)[:, :d]},
-    }
+def _slice_segment(x: Array, axis: int, shape: tuple[int, ...], kept: tuple[int, ...]) -> Array:
+    """Keep the leading `kept` of each logical axis of a segment of shape `shape` stored flat along `axis`."""
+    if kept == shape:
+        return x
+    cut = [i for i, (n, k) in enumerate(zip(shape, kept)) if n != k]
+    if cut == [0]:  # only the major axis is cut: one basic slice
+        return x[(slice(None),) * axis + (slice(0, kept[0] * math.prod(shape[1:])),)]
+    lead, tail = x.shape[:axis], x.shape[axis + 1:]
+    index = (slice(None),) * axis + tuple(slice(0, k) for k in kept)
+    return x.reshape(lead + shape + tail)[index].reshape(lead + (math.prod(kept),) + tail)
 
 
-def _mlp(p: dict, width: int, d: int) -> dict:
-    return {"up_proj": {"kernel": p["up_proj"]["kernel"][:d, :width]},
-            "down_proj": {"kernel": p["down_proj"]["kernel"][:width, :d]}}
+def _slice_dim(x: Array, axis: int, d: Dim, decl: ParamDecl, keep: dict[str, int]) -> Array:
+    parts, start = [], 0
+    for seg in d.segments:
+        shape = decl.segment_shape(seg)
+        kept = tuple(min(keep.get(a, n), n) for a, n in zip(seg, shape))
+        size = math.prod(shape)
+        part = x if len(d.segments) == 1 else x[(slice(None),) * axis + (slice(start, start + size),)]
+        parts.append(_slice_segment(part, axis, shape, kept))
+        start += size
+    return parts[0] if len(parts) == 1 else _concat(parts, axis)
 
 
-def _moe(p: dict, cfg: ModelConfig, spec: ElasticSpec, layer: int, d: int) -> dict:
-    keep = spec.width(cfg, "n_routed_experts", layer) // cfg.n_group
-    f = spec.width(cfg, "moe_intermediate_size", layer)
-    experts = lambda x, axis: group_prefix(x, axis, cfg.n_group, keep)  # noqa: E731
-    return {
-        "gate": experts(p["gate"][:d], 1),
-        "e_score_correction_bias": experts(p["e_score_correction_bias"], 0),
-        "up_proj": experts(p["up_proj"], 0)[:, :d, :f],
-        "down_proj": experts(p["down_proj"], 0)[:, :f, :d],
-        "shared_experts": _mlp(p["shared_experts"], spec.width(cfg, "moe_shared_expert_intermediate_size", layer), d),
-    }
+def slice_array(x: Array, decl: ParamDecl, keep: dict[str, int]) -> Array:
+    """One declared parameter cut to the kept sizes of its logical axes."""
+    for i, d in enumerate(decl.dims):
+        x = _slice_dim(x, i, d, decl, keep)
+    return x
 
 
 def slice_params(params: dict, cfg: ModelConfig, spec: ElasticSpec) -> tuple[dict, ModelConfig]:
     """(nested parameters, nested config): static prefix slices of a permuted parent (importance order first)."""
     sub_cfg = spec.apply_to(cfg)
-    d = spec.hidden(cfg)
-    out: dict[str, Any] = {"embeddings": {"embedding": params["embeddings"]["embedding"][:, :d]},
-                           "norm_f": {"weight": params["norm_f"]["weight"][:d]},
-                           "lm_head": {"kernel": params["lm_head"]["kernel"][:d]}}
+    leaves = check_declared(params, model_declarations(cfg), "slice_params")
+    out: dict[str, Any] = {}
+    outer = [d for d in model_declarations(cfg) if not d.path[0].startswith("layers_")]
+    keep = kept_sizes(cfg, spec, None, ())
+    for decl in outer:
+        out[decl.name] = slice_array(leaves[decl.name], decl, keep)
     for new, layer in enumerate(spec.kept_layers(cfg)):
-        p, kind = params[f"layers_{layer}"], cfg.pattern[layer]
-        mixer = p["mixer"]
-        if kind == "M":
-            mixer = _mamba(mixer, cfg, spec, layer, d)
-        elif kind == "*":
-            mixer = _attention(mixer, cfg, spec, layer, d)
-        elif kind == "E":
-            mixer = _moe(mixer, cfg, spec, layer, d)
-        else:
-            mixer = _mlp(mixer, spec.width(cfg, "intermediate_size", layer), d)
-        out[f"layers_{new}"] = {"norm": {"weight": p["norm"]["weight"][:d]}, "mixer": mixer}
-    return out, sub_cfg
+        decls = block_declarations(cfg, layer)
+        keep = kept_sizes(cfg, spec, layer, decls)
+        for decl in decls:
+            out[f"layers_{new}/{decl.name}"] = slice_array(leaves[f"layers_{layer}/{decl.name}"], decl, keep)
+    return unflatten(out), sub_cfg
 
 
-def _prefix(total: int, keep: int, groups: int = 1) -> np.ndarray:
-    mask = np.zeros((groups, total // groups), np.float32)
-    mask[:, :keep // groups] = 1.0
+def _prefix_mask(sizes: tuple[int, ...], kept: tuple[int, ...]) -> np.ndarray:
+    """The flattened outer product of per-axis prefix masks (1 on the kept leading items of each axis)."""
+    mask = np.ones((), np.float32)
+    for n, k in zip(sizes, kept):
+        mask = np.multiply.outer(mask, (np.arange(n) < k).astype(np.float32))
     return mask.reshape(-1)
 
 
-def spec_masks(cfg: ModelConfig, spec: ElasticSpec) -> dict:
+def layer_masks(cfg: ModelConfig, spec: ElasticSpec, layer: int, decls: tuple[ParamDecl, ...] | None = None
+                ) -> dict[str, np.ndarray]:
+    """{elastic axis: 0/1 mask} of parent layer `layer` under `spec` (depth excluded)."""
+    decls = block_declarations(cfg, layer) if decls is None else decls
+    keep = kept_sizes(cfg, spec, layer, decls)
+    out = {}
+    for name in elastic_axes_of(decls):
+        sizes = elastic_axis_size(decls, name)
+        out[name] = _prefix_mask(sizes, tuple(keep.get(a, n) for a, n in zip(ELASTIC_AXES[name].axes, sizes)))
+    return out
+
+
+def spec_masks(cfg: ModelConfig, spec: ElasticSpec) -> Masks:
     """Hard 0/1 masks (numpy float32) under which the parent's masked forward equals the sliced model."""
     spec.validate(cfg)
     kept = set(spec.kept_layers(cfg))
-    layers = []
-    for layer, kind in enumerate(cfg.pattern):
-        def w(name: str, layer: int = layer) -> int:
-            return spec.width(cfg, name, layer)
-        entry: dict[str, np.ndarray] = {"depth": np.float32(layer in kept)}
-        if kind == "M":
-            entry["mamba_heads"] = _prefix(cfg.mamba_heads(layer), w("mamba_num_heads"), cfg.mamba_n_groups)
-        elif kind == "*":
-            q, kv = cfg.width("num_attention_heads", layer), cfg.width("num_key_value_heads", layer)
-            kv_keep = spec.kv_heads(cfg, layer)
-            grid = np.zeros((kv, q // kv), np.float32)
-            grid[:kv_keep, :w("num_attention_heads") // kv_keep] = 1.0
-            entry["attention_heads"] = grid.reshape(-1)
-        elif kind == "E":
-            entry["experts"] = _prefix(cfg.width("n_routed_experts", layer), w("n_routed_experts"), cfg.n_group)
-            entry["expert_ffn"] = _prefix(cfg.width("moe_intermediate_size", layer), w("moe_intermediate_size"))
-            entry["shared_ffn"] = _prefix(cfg.width("moe_shared_expert_intermediate_size", layer),
-                                          w("moe_shared_expert_intermediate_size"))
-        else:
-            entry["ffn"] = _prefix(cfg.width("intermediate_size", layer), w("intermediate_size"))
-        layers.append(entry)
-    return {"hidden": _prefix(cfg.hidden_size, spec.hidden(cfg)), "layers": layers}
+    layers = tuple(LayerMasks(depth=np.float32(layer in kept), **layer_masks(cfg, spec, layer))
+                   for layer in range(cfg.num_layers))
+    return Masks(hidden=_prefix_mask((cfg.hidden_size,), (spec.hidden(cfg),)), layers=layers)
 
 
-def full_masks(cfg: ModelConfig) -> dict:
+def full_masks(cfg: ModelConfig) -> Masks:
     """All-ones masks of the parent (the mask structure a router fills in)."""
     return spec_masks(cfg, ElasticSpec())

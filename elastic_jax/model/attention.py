@@ -6,7 +6,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from elastic_jax.model.mlp import dense
+from elastic_jax.config import ModelConfig
+from elastic_jax.model.declare import ParamDecl, axis, by_name, dim, kernel, linear
+from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
+
+QUERY = ("kv_heads", "q_per_kv", "head_dim")  # query heads are KV-group major
+
+
+def attention_declarations(sizes: dict[str, int]) -> tuple[ParamDecl, ...]:
+    """q: embed x kv_heads x q_per_kv x head_dim; k, v: embed x kv_heads x head_dim; o_proj the reverse of q."""
+    embed, query, kv = axis("embed"), dim("heads", *QUERY), dim("kv_heads", "kv_heads", "head_dim")
+    return (kernel("q_proj", embed, query, sizes), kernel("k_proj", embed, kv, sizes),
+            kernel("v_proj", embed, kv, sizes), kernel("o_proj", query, embed, sizes))
 
 
 class Attention(nn.Module):
@@ -23,15 +34,29 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     init_std: float = 0.02
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, name: str | None = None
+                    ) -> Attention:
+        """The attention mixer of `layer` (its possibly per-layer head counts)."""
+        return cls(hidden_size=cfg.hidden_size, num_heads=cfg.width("num_attention_heads", layer),
+                   num_kv_heads=cfg.width("num_key_value_heads", layer), head_dim=cfg.head_dim, dtype=dtype,
+                   init_std=cfg.initializer_range, name=name)
+
+    def declarations(self) -> tuple[ParamDecl, ...]:
+        return attention_declarations({"embed": self.hidden_size, "kv_heads": self.num_kv_heads,
+                                       "q_per_kv": self.num_heads // self.num_kv_heads, "head_dim": self.head_dim})
+
     @nn.compact
     def __call__(self, x: jax.Array, cache: dict | None = None, pos: jax.Array | None = None,
-                 head_mask: jax.Array | None = None, segment_ids: jax.Array | None = None):
-        """`head_mask` [num_heads] (optional, query-head order) scales each head's output before o_proj.
+                 masks: LayerMasks = NO_LAYER_MASKS, segment_ids: jax.Array | None = None):
+        """`masks.attention_heads` [num_heads] (optional, query-head order) scales each head's output before o_proj.
         `segment_ids` [batch, length] (optional, no cache): packed documents; a query sees only its own document."""
+        head_mask = masks.attention_heads
         batch, length, _ = x.shape
-        q = dense(self.num_heads * self.head_dim, self.dtype, "q_proj", self.init_std)(x)
-        k = dense(self.num_kv_heads * self.head_dim, self.dtype, "k_proj", self.init_std)(x)
-        v = dense(self.num_kv_heads * self.head_dim, self.dtype, "v_proj", self.init_std)(x)
+        decl, init = by_name(self.declarations()), nn.initializers.normal(self.init_std)
+        q = linear(decl["q_proj/kernel"], self.dtype, init)(x)
+        k = linear(decl["k_proj/kernel"], self.dtype, init)(x)
+        v = linear(decl["v_proj/kernel"], self.dtype, init)(x)
         q = q.reshape(batch, length, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim)
         k = k.reshape(batch, length, self.num_kv_heads, self.head_dim)
         v = v.reshape(batch, length, self.num_kv_heads, self.head_dim)
@@ -64,4 +89,4 @@ class Attention(nn.Module):
         if head_mask is not None:  # [batch, length, kv, groups, head_dim]: query heads are kv-group major
             out = out * head_mask.astype(out.dtype).reshape(self.num_kv_heads, groups, 1)
         out = out.reshape(batch, length, self.num_heads * self.head_dim)
-        return dense(self.hidden_size, self.dtype, "o_proj", self.init_std, "output")(out), new_cache
+        return linear(decl["o_proj/kernel"], self.dtype, init, "output")(out), new_cache

@@ -10,6 +10,7 @@ import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.model.hybrid import NemotronH
+from elastic_jax.model.masks import Masks
 
 
 class InputError(ValueError):
@@ -80,16 +81,19 @@ def check_segment_ids(tokens, segment_ids) -> np.ndarray | jax.Array | None:
     return arr.astype(np.int32)
 
 
-def apply(cfg: ModelConfig, params: dict, tokens, *, masks: dict | None = None, segment_ids=None,
+def apply(cfg: ModelConfig, params: dict, tokens, *, masks: Masks | None = None, segment_ids=None,
           ssd_impl: str = "auto", moe_impl: str = "auto") -> jax.Array:
     """Logits [batch, length, vocab] (float32) of the full forward pass; compiled once per config and shape.
 
     `segment_ids` [batch, length] int (optional): packed documents, numbered within each row (e.g. 1, 1, 2, 2, 2,
     0 for padding); each document's logits are those of the document run alone.
 
-    `masks` (optional) runs the elastic masked forward (see NemotronH); the masks are traced arrays, so every
+    `masks` (optional, a `Masks`) runs the elastic masked forward; the masks are traced arrays, so every
     mask value of one structure shares one compiled program.
     """
+    if masks is not None and not isinstance(masks, Masks):
+        raise InputError(f"masks: expected an elastic_jax.model.masks.Masks (e.g. from spec_masks), got "
+                         f"{type(masks).__name__}")
     tokens = check_tokens(cfg, tokens)
     segment_ids = check_segment_ids(tokens, segment_ids)
     if isinstance(tokens, jax.core.Tracer):

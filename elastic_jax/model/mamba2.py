@@ -13,9 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from elastic_jax.config import ModelConfig
 from elastic_jax.kernels.ssd import ssd, ssd_decode_step
-from elastic_jax.model.linear import Linear
-from elastic_jax.model.mlp import dense
+from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, concat, declare, declared_param, dim, kernel, linear
+from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 from elastic_jax.model.norms import GatedGroupRMSNorm
 
 
@@ -52,6 +53,34 @@ def _uniform_init(bound: float):
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+HEADS = ("mamba_groups", "mamba_group_heads")  # heads are B/C-group major
+INNER = (*HEADS, "mamba_head_dim")
+BC = ("mamba_groups", "ssm_state")
+
+
+def mamba_declarations(sizes: dict[str, int]) -> tuple[ParamDecl, ...]:
+    """Every parameter of a Mamba-2 mixer. transformers fuses in_proj ([z | x | B | C | dt], the shared HF name
+    concatenates them) and the convolution ([x | B | C]); here each in_proj part is its own array so that heads
+    are plain prefixes within their B/C group."""
+    embed, inner, heads = axis("embed"), dim("mamba_inner", *INNER), dim("mamba_heads", *HEADS)
+    conv = concat(None, INNER, BC, BC)  # a split of [x | B | C] would not align with heads
+    proj = "in_proj.weight"
+    return (
+        kernel("in_z", embed, inner, sizes, proj),
+        kernel("in_x", embed, inner, sizes, proj),
+        kernel("in_B", embed, dim(None, *BC), sizes, proj),
+        kernel("in_C", embed, dim(None, *BC), sizes, proj),
+        kernel("in_dt", embed, heads, sizes, proj),
+        declare("conv_kernel", (dim(None, "conv_width"), conv), sizes, HF("conv1d.weight", "conv1d")),
+        declare("conv_bias", (conv,), sizes, HF("conv1d.bias", "vector")),
+        declare("dt_bias", (heads,), sizes, HF("dt_bias", "vector")),
+        declare("A_log", (heads,), sizes, HF("A_log", "vector")),
+        declare("D", (heads,), sizes, HF("D", "vector")),
+        declare("norm/weight", (inner,), sizes, HF("norm.weight", "vector")),
+        kernel("out_proj", inner, embed, sizes),
+    )
+
+
 class Mamba2Mixer(nn.Module):
     """in_proj -> causal depthwise conv + SiLU on [x|B|C] -> SSD scan (+ D skip) -> gated group RMSNorm -> out_proj.
 
@@ -75,30 +104,50 @@ class Mamba2Mixer(nn.Module):
     dtype: jnp.dtype = jnp.float32
     init_std: float = 0.02
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, ssd_impl: str = "auto",
+                    name: str | None = None) -> Mamba2Mixer:
+        """The mixer of `layer` (its possibly per-layer head count)."""
+        return cls(hidden_size=cfg.hidden_size, num_heads=cfg.mamba_heads(layer), head_dim=cfg.mamba_head_dim,
+                   n_groups=cfg.mamba_n_groups, state_size=cfg.ssm_state_size, conv_kernel=cfg.conv_kernel,
+                   chunk_size=cfg.chunk_size, time_step_limit=cfg.time_step_limit, time_step_min=cfg.time_step_min,
+                   time_step_max=cfg.time_step_max, time_step_floor=cfg.time_step_floor, eps=cfg.layer_norm_epsilon,
+                   num_layers=cfg.num_layers if cfg.rescale_prenorm_residual else 1, ssd_impl=ssd_impl, dtype=dtype,
+                   init_std=cfg.initializer_range, name=name)
+
+    def declarations(self) -> tuple[ParamDecl, ...]:
+        return mamba_declarations({"embed": self.hidden_size, "mamba_groups": self.n_groups,
+                                   "mamba_group_heads": self.num_heads // self.n_groups,
+                                   "mamba_head_dim": self.head_dim, "ssm_state": self.state_size,
+                                   "conv_width": self.conv_kernel})
+
     @nn.compact
-    def __call__(self, h: jax.Array, cache: dict | None = None, head_mask: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None):
-        """`head_mask` [num_heads] (optional) scales each head's output; the gated norm averages over kept heads.
-        `segment_ids` [batch, length] (optional, packed documents): the convolution and the SSM state restart at
-        each document start."""
+    def __call__(self, h: jax.Array, cache: dict | None = None, pos: jax.Array | None = None,
+                 masks: LayerMasks = NO_LAYER_MASKS, segment_ids: jax.Array | None = None):
+        """`masks.mamba_heads` [num_heads] (optional) scales each head's output; the gated norm averages over kept
+        heads. `pos` is unused (the state carries the position). `segment_ids` [batch, length] (optional, packed
+        documents): the convolution and the SSM state restart at each document start."""
+        head_mask = masks.mamba_heads
         batch, length, _ = h.shape
         heads, p, g, n = self.num_heads, self.head_dim, self.n_groups, self.state_size
         d_inner = heads * p
         conv_dim = d_inner + 2 * g * n
+        decl, init = by_name(self.declarations()), nn.initializers.normal(self.init_std)
 
-        z = dense(d_inner, self.dtype, "in_z", self.init_std)(h)
-        xbc = jnp.concatenate([dense(d_inner, self.dtype, "in_x", self.init_std)(h),
-                               dense(g * n, self.dtype, "in_B", self.init_std)(h),
-                               dense(g * n, self.dtype, "in_C", self.init_std)(h)], axis=-1)
-        dt_raw = dense(heads, self.dtype, "in_dt", self.init_std)(h)
+        z = linear(decl["in_z/kernel"], self.dtype, init)(h)
+        xbc = jnp.concatenate([linear(decl["in_x/kernel"], self.dtype, init)(h),
+                               linear(decl["in_B/kernel"], self.dtype, init)(h),
+                               linear(decl["in_C/kernel"], self.dtype, init)(h)], axis=-1)
+        dt_raw = linear(decl["in_dt/kernel"], self.dtype, init)(h)
 
         bound = 1.0 / math.sqrt(self.conv_kernel)  # PyTorch's default Conv1d init for a depthwise conv
-        conv_w = self.param("conv_kernel", _uniform_init(bound), (self.conv_kernel, conv_dim), jnp.float32)
-        conv_b = self.param("conv_bias", _uniform_init(bound), (conv_dim,), jnp.float32)
-        dt_bias = self.param("dt_bias", _dt_bias_init(self.time_step_min, self.time_step_max, self.time_step_floor),
-                             (heads,), jnp.float32)
-        a_log = self.param("A_log", lambda k, s, d=jnp.float32: jnp.log(jnp.arange(1, s[0] + 1, dtype=d)), (heads,))
-        d_skip = self.param("D", nn.initializers.ones, (heads,), jnp.float32)
+        conv_w = declared_param(self, decl["conv_kernel"], _uniform_init(bound))
+        conv_b = declared_param(self, decl["conv_bias"], _uniform_init(bound))
+        dt_bias = declared_param(self, decl["dt_bias"],
+                                 _dt_bias_init(self.time_step_min, self.time_step_max, self.time_step_floor))
+        a_log = declared_param(self, decl["A_log"], lambda k, s, d=jnp.float32: jnp.log(jnp.arange(1, s[0] + 1,
+                                                                                                  dtype=d)))
+        d_skip = declared_param(self, decl["D"], nn.initializers.ones)
 
         conv_state = (cache["conv"] if cache is not None
                       else jnp.zeros((batch, self.conv_kernel - 1, conv_dim), xbc.dtype))
@@ -128,10 +177,10 @@ class Mamba2Mixer(nn.Module):
             y = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, impl=self.ssd_impl, seq_idx=segment_ids)
         y = y.reshape(batch, length, d_inner)
         channel_mask = None if head_mask is None else jnp.repeat(head_mask, p, total_repeat_length=d_inner)
-        y = GatedGroupRMSNorm(d_inner, g, self.eps, self.dtype, name="norm")(y, z, channel_mask)
+        y = GatedGroupRMSNorm(decl["norm/weight"].shape[0], g, self.eps, self.dtype, name="norm")(y, z, channel_mask)
         # transformers rescales out_proj at init: kaiming-uniform(a=sqrt 5) / sqrt(num_layers).
         out_bound = 1.0 / math.sqrt(d_inner) / math.sqrt(self.num_layers)
-        out = Linear(self.hidden_size, self.dtype, _uniform_init(out_bound), "output", name="out_proj")(y)
+        out = linear(decl["out_proj/kernel"], self.dtype, _uniform_init(out_bound), "output")(y)
         return out, new_cache
 
 
@@ -142,4 +191,4 @@ def mamba_cache_shapes(batch: int, num_heads: int, head_dim: int, n_groups: int,
     return {"conv": (batch, conv_kernel - 1, conv_dim), "ssm": (batch, num_heads, head_dim, state_size)}
 
 
-__all__ = ["Mamba2Mixer", "causal_depthwise_conv", "mamba_cache_shapes"]
+__all__ = ["Mamba2Mixer", "causal_depthwise_conv", "mamba_cache_shapes", "mamba_declarations"]

@@ -17,11 +17,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from elastic_jax.config import ModelConfig
+from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, declare, declared_param, dim, prefixed
 from elastic_jax.model.experts_looped import experts_looped
-from elastic_jax.model.mlp import MLP, relu2
+from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
+from elastic_jax.model.mlp import MLP, mlp_declarations, relu2
 
 MOE_IMPLS = ("auto", "ragged", "blocked", "windowed", "looped")
 EXPERT_VIEWS = "expert_views"  # the variable collection of per-expert weight arrays used by cached decoding
+ROUTED_ROWS = "routed_rows"  # what a MoE layer sows when "intermediates" is mutable: each routed (token, expert)
+# row's expert hidden activations and output (before weighting), its routing weight, expert and token
 
 
 def _expert_of_row(group_sizes: jax.Array, rows: int) -> jax.Array:
@@ -104,13 +109,19 @@ def _sort_assignments(idx: jax.Array, num_experts: int):
     return order, token_of_row, group_sizes
 
 
-def experts_ragged(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array,
-                   ffn_mask: jax.Array | None = None) -> jax.Array:
-    """Grouped relu^2 FFN over expert-sorted rows with lax.ragged_dot (`ffn_mask` [F] scales hidden channels)."""
+def experts_ragged_parts(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array,
+                         ffn_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(outputs [rows, D], hidden activations [rows, F]) of the grouped relu^2 FFN with lax.ragged_dot."""
     h = relu2(jax.lax.ragged_dot(x_rows, up, group_sizes))
     if ffn_mask is not None:
         h = h * ffn_mask.astype(h.dtype)
-    return jax.lax.ragged_dot(h.astype(x_rows.dtype), down, group_sizes)
+    return jax.lax.ragged_dot(h.astype(x_rows.dtype), down, group_sizes), h
+
+
+def experts_ragged(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array,
+                   ffn_mask: jax.Array | None = None) -> jax.Array:
+    """Grouped relu^2 FFN over expert-sorted rows with lax.ragged_dot (`ffn_mask` [F] scales hidden channels)."""
+    return experts_ragged_parts(x_rows, group_sizes, up, down, ffn_mask)[0]
 
 
 def experts_blocked(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, down: jax.Array,
@@ -176,6 +187,22 @@ def experts_windowed(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, d
     return jax.lax.cond(jnp.max(group_sizes) <= capacity, windows, blocked, x_rows, group_sizes, up, down, ffn_mask)
 
 
+EXPERTS = ("routing_groups", "group_experts")  # experts are routing-group major
+
+
+def moe_declarations(sizes: dict[str, int]) -> tuple[ParamDecl, ...]:
+    """The router (gate [embed, experts] and its correction bias), the experts as a leading axis of the stacked
+    FFN kernels, and the shared expert's MLP."""
+    embed, experts, ffn = axis("embed"), dim("experts", *EXPERTS), axis("expert_mlp")
+    return (
+        declare("gate", (embed, dim(None, *EXPERTS)), sizes, HF("gate.weight"), quant_in=0),
+        declare("e_score_correction_bias", (dim(None, *EXPERTS),), sizes, HF("gate.e_score_correction_bias", "vector")),
+        declare("up_proj", (experts, embed, ffn), sizes, HF("experts.up_proj", "experts"), quant_in=1),
+        declare("down_proj", (experts, ffn, embed), sizes, HF("experts.down_proj", "experts"), quant_in=1),
+        *prefixed(mlp_declarations(sizes, "shared_mlp"), "shared_experts"),
+    )
+
+
 class MoE(nn.Module):
     """Routed experts (stacked [E, in, out] kernels) plus one unweighted shared expert."""
 
@@ -192,20 +219,37 @@ class MoE(nn.Module):
     dtype: jnp.dtype = jnp.float32
     init_std: float = 0.02
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, impl: str = "auto",
+                    name: str | None = None) -> MoE:
+        """The MoE mixer of `layer` (its possibly per-layer expert count and widths)."""
+        return cls(hidden_size=cfg.hidden_size, num_experts=cfg.width("n_routed_experts", layer),
+                   top_k=cfg.num_experts_per_tok, expert_size=cfg.width("moe_intermediate_size", layer),
+                   shared_size=cfg.width("moe_shared_expert_intermediate_size", layer), n_group=cfg.n_group,
+                   topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
+                   routed_scaling_factor=cfg.routed_scaling_factor, impl=impl, dtype=dtype,
+                   init_std=cfg.initializer_range, name=name)
+
+    def declarations(self) -> tuple[ParamDecl, ...]:
+        return moe_declarations({"embed": self.hidden_size, "routing_groups": self.n_group,
+                                 "group_experts": self.num_experts // self.n_group, "expert_mlp": self.expert_size,
+                                 "shared_mlp": self.shared_size})
+
     @nn.compact
-    def __call__(self, x: jax.Array, masks: dict | None = None) -> jax.Array:
-        """`masks` (optional): {"experts": [E], "expert_ffn": [F], "shared_ffn": [F_shared]}, any subset."""
-        masks = masks or {}
-        init = nn.initializers.normal(self.init_std)
-        gate_w = self.param("gate", init, (self.hidden_size, self.num_experts), jnp.float32)
-        bias = self.param("e_score_correction_bias", nn.initializers.zeros, (self.num_experts,), jnp.float32)
-        up = self.param("up_proj", init, (self.num_experts, self.hidden_size, self.expert_size), jnp.float32)
-        down = self.param("down_proj", init, (self.num_experts, self.expert_size, self.hidden_size), jnp.float32)
+    def __call__(self, x: jax.Array, cache: None = None, pos: jax.Array | None = None,
+                 masks: LayerMasks = NO_LAYER_MASKS, segment_ids: jax.Array | None = None) -> tuple[jax.Array, None]:
+        """(output, None); masks.experts [E], masks.expert_ffn [F] and masks.shared_ffn [F_shared] are optional.
+        Tokens are routed one by one, so `segment_ids` (packed documents) changes nothing."""
+        decl, init = by_name(self.declarations()), nn.initializers.normal(self.init_std)
+        gate_w = declared_param(self, decl["gate"], init)
+        bias = declared_param(self, decl["e_score_correction_bias"], nn.initializers.zeros)
+        up = declared_param(self, decl["up_proj"], init)
+        down = declared_param(self, decl["down_proj"], init)
 
         tokens = x.reshape(-1, self.hidden_size)
         idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
                              topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
-                             scaling=self.routed_scaling_factor, expert_mask=masks.get("experts"))
+                             scaling=self.routed_scaling_factor, expert_mask=masks.experts)
         order, token_of_row, group_sizes = _sort_assignments(idx, self.num_experts)
         x_rows = tokens[token_of_row].astype(self.dtype)
         impl = self.impl
@@ -218,14 +262,20 @@ class MoE(nn.Module):
                      "looped": experts_looped}[impl]
         if decode_sized and self.has_variable(EXPERT_VIEWS, "up_proj"):  # no copies: see `expert_views`
             y_rows = experts_switched(x_rows, group_sizes, self.get_variable(EXPERT_VIEWS, "up_proj"),
-                                      self.get_variable(EXPERT_VIEWS, "down_proj"), masks.get("expert_ffn"))
-        elif masks.get("expert_ffn") is None:
+                                      self.get_variable(EXPERT_VIEWS, "down_proj"), masks.expert_ffn)
+        elif self.is_mutable_collection("intermediates"):  # importance (elastic/importance.py) reads every row
+            y_rows, hidden = experts_ragged_parts(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype),
+                                                  masks.expert_ffn)
+            self.sow("intermediates", ROUTED_ROWS, {"hidden": hidden, "outputs": y_rows, "tokens": token_of_row,
+                                                    "weights": weights.reshape(-1)[order],
+                                                    "experts": idx.reshape(-1)[order]})
+        elif masks.expert_ffn is None:
             y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype))
         else:
             y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype),
-                               ffn_mask=masks["expert_ffn"])
+                               ffn_mask=masks.expert_ffn)
         y_rows = y_rows.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
         routed = jnp.zeros((tokens.shape[0], self.hidden_size), jnp.float32).at[token_of_row].add(y_rows)
-        shared = MLP(self.hidden_size, self.shared_size, self.dtype, self.init_std, name="shared_experts")(
-            x, masks.get("shared_ffn"))
-        return (routed.reshape(x.shape).astype(self.dtype) + shared).astype(self.dtype)
+        shared, _ = MLP(hidden_size=self.hidden_size, intermediate_size=self.shared_size, dtype=self.dtype,
+                        init_std=self.init_std, width_axis="shared_mlp", name="shared_experts")(x, masks=masks)
+        return (routed.reshape(x.shape).astype(self.dtype) + shared).astype(self.dtype), None

@@ -86,5 +86,5 @@ def choice_masks(cfg: ModelConfig, axis: Axis, attention_mode: str) -> np.ndarra
     rows = []
     for width in axis.choices:
         masks = spec_masks(cfg, ElasticSpec(**{FIELD_OF_AXIS[axis.name]: width}, attention_mode=attention_mode))
-        rows.append(masks["hidden"] if axis.name == "hidden" else masks["layers"][axis.layers[0]][axis.name])
+        rows.append(masks.hidden if axis.name == "hidden" else masks.layer(axis.layers[0]).get(axis.name))
     return np.stack(rows)

@@ -12,6 +12,7 @@ import numpy as np
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.router.candidates import Axis
 from elastic_jax.elastic.router.config import RouterConfig
+from elastic_jax.model.masks import LayerMasks, Masks
 
 
 def schedule(rc: RouterConfig, progress: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -36,8 +37,8 @@ def sample_probs(logits: jax.Array, key: jax.Array | None, tau: jax.Array, scale
 
 
 def masks_from_probs(cfg: ModelConfig, axes: Sequence[Axis], probs: dict[str, jax.Array],
-                     choice_mask_table: dict[str, np.ndarray]) -> dict:
-    """The model's mask pytree (see NemotronH) for a router distribution: sum_i pi_i * prefix_mask_i."""
+                     choice_mask_table: dict[str, np.ndarray]) -> Masks:
+    """The model's Masks for a router distribution: sum_i pi_i * prefix_mask_i."""
     hidden = jnp.ones((cfg.hidden_size,), jnp.float32)
     layers: list[dict[str, jax.Array]] = [{} for _ in range(cfg.num_layers)]
     for axis in axes:
@@ -47,4 +48,4 @@ def masks_from_probs(cfg: ModelConfig, axes: Sequence[Axis], probs: dict[str, ja
         else:
             for i, layer in enumerate(axis.layers):
                 layers[layer][axis.name] = mask[i if axis.heterogeneous else 0]
-    return {"hidden": hidden, "layers": layers}
+    return Masks(hidden=hidden, layers=tuple(LayerMasks(**entry) for entry in layers))
