@@ -6,24 +6,35 @@ a permutation listing old indices in their new order (most important first). Per
 move together, heads move within groups), "ffn" [F], "experts" [E] (within routing groups), "expert_ffn" [F_e]
 (one order for all experts), "shared_ffn" [F_s]. Missing entries mean "keep the order". "depth" is not
 applied (layer order is the function); it says which layers a shallower model keeps.
+
+Which arrays move, and along which dimension, comes from the parameter declarations
+(elastic_jax/model/declare.py): every declared dimension holding an elastic axis's logical axes is reordered,
+including one that holds only its major axis (K/V projections follow their KV group; B/C stay put because
+Mamba heads never leave their group).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.spec import ElasticError
+from elastic_jax.model.declare import (
+    ELASTIC_AXES,
+    Dim,
+    ElasticAxis,
+    ParamDecl,
+    check_declared,
+    elastic_axes_of,
+    elastic_axis_size,
+    unflatten,
+)
+from elastic_jax.model.hybrid import block_declarations, model_declarations
 
 Array = Any
-
-
-def _take(x: Array, order: np.ndarray, axis: int, unit: int = 1) -> Array:
-    """Reorder `unit`-wide blocks of `axis` by `order` (works for numpy and jax arrays)."""
-    index = (order[:, None] * unit + np.arange(unit)[None, :]).reshape(-1)
-    return x[(slice(None),) * (axis % x.ndim) + (index,)]
 
 
 def _check_perm(order: Any, size: int, what: str, groups: int = 1) -> np.ndarray:
@@ -37,109 +48,65 @@ def _check_perm(order: Any, size: int, what: str, groups: int = 1) -> np.ndarray
     return order.astype(np.int64)
 
 
-def _check_attention(order: Any, q: int, kv: int, what: str) -> np.ndarray:
-    """Query-head permutation that moves KV groups whole and heads only within their group."""
-    order = _check_perm(order, q, what)
-    per = q // kv
-    blocks = order.reshape(kv, per) // per
+def _check_whole_groups(order: Any, size: int, groups: int, what: str) -> np.ndarray:
+    """Permutation that moves groups whole and items only within their group (attention's KV groups)."""
+    order = _check_perm(order, size, what)
+    per = size // groups
+    blocks = order.reshape(groups, per) // per
     if np.any(blocks != blocks[:, :1]):
         raise ElasticError(f"ranking.{what}: query heads may only move within their KV group (and groups whole)")
     return order
 
 
-def _mamba(p: dict, cfg: ModelConfig, layer: int, order: np.ndarray) -> dict:
-    hd, d_inner = cfg.mamba_head_dim, cfg.mamba_d_inner(layer)
-    conv_order = np.concatenate([(order[:, None] * hd + np.arange(hd)).reshape(-1),
-                                 np.arange(d_inner, p["conv_bias"].shape[0])])
-    out = dict(p)
-    out["in_z"] = {"kernel": _take(p["in_z"]["kernel"], order, 1, hd)}
-    out["in_x"] = {"kernel": _take(p["in_x"]["kernel"], order, 1, hd)}
-    out["in_dt"] = {"kernel": _take(p["in_dt"]["kernel"], order, 1)}
-    out["conv_kernel"] = _take(p["conv_kernel"], conv_order, 1)
-    out["conv_bias"] = _take(p["conv_bias"], conv_order, 0)
-    for name in ("dt_bias", "A_log", "D"):
-        out[name] = _take(p[name], order, 0)
-    out["norm"] = {"weight": _take(p["norm"]["weight"], order, 0, hd)}
-    out["out_proj"] = {"kernel": _take(p["out_proj"]["kernel"], order, 0, hd)}
-    return out
+def check_order(order: Any, ea: ElasticAxis, sizes: tuple[int, ...], what: str) -> np.ndarray:
+    """A ranking entry validated against its elastic axis's structure."""
+    size = math.prod(sizes)
+    if len(sizes) == 1:
+        return _check_perm(order, size, what)
+    if ea.groups == "whole":
+        return _check_whole_groups(order, size, sizes[0], what)
+    return _check_perm(order, size, what, sizes[0])
 
 
-def _attention(p: dict, cfg: ModelConfig, layer: int, order: np.ndarray) -> dict:
-    hd, per = cfg.head_dim, cfg.width("num_attention_heads", layer) // cfg.width("num_key_value_heads", layer)
-    kv_order = order.reshape(-1, per)[:, 0] // per
-    return {"q_proj": {"kernel": _take(p["q_proj"]["kernel"], order, 1, hd)},
-            "k_proj": {"kernel": _take(p["k_proj"]["kernel"], kv_order, 1, hd)},
-            "v_proj": {"kernel": _take(p["v_proj"]["kernel"], kv_order, 1, hd)},
-            "o_proj": {"kernel": _take(p["o_proj"]["kernel"], order, 0, hd)}}
+def _segment_index(decl: ParamDecl, seg: tuple[str, ...], ea: ElasticAxis, order: np.ndarray) -> np.ndarray | None:
+    """The new order of a segment's flat items under `order`, or None when the segment has none of ea's axes."""
+    pos = [i for i, a in enumerate(seg) if a in ea.axes]
+    if not pos:
+        return None
+    shape = decl.segment_shape(seg)
+    index = np.arange(math.prod(shape)).reshape(shape)
+    covered = tuple(seg[i] for i in pos)
+    if covered == ea.axes and pos == list(range(pos[0], pos[0] + len(pos))):
+        merged = shape[:pos[0]] + (-1,) + shape[pos[-1] + 1:]
+        index = np.take(index.reshape(merged), order, axis=pos[0])
+    elif covered == ea.axes[:1]:  # only the major axis here: it follows the groups' moves
+        per = len(order) // decl.size(ea.axes[0])
+        index = np.take(index, order.reshape(-1, per)[:, 0] // per, axis=pos[0])
+    else:
+        raise ElasticError(f"{decl.name}: its dimension {seg} holds part of elastic axis {ea.name} {ea.axes} that "
+                           "a permutation cannot reorder")
+    return index.reshape(-1)
 
 
-def _mlp(p: dict, order: np.ndarray) -> dict:
-    return {"up_proj": {"kernel": _take(p["up_proj"]["kernel"], order, 1)},
-            "down_proj": {"kernel": _take(p["down_proj"]["kernel"], order, 0)}}
+def _dim_index(decl: ParamDecl, d: Dim, ea: ElasticAxis, order: np.ndarray) -> np.ndarray | None:
+    parts, start, moved = [], 0, False
+    for seg in d.segments:
+        size = math.prod(decl.segment_shape(seg))
+        index = _segment_index(decl, seg, ea, order)
+        moved |= index is not None
+        parts.append(start + (np.arange(size) if index is None else index))
+        start += size
+    index = np.concatenate(parts)
+    return index if moved and np.any(index != np.arange(start)) else None
 
 
-def _moe(p: dict, experts: np.ndarray | None, ffn: np.ndarray | None, shared: np.ndarray | None) -> dict:
-    out = dict(p)
-    if experts is not None:
-        out["gate"] = _take(p["gate"], experts, 1)
-        out["e_score_correction_bias"] = _take(p["e_score_correction_bias"], experts, 0)
-        out["up_proj"] = _take(p["up_proj"], experts, 0)
-        out["down_proj"] = _take(p["down_proj"], experts, 0)
-    if ffn is not None:
-        out["up_proj"] = _take(out["up_proj"], ffn, 2)
-        out["down_proj"] = _take(out["down_proj"], ffn, 1)
-    if shared is not None:
-        out["shared_experts"] = _mlp(p["shared_experts"], shared)
-    return out
-
-
-def _permute_layer(p: dict, cfg: ModelConfig, layer: int, rank: dict) -> dict:
-    kind, where = cfg.pattern[layer], f"layers[{layer}]"
-    known = {"M": {"mamba_heads"}, "*": {"attention_heads"}, "-": {"ffn"},
-             "E": {"experts", "expert_ffn", "shared_ffn"}}[kind]
-    unknown = sorted(set(rank) - known)
-    if unknown:
-        raise ElasticError(f"ranking.{where}: axes {unknown} do not apply to a {kind!r} layer; "
-                           f"allowed: {sorted(known)}")
-    if kind == "M" and "mamba_heads" in rank:
-        order = _check_perm(rank["mamba_heads"], cfg.mamba_heads(layer), f"{where}.mamba_heads", cfg.mamba_n_groups)
-        return _mamba(p, cfg, layer, order)
-    if kind == "*" and "attention_heads" in rank:
-        order = _check_attention(rank["attention_heads"], cfg.width("num_attention_heads", layer),
-                                 cfg.width("num_key_value_heads", layer), f"{where}.attention_heads")
-        return _attention(p, cfg, layer, order)
-    if kind == "-" and "ffn" in rank:
-        return _mlp(p, _check_perm(rank["ffn"], cfg.width("intermediate_size", layer), f"{where}.ffn"))
-    if kind == "E":
-        get = lambda axis, field, groups=1: None if axis not in rank else _check_perm(  # noqa: E731
-            rank[axis], cfg.width(field, layer), f"{where}.{axis}", groups)
-        return _moe(p, get("experts", "n_routed_experts", cfg.n_group), get("expert_ffn", "moe_intermediate_size"),
-                    get("shared_ffn", "moe_shared_expert_intermediate_size"))
-    return p
-
-
-def _permute_hidden(params: dict, cfg: ModelConfig, order: np.ndarray) -> dict:
-    """Every array that reads or writes the residual stream, reordered along its hidden axis."""
-    hidden_axes = {"in_z": 0, "in_x": 0, "in_B": 0, "in_C": 0, "in_dt": 0, "out_proj": 1, "q_proj": 0, "k_proj": 0,
-                   "v_proj": 0, "o_proj": 1, "gate": 0, "up_proj": 0, "down_proj": 1}
-    out = {"embeddings": {"embedding": _take(params["embeddings"]["embedding"], order, 1)},
-           "norm_f": {"weight": _take(params["norm_f"]["weight"], order, 0)},
-           "lm_head": {"kernel": _take(params["lm_head"]["kernel"], order, 0)}}
-    for layer, kind in enumerate(cfg.pattern):
-        p = params[f"layers_{layer}"]
-        mixer = {}
-        for name, value in p["mixer"].items():
-            if name == "shared_experts":
-                value = {k: {"kernel": _take(v["kernel"], order, hidden_axes[k])} for k, v in value.items()}
-            elif kind == "E" and name in ("up_proj", "down_proj"):
-                value = _take(value, order, 1 if name == "up_proj" else 2)
-            elif name == "gate":
-                value = _take(value, order, 0)
-            elif name in hidden_axes:
-                value = {"kernel": _take(value["kernel"], order, hidden_axes[name])}
-            mixer[name] = value
-        out[f"layers_{layer}"] = {"norm": {"weight": _take(p["norm"]["weight"], order, 0)}, "mixer": mixer}
-    return out
+def permute_array(x: Array, decl: ParamDecl, ea: ElasticAxis, order: np.ndarray) -> Array:
+    """One declared parameter with every dimension that holds `ea` reordered by `order` (numpy or jax)."""
+    for i, d in enumerate(decl.dims):
+        index = _dim_index(decl, d, ea, order)
+        if index is not None:
+            x = x[(slice(None),) * i + (index,)]
+    return x
 
 
 def ranking_to_json(ranking: dict) -> dict:
@@ -151,6 +118,17 @@ def ranking_to_json(ranking: dict) -> dict:
     return out
 
 
+def _layer_orders(cfg: ModelConfig, layer: int, rank: dict, decls: tuple[ParamDecl, ...]) -> dict[str, np.ndarray]:
+    """The validated orders of one layer's ranking entry."""
+    where, known = f"layers[{layer}]", elastic_axes_of(decls)
+    unknown = sorted(set(rank) - set(known))
+    if unknown:
+        raise ElasticError(f"ranking.{where}: axes {unknown} do not apply to a {cfg.pattern[layer]!r} layer; "
+                           f"allowed: {sorted(known)}")
+    return {name: check_order(rank[name], ELASTIC_AXES[name], elastic_axis_size(decls, name), f"{where}.{name}")
+            for name in known if name in rank}
+
+
 def permute_params(params: dict, cfg: ModelConfig, ranking: dict) -> dict:
     """The same function with every ranked axis stored in importance order (then nested models are prefixes)."""
     layers = ranking.get("layers", [{}] * cfg.num_layers)
@@ -159,11 +137,17 @@ def permute_params(params: dict, cfg: ModelConfig, ranking: dict) -> dict:
     unknown = sorted(set(ranking) - {"hidden", "layers", "depth"})
     if unknown:
         raise ElasticError(f"ranking: unknown key(s) {unknown}; allowed: ['depth', 'hidden', 'layers']")
-    out = dict(params)
-    for layer in range(cfg.num_layers):
-        p = params[f"layers_{layer}"]
-        mixer = _permute_layer(p["mixer"], cfg, layer, layers[layer] or {})
-        out[f"layers_{layer}"] = {"norm": p["norm"], "mixer": mixer}
+    hidden = None
     if "hidden" in ranking:
-        out = _permute_hidden(out, cfg, _check_perm(ranking["hidden"], cfg.hidden_size, "hidden"))
-    return out
+        hidden = check_order(ranking["hidden"], ELASTIC_AXES["hidden"], (cfg.hidden_size,), "hidden")
+    leaves = dict(check_declared(params, model_declarations(cfg), "permute_params"))
+    for layer in range(cfg.num_layers):
+        decls = block_declarations(cfg, layer)
+        for name, order in _layer_orders(cfg, layer, layers[layer] or {}, decls).items():
+            for decl in decls:
+                path = f"layers_{layer}/{decl.name}"
+                leaves[path] = permute_array(leaves[path], decl, ELASTIC_AXES[name], order)
+    if hidden is not None:
+        for decl in model_declarations(cfg):
+            leaves[decl.name] = permute_array(leaves[decl.name], decl, ELASTIC_AXES["hidden"], hidden)
+    return unflatten(leaves)
