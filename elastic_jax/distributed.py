@@ -1,12 +1,13 @@
 """Device mesh, logical-axis sharding rules, multi-process start-up and global batches.
 
 The mesh has four named axes (data, fsdp, tensor, expert). Every parameter gets a tuple of *logical* axis
-names from its path and rank (`logical_axes`); `SHARDING_RULES` maps logical names to mesh axes, as data,
-so a different parallelism layout is a different rule table, not different model code.
+names from its declaration (`logical_axes`, elastic_jax/model/declare.py); `SHARDING_RULES` maps logical names
+to mesh axes, as data, so a different parallelism layout is a different rule table, not different model code.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from elastic_jax.config import ConfigError
+from elastic_jax.model.declare import UndeclaredParamError
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +43,27 @@ SHARDING_RULES: tuple[tuple[str, Any], ...] = (
     ("expert_mlp", "tensor"),
 )
 
-# Parameter name (last path element, or last two for kernels) -> logical axes by position.
-_PARAM_AXES: dict[str, tuple[str | None, ...]] = {
-    "embeddings/embedding": ("vocab", "embed"),
-    "lm_head/kernel": ("embed", "vocab"),
-    "in_x/kernel": ("embed", "mamba_inner"),
-    "in_z/kernel": ("embed", "mamba_inner"),
-    "in_dt/kernel": ("embed", "mamba_heads"),
-    "in_B/kernel": ("embed", None),
-    "in_C/kernel": ("embed", None),
-    "out_proj/kernel": ("mamba_inner", "embed"),
-    "A_log": ("mamba_heads",),
-    "D": ("mamba_heads",),
-    "dt_bias": ("mamba_heads",),
-    "conv_kernel": (None, None),  # channels are [x | B | C]: a split would not align with heads
-    "conv_bias": (None,),
-    "q_proj/kernel": ("embed", "heads"),
-    "k_proj/kernel": ("embed", "kv_heads"),
-    "v_proj/kernel": ("embed", "kv_heads"),
-    "o_proj/kernel": ("heads", "embed"),
-    "up_proj/kernel": ("embed", "mlp"),
-    "down_proj/kernel": ("mlp", "embed"),
-    "gate": ("embed", None),
-    "e_score_correction_bias": (None,),
-    "up_proj": ("experts", "embed", "expert_mlp"),
-    "down_proj": ("experts", "expert_mlp", "embed"),
-}
+
+
+@functools.lru_cache(maxsize=1)
+def _declared_axes() -> dict[str, tuple[str | None, ...]]:
+    """Sharding names of every declared parameter by its path below `layers_<i>/` (the model's own parameters
+    keep their path): the `shard` name of each declared dimension. Names do not depend on sizes, so one
+    config with every block type gives them all."""
+    from elastic_jax.config import ModelConfig
+    from elastic_jax.model.hybrid import model_declarations
+
+    table: dict[str, tuple[str | None, ...]] = {}
+    for decl in model_declarations(ModelConfig(pattern="M*E-")):
+        key, axes = _relative(decl.name), tuple(d.shard for d in decl.dims)
+        if table.setdefault(key, axes) != axes:
+            raise AssertionError(f"declarations disagree on the sharding of {key}: {table[key]} and {axes}")
+    return table
+
+
+def _relative(path: str) -> str:
+    parts = path.split("/")
+    return "/".join(parts[1:]) if parts[0].startswith("layers_") else path
 
 
 class MeshError(ConfigError):
@@ -124,15 +121,14 @@ def path_str(path: Sequence[Any]) -> str:
 
 
 def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
-    """Logical axis names of the parameter at `path` ('layers_2/mixer/up_proj'); unknown names are replicated."""
-    parts = path.split("/")
-    for key in ("/".join(parts[-2:]), parts[-1]):
-        axes = _PARAM_AXES.get(key)
-        if axes is not None and len(axes) == ndim:
-            return axes
-    if parts[-1] == "weight":  # RMSNorm weights (block norms, norm_f, the gated Mamba norm)
-        return ("mamba_inner",) if len(parts) >= 2 and parts[-2] == "norm" and "mixer" in parts else (None,) * ndim
-    return (None,) * ndim
+    """Logical axis names of the parameter at `path` ('layers_2/mixer/up_proj'), from its declaration
+    (elastic_jax/model/declare.py); an undeclared parameter raises UndeclaredParamError."""
+    axes = _declared_axes().get(_relative(path))
+    if axes is None or len(axes) != ndim:
+        got = "no declaration" if axes is None else f"a declaration of rank {len(axes)}, not {ndim}"
+        raise UndeclaredParamError(f"sharding: parameter {path!r} has {got}; declare it with the module that "
+                                   "creates it (elastic_jax/model/declare.py)")
+    return axes
 
 
 def _as_tuple(mesh_axes: Any) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import pytest
 from elastic_jax import distributed
 from elastic_jax.config import ConfigError
 from elastic_jax.experiment import load_config
+from elastic_jax.model.declare import UndeclaredParamError
 from elastic_jax.model.functional import param_shapes
 from tests.train.helpers import REPO, losses, run_train, subprocess_env, train_cmd
 
@@ -51,6 +52,8 @@ def test_every_tiny_parameter_has_logical_axes():
     assert distributed.logical_axes("embeddings/embedding", 2) == ("vocab", "embed")
     assert distributed.logical_axes("layers_0/mixer/norm/weight", 1) == ("mamba_inner",)
     assert distributed.logical_axes("layers_0/norm/weight", 1) == (None,)
+    with pytest.raises(UndeclaredParamError, match="layers_0/mixer/extra"):  # nothing is replicated by default
+        distributed.logical_axes("layers_0/mixer/extra", 1)
 
 
 def test_detect_cluster_from_environment():
