@@ -145,6 +145,8 @@ def _load_hf(path: str) -> tuple:
     from elastic_jax.convert.hf import from_hf
     from elastic_jax.data import load_tokenizer
 
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such directory (expected a Hugging Face model directory)")
     if checkpoint_steps(path):
         raise FileNotFoundError(f"{path} is an elastic_jax checkpoint, not a Hugging Face directory: pass it with "
                                 "--checkpoint")
@@ -284,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if getattr(args, "out", None):
-            check_output(args.out, args.overwrite)  # before any work: refuse a non-empty --out at once
+            check_output(args.out, getattr(args, "overwrite", False))  # before any work: refuse a non-empty --out
         return run(args)
     except (ConfigError, ConversionError, InputError, ElasticError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

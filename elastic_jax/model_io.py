@@ -26,9 +26,10 @@ from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.experiment import model_config_from
 
 
-def _holds_model(path: Path) -> bool:
-    """A directory we may replace: an elastic_jax checkpoint or a Hugging Face model directory."""
-    return bool(checkpoint_steps(path)) or (path / "config.json").exists() or (path / "0" / "state").is_dir()
+def _holds_output(path: Path) -> bool:
+    """A directory --overwrite may replace: an elastic_jax checkpoint, a Hugging Face model directory or an
+    `elastic-jax report` (report.json); never a directory of anything else."""
+    return bool(checkpoint_steps(path)) or any((path / name).is_file() for name in ("config.json", "report.json"))
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:
@@ -43,7 +44,7 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
     if not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; choose another output directory, or pass "
                               "--overwrite to replace it")
-    if not _holds_model(path):
+    if not _holds_output(path):
         raise FileExistsError(f"{path} holds files that are not a model; not replacing it even with --overwrite")
     return path
 

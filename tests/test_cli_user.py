@@ -122,7 +122,9 @@ def test_missing_checkpoint_is_one_line_and_creates_nothing(tmp_path):
                      ["generate", "--checkpoint", missing, "--prompt", "1+1="],
                      ["slice", "--checkpoint", missing, "--budget", "0.5", "--out", "out"],
                      ["importance", "--checkpoint", missing, "--out", "out"],
-                     ["elastify", "--config", "tiny_elastic", "--parent", missing, "--workdir", "run"]], tmp_path)
+                     ["elastify", "--config", "tiny_elastic", "--parent", missing, "--workdir", "run"],
+                     ["import-hf", "--hf", missing, "--out", "out"],
+                     ["generate", "--hf", missing, "--prompt", "1+1="]], tmp_path)
     for proc in procs:
         one_line_error(proc, f"{missing}: no such directory")
     assert list(tmp_path.iterdir()) == []
