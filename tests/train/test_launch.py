@@ -133,3 +133,47 @@ def test_local_script_runs_a_verb(tmp_path):
                 env={"PYTHON": sys.executable, "PORT": "12399"})
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert re.search(r"\[p0\] total ", proc.stdout) and "[p1]" not in proc.stdout
+
+
+def _fake_bin(tmp_path):
+    """Stand-ins for srun / gcloud / kubectl and a "python" that prints its environment, on a PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        # srun: run the command once per task with SLURM_PROCID set, as SLURM does on each node
+        "srun": 'n=1; while [[ "$1" == --* ]]; do [[ "$1" == --ntasks=* ]] && n="${1#--ntasks=}"; shift; done\n'
+                'for ((i = 0; i < n; i++)); do SLURM_PROCID=$i "$@"; done\n',
+        # gcloud ... ssh --worker=i --command CMD: run CMD here in place of worker i (cd to the repo dir is dropped)
+        "gcloud": 'cmd="${@: -1}"; eval "${cmd#*&& }"\n',
+        "kubectl": 'cat > "$(dirname "$0")/applied.yaml"\n',
+        "showpy": 'echo "process=$ELASTIC_JAX_PROCESS_ID of $ELASTIC_JAX_NUM_PROCESSES at '
+                  '$ELASTIC_JAX_COORDINATOR: $*"\n',
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("name", ["slurm.sbatch", "tpu_vm.sh"])
+def test_cluster_scripts_run_what_the_dry_run_prints(tmp_path, name):
+    """With srun / gcloud stood in for, each process starts with the environment its dry-run line names."""
+    bin_dir = _fake_bin(tmp_path)
+    before, env = _script_argv(name, 2)
+    env = {**env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": "showpy"}
+    proc = _run(name, *before, "elastify", *ARGS, env=env)
+    assert proc.returncode == 0, proc.stderr
+    dry = _dry_run(name, "elastify", extra_env={"PYTHON": "showpy"})
+    args = " ".join(["-m", "elastic_jax.cli", "elastify", *ARGS])
+    for i, host in enumerate(dry):
+        line = f"process={i} of 2 at {host['env']['ELASTIC_JAX_COORDINATOR']}: {args}"
+        assert line in proc.stdout, proc.stdout
+
+
+def test_gke_applies_the_rendered_manifest(tmp_path):
+    bin_dir = _fake_bin(tmp_path)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "IMAGE": "reg/ej:1", "NAME": "ej-run"}
+    assert _run("gke.sh", "2", "pretrain", *ARGS, env={k: v for k, v in env.items() if k != "IMAGE"}).returncode == 2
+    proc = _run("gke.sh", "2", "pretrain", *ARGS, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (bin_dir / "applied.yaml").read_text() == _run("gke.sh", "--render", "2", "pretrain", *ARGS, env=env).stdout
