@@ -49,11 +49,12 @@ ej_check_count() {
   [[ "$2" =~ ^[1-9][0-9]*$ ]] || ej_die "$1 must be a positive integer, got '$2'"
 }
 
-# ej_jax_env: the JAX / XLA / libtpu variables of this shell, as NAME=VALUE lines, passed on to every host.
+# ej_jax_env: the JAX / XLA / libtpu / NCCL / PJRT variables of this shell, as NAME=VALUE lines, passed on to every
+# host (not TPU_*: those describe the machine they are set on, e.g. its worker id).
 ej_jax_env() {
   local name
   for name in $(compgen -e | LC_ALL=C sort); do
-    if [[ "$name" =~ ^(JAX_|XLA_|LIBTPU_|TPU_|NCCL_|PJRT_) ]]; then
+    if [[ "$name" =~ ^(JAX_|XLA_|LIBTPU_|NCCL_|PJRT_) ]]; then
       printf '%s=%s\n' "$name" "${!name}"
     fi
   done
