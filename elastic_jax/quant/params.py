@@ -129,5 +129,21 @@ def checkpoint_bytes(qparams: Any, float_bytes: int = 2) -> int:
                for x in flat_leaves(qparams).values())
 
 
+def planned_bytes(cfg: ModelConfig, fmt: str, excluded: Iterable[str] | None = None, float_bytes: int = 2) -> int:
+    """`checkpoint_bytes` of `quantize_params(params, cfg, fmt, excluded)` from the declarations alone (per-tensor
+    scales), without any weights: e.g. for a full-size model's config."""
+    if fmt not in FORMATS:
+        raise ValueError(f"quantisation format {fmt!r}; allowed: {list(FORMATS)}")
+    names = set(quantised_names(cfg, excluded))
+    total = 0
+    for d in model_declarations(cfg):
+        n = int(np.prod(d.shape))
+        if d.name not in names:
+            total += n * float_bytes
+        else:
+            total += n // 2 + n // nvfp4.BLOCK + 4 if fmt == "nvfp4" else n + 4
+    return total
+
+
 __all__ = ["FORMATS", "checkpoint_bytes", "default_excluded", "dequantize_params", "flat_leaves", "per_tensor_scales",
-           "quantised_names", "quantize_params"]
+           "planned_bytes", "quantised_names", "quantize_params"]

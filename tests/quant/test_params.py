@@ -19,6 +19,7 @@ from elastic_jax.quant.params import (
     dequantize_params,
     flat_leaves,
     per_tensor_scales,
+    planned_bytes,
     quantised_names,
     quantize_params,
 )
@@ -140,6 +141,8 @@ def test_dequantised_parent_runs_and_the_checkpoint_shrinks(parent):
     everything = quantize_params(parent, CFG, "nvfp4", excluded=["lm_head/*"])
     full = checkpoint_bytes(parent)
     assert checkpoint_bytes(everything) < checkpoint_bytes(quantize_params(parent, CFG, "nvfp4")) < full
+    assert checkpoint_bytes(everything) == planned_bytes(CFG, "nvfp4", ["lm_head/*"])
+    assert checkpoint_bytes(q) == planned_bytes(CFG, "fp8")
 
 
 def test_user_errors(parent):
