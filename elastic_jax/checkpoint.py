@@ -60,7 +60,7 @@ class CheckpointConfig(schema.Section):
 
 
 class CheckpointMismatchError(ConfigError):
-    """A checkpoint was written for another model (config fields or parameter shapes differ)."""
+    """A checkpoint was written for another model (config fields or parameter shapes differ) or another run."""
 
 
 class _QuietChunkWarning(logging.Filter):
@@ -173,6 +173,12 @@ class Checkpointer:
         if diff:
             raise CheckpointMismatchError(f"{where} was written for a different model config; differing fields: "
                                           + "; ".join(diff))
+        if "run" in saved and "run" in metadata:  # the settings a resumed run must keep (run_loop.resume_settings)
+            diff = config_diff(saved["run"], metadata["run"])
+            if diff:
+                raise CheckpointMismatchError(f"{where} was written by a run with other settings, which a resume "
+                                              "cannot change (use another workdir to start a new run); differing "
+                                              "fields: " + "; ".join(diff))
         stored = self.manager.item_metadata(step)["state"]
         shapes = shape_diff(getattr(stored, "tree", stored), abstract_state) if stored is not None else []
         if shapes:

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from elastic_jax import distributed
 from elastic_jax.checkpoint import Checkpointer, config_diff
 from elastic_jax.config import ConfigError, ModelConfig
-from elastic_jax.data import make_eval_batches
+from elastic_jax.data.calibration import calibration_batches
 from elastic_jax.elastic.config import ElasticConfig
 from elastic_jax.elastic.importance import run_importance
 from elastic_jax.elastic.permute import permute_params, ranking_to_json
@@ -55,7 +53,7 @@ from elastic_jax.train.loop import (
     state_layout,
 )
 from elastic_jax.train.metrics import MetricsWriter
-from elastic_jax.train.preemption import Preemption
+from elastic_jax.train.run_loop import LoopSettings, LoopTask, resume_settings, run_loop
 from elastic_jax.train.state import TrainState
 
 log = logging.getLogger("elastic_jax.elastify")
@@ -87,18 +85,38 @@ def rank_and_permute(spec: RunSpec, ec: ElasticTrainConfig, params: dict, meta: 
     """Importance on calibration batches, then permute so nested models are prefixes (skipped if done before)."""
     if meta.get("elastic", {}).get("ranking") is not None or not ec.permute:
         return params, meta.get("elastic", {}).get("ranking")
-    batches = make_eval_batches(spec.data, spec.tokenizer, ec.stage1_seq_len, spec.train.global_batch,
-                                ec.importance_batches, 0, 1, max_seq_len=spec.model.max_position_embeddings)
-    _, ranking = run_importance(spec.model, params, [b["inputs"] for b in batches])
+    batches = calibration_batches(spec.data, spec.tokenizer, ec.importance_batches, ec.stage1_seq_len,
+                                  spec.train.global_batch, max_seq_len=spec.model.max_position_embeddings)
+    _, ranking = run_importance(spec.model, params, batches)
     log.info("ranked and permuted the parent on %d calibration batches", len(batches))
     return permute_params(params, spec.model, ranking), ranking_to_json(ranking)
 
 
-def _metadata(spec: RunSpec, ec: ElasticTrainConfig, ranking: Any, specs: dict[float, ElasticSpec]) -> dict:
+def fix_step(ec: ElasticTrainConfig) -> int:
+    """The step index from which every budget trains as a fixed static slice."""
+    return round(ec.static_after * ec.total_steps)
+
+
+def specs_to_json(specs: dict[float, ElasticSpec]) -> dict[str, Any]:
+    return {f"{b:g}": s.to_dict() for b, s in specs.items()}
+
+
+def specs_from_json(specs: dict[str, Any]) -> dict[float, ElasticSpec]:
+    return {float(b): ElasticSpec.from_dict(s) for b, s in specs.items()}
+
+
+def _metadata(spec: RunSpec, ec: ElasticTrainConfig, ranking: Any, current: dict[float, ElasticSpec],
+              fixed: dict[float, ElasticSpec]) -> dict:
+    """`specs`: each budget's architecture now (what `slice` cuts); `fixed_specs`: the architectures fixed for
+    static-slice training ({} before `static_after`), which a resumed run must keep, not re-derive."""
     elastic = {"train": ec.to_dict(), "router": ec.router.to_dict(), "budgets": list(ec.budgets),
-               "ranking": ranking, "specs": {f"{b:g}": s.to_dict() for b, s in specs.items()}}
+               "ranking": ranking, "specs": specs_to_json(current), "fixed_specs": specs_to_json(fixed)}
     return json.loads(json.dumps({"model": spec.model.to_dict(), "tokenizer": spec.tokenizer.to_dict(),
-                                  "experiment": spec.experiment, "elastic": elastic}))
+                                  "experiment": spec.experiment, "elastic": elastic, "run": _run_settings(spec, ec)}))
+
+
+def _run_settings(spec: RunSpec, ec: ElasticTrainConfig) -> dict[str, Any]:
+    return resume_settings({"train": spec.train.to_dict(), "data": spec.data.to_dict(), "elastic": ec.to_dict()})
 
 
 class _Feeds:
@@ -144,9 +162,11 @@ class ElasticRun:
     state: TrainState
     teacher: dict
     feeds: _Feeds
-    specs: dict[float, ElasticSpec]
+    specs: dict[float, ElasticSpec]  # the fixed architectures ({} until static_after)
     start: int
     ranking: Any
+    resumed_from: int | None = None
+    result: dict[str, Any] = dataclasses.field(default_factory=dict)  # the loop's figures, after train_elastic
 
 
 GPU_GEMM_FLAG = "--xla_gpu_enable_triton_gemm=false"
@@ -176,7 +196,7 @@ def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str,
     teacher_sharding = layout.state_sharding.params["model"]
     workdir_path = Path(workdir).absolute()
     ckpt = Checkpointer(workdir_path / "checkpoints", spec.checkpoint)
-    found = restore_sharded(layout, ckpt, {"model": spec.model.to_dict()})
+    found = restore_sharded(layout, ckpt, {"model": spec.model.to_dict(), "run": _run_settings(spec, ec)})
     if found is None:
         teacher_host, ranking = rank_and_permute(spec, ec, parent_params, parent_meta)
         teacher = distributed.global_from_host(teacher_host, teacher_sharding)
@@ -184,82 +204,94 @@ def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str,
         state = create_state(layout, lambda t: {"model": jax.tree.map(jnp.copy, t),
                                                 "router": router.init(jax.random.PRNGKey(spec.train.seed))}, teacher)
         specs: dict[float, ElasticSpec] = {}
-        start, data_states = 0, []
+        start, data_states, resumed = 0, [], None
     else:
         start, state, data_states, meta = found
         ranking = meta["elastic"]["ranking"]
-        specs = {float(b): ElasticSpec.from_dict(s) for b, s in meta["elastic"]["specs"].items()}
+        specs = _restored_fixed_specs(meta["elastic"], start, ec)
         teacher_host = permute_params(parent_params, spec.model, ranking) if ranking is not None else parent_params
         teacher = distributed.global_from_host(teacher_host, teacher_sharding)
+        resumed = start
     feeds = _Feeds(spec, ec, layout, data_states)
-    return ElasticRun(spec, ec, router, layout, workdir_path, ckpt, state, teacher, feeds, specs, start, ranking)
+    return ElasticRun(spec, ec, router, layout, workdir_path, ckpt, state, teacher, feeds, specs, start, ranking,
+                      resumed)
+
+
+def _restored_fixed_specs(elastic: dict[str, Any], start: int, ec: ElasticTrainConfig) -> dict[float, ElasticSpec]:
+    """The fixed architectures of a checkpoint. Checkpoints from before `fixed_specs` was stored kept only
+    `specs`, which were the fixed ones once past the fixing step and the router's passing choice before it."""
+    if "fixed_specs" in elastic:
+        return specs_from_json(elastic["fixed_specs"])
+    return specs_from_json(elastic["specs"]) if start > fix_step(ec) else {}
 
 
 def train_elastic(run: ElasticRun) -> StepCache:
-    """Train from run.start to the last step (or a SIGTERM), checkpointing; updates run.state and run.specs.
-
-    Returns the compiled steps (their count is the number of compilations)."""
+    """Train from run.start to the last step (or a stop signal), checkpointing; updates run.state, run.specs and
+    run.result. Returns the compiled steps (their count is the number of compilations)."""
     layout = run.layout
     steps = StepCache(run.spec.model, run.router, layout.optimizer, layout.schedule, run.ec.total_steps,
                       StepShardings(layout.state_sharding, layout.batch_sharding))
-    writer = MetricsWriter(run.workdir, enabled=jax.process_index() == 0)
+    settings = LoopSettings(log_every=run.spec.train.log_every, checkpoint_every=run.spec.checkpoint.every_steps,
+                            progress_bar=run.spec.train.progress_bar)
     try:
-        with Preemption() as preemption:
-            _train(run, steps, writer, preemption)
+        writer = MetricsWriter(run.workdir, enabled=jax.process_index() == 0, start_step=run.start)
+        try:
+            run.state, run.result = run_loop(elastify_task(run, steps), run.state, start=run.start,
+                                             resumed_from=run.resumed_from, ckpt=run.ckpt, writer=writer,
+                                             settings=settings)
+        finally:
+            writer.close()
     finally:
-        writer.close()
         run.ckpt.close()
     return steps
 
 
 def run_elastify(experiment_config: ml_collections.ConfigDict, workdir: str, parent: str) -> dict[str, Any]:
-    """Elastify `parent` as the experiment says, in `workdir` (resuming); returns the per-budget table."""
+    """Elastify `parent` as the experiment says, in `workdir` (resuming); returns the per-budget table and the
+    loop's figures (`resumed_from`, `preempted`, `step`, ...); `stopped_at` instead of the table when stopped."""
     run = prepare_elastify(experiment_config, workdir, parent)
     steps = train_elastic(run)
     if int(run.state.step) < run.ec.total_steps:
-        return {"stopped_at": int(run.state.step)}
+        return {**run.result, "stopped_at": int(run.state.step)}
     table = evaluate_budgets(run.spec, run.ec, run.router, run.state.params, run.teacher, run.specs)
     if jax.process_index() == 0:
         (run.workdir / "budgets.json").write_text(json.dumps(table, indent=1))
-    return {"budgets": table, "compilations": steps.compilations}
+    return {**run.result, "budgets": table, "compilations": steps.compilations}
 
 
 def _fixed_specs(ec: ElasticTrainConfig, router: Router, state: TrainState, step: int,
                  specs: dict[float, ElasticSpec]) -> dict[float, ElasticSpec]:
-    if specs or step < round(ec.static_after * ec.total_steps):
+    if specs or step < fix_step(ec):
         return specs
     fixed = {b: router.spec_for(state.params["router"], b) for b in ec.budgets}
     log.info("step %d: architectures fixed, static-slice mode: %s", step, {b: s.to_dict() for b, s in fixed.items()})
     return fixed
 
 
-def _train(run: ElasticRun, steps: StepCache, writer: MetricsWriter, preemption: Preemption) -> None:
-    """Steps run.start .. total, updating run.state and run.specs in place; checkpoints as configured."""
+def elastify_task(run: ElasticRun, steps: StepCache) -> LoopTask:
+    """The joint elastic step on the stage's feed; the architectures are fixed at `static_after` (run.specs)."""
     spec, ec, router = run.spec, run.ec, run.router
     key = jax.random.PRNGKey(spec.train.seed + 17)
-    bar = tqdm(range(run.start, ec.total_steps), initial=run.start, total=ec.total_steps, desc="elastify",
-               disable=not spec.train.progress_bar or jax.process_index() != 0)
-    t0 = time.perf_counter()
-    for step in bar:
-        stage = 1 if step < ec.stage1_steps else 2
-        run.specs = _fixed_specs(ec, router, run.state, step, run.specs)
+
+    def stage_of(index: int) -> int:
+        return 1 if index < ec.stage1_steps else 2
+
+    def step(state: TrainState, index: int) -> tuple[TrainState, dict[str, Any]]:
+        stage = stage_of(index)
+        run.specs = _fixed_specs(ec, router, state, index, run.specs)
         lc = JointLossConfig(weights=stage_weights(len(ec.budgets), ec.stage2_weights, stage),
                              fixed_specs=tuple(run.specs.get(b) for b in ec.budgets),
                              router_weight=ec.router.loss_weight,
                              ce_weight=ec.ce_weight, kd_temperature=ec.kd_temperature)
-        run.state, metrics = steps.get(lc)(run.state, run.teacher, run.feeds.next(stage),
-                                           jax.random.fold_in(key, step))
-        done = step + 1
-        if done % spec.train.log_every == 0 or done == ec.total_steps:
-            values = {k: float(v) for k, v in metrics.items()}
-            values.update(stage=stage, compilations=steps.compilations, seconds=time.perf_counter() - t0)
-            writer.write(done, values)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", stage=stage)
-        every = spec.checkpoint.every_steps
-        if preemption.requested or done == ec.total_steps or (every and done % every == 0):
-            final = run.specs or {b: router.spec_for(run.state.params["router"], b) for b in ec.budgets}
-            run.ckpt.save(done, run.state.to_tree(), run.feeds.state(), _metadata(spec, ec, run.ranking, final))
-            if preemption.requested:
-                run.ckpt.wait()
-                log.warning("SIGTERM: saved step %d and stopping", done)
-                break
+        state, metrics = steps.get(lc)(state, run.teacher, run.feeds.next(stage), jax.random.fold_in(key, index))
+        return state, {**metrics, "stage": stage}
+
+    def metadata(state: TrainState) -> dict[str, Any]:
+        current = run.specs or {b: router.spec_for(state.params["router"], b) for b in ec.budgets}
+        return _metadata(spec, ec, run.ranking, current, run.specs)
+
+    def tokens(index: int) -> int:
+        return spec.train.global_batch * (ec.stage1_seq_len if stage_of(index) == 1 else ec.stage2_seq_len)
+
+    return LoopTask(name="elastify", total_steps=ec.total_steps, step=step, data_state=run.feeds.state,
+                    metadata=metadata, tokens=tokens, compilations=lambda: steps.compilations)

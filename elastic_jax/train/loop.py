@@ -2,7 +2,8 @@
 
 `run_pretrain(experiment_config, workdir)` is what `elastic-jax pretrain` and `python -m elastic_jax.train`
 call. All user errors (bad config, missing data, sequence too long, checkpoint of another model) are raised
-before the first compilation. SIGTERM saves a checkpoint at the current step and returns normally.
+before the first compilation. The loop itself is `run_loop.run_loop`: SIGTERM or Ctrl-C saves a checkpoint at the
+current step and returns normally.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import functools
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from elastic_jax import distributed
 from elastic_jax.checkpoint import CheckpointConfig, Checkpointer
@@ -33,7 +32,7 @@ from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.evaluation import eval_loss, reasoning_accuracy
 from elastic_jax.train.metrics import MetricsWriter
 from elastic_jax.train.optim import make_optimizer
-from elastic_jax.train.preemption import Preemption
+from elastic_jax.train.run_loop import LoopSettings, LoopTask, resume_settings, run_loop
 from elastic_jax.train.state import TrainState
 from elastic_jax.train.step import batch_for_step, make_eval_step, make_train_step
 
@@ -238,7 +237,14 @@ def _eval_setup(spec: RunSpec, layout: Layout, feed: DataFeed) -> tuple[Any, lis
 
 def _metadata(spec: RunSpec) -> dict[str, Any]:
     return json.loads(json.dumps({"model": spec.model.to_dict(), "tokenizer": spec.tokenizer.to_dict(),
-                                  "experiment": spec.experiment, "train": spec.train.to_dict(), "elastic": {}}))
+                                  "experiment": spec.experiment, "train": spec.train.to_dict(), "elastic": {},
+                                  "run": resume_settings({"train": spec.train.to_dict(),
+                                                          "data": spec.data.to_dict()})}))
+
+
+def loop_settings(spec: RunSpec) -> LoopSettings:
+    return LoopSettings(log_every=spec.train.log_every, checkpoint_every=spec.checkpoint.every_steps,
+                        progress_bar=spec.train.progress_bar)
 
 
 def run_pretrain(experiment_config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -249,69 +255,33 @@ def run_pretrain(experiment_config: ml_collections.ConfigDict, workdir: str) -> 
     workdir_path.mkdir(parents=True, exist_ok=True)
     layout = make_layout(spec)
     ckpt = Checkpointer(workdir_path / "checkpoints", spec.checkpoint)
-    metadata = _metadata(spec)
-    state, data_states, resumed = restore_or_init(spec, layout, ckpt, metadata)
-    feed = DataFeed(spec, layout, data_states)
-    writer = MetricsWriter(workdir_path, enabled=jax.process_index() == 0)
     try:
-        with Preemption() as preemption:
-            return _train(spec, layout, ckpt, metadata, state, feed, writer, preemption, resumed)
+        metadata = _metadata(spec)
+        state, data_states, resumed = restore_or_init(spec, layout, ckpt, metadata)
+        feed = DataFeed(spec, layout, data_states)
+        start = int(jax.device_get(state.step))
+        writer = MetricsWriter(workdir_path, enabled=jax.process_index() == 0, start_step=start)
+        try:
+            _, result = run_loop(pretrain_task(spec, layout, feed, metadata), state, start=start,
+                                 resumed_from=resumed, ckpt=ckpt, writer=writer, settings=loop_settings(spec))
+        finally:
+            writer.close()
     finally:
-        writer.close()
         ckpt.close()
+    return result
 
 
-def _train(spec: RunSpec, layout: Layout, ckpt: Checkpointer, metadata: dict[str, Any], state: TrainState,
-           feed: DataFeed, writer: MetricsWriter, preemption: Preemption, resumed: int | None) -> dict[str, Any]:
-    cfg, every = spec.train, spec.checkpoint.every_steps
+def pretrain_task(spec: RunSpec, layout: Layout, feed: DataFeed, metadata: dict[str, Any]) -> LoopTask:
+    """Next-token cross-entropy on the experiment's data, evaluated every train.eval_every steps and at the end."""
+    cfg = spec.train
     train_step, counter = make_train_step(spec.model, layout.optimizer, layout.schedule,
                                           state_sharding=layout.state_sharding, batch_sharding=layout.batch_sharding)
     eval_fn, eval_batches = _eval_setup(spec, layout, feed)
-    start = int(jax.device_get(state.step))
-    result: dict[str, Any] = {"resumed_from": resumed, "preempted": False}
-    bar = tqdm(total=cfg.total_steps, initial=start, disable=not cfg.progress_bar or jax.process_index() != 0,
-               desc="pretrain", dynamic_ncols=True)
-    t0 = last_time = time.perf_counter()
-    done, last_done, eval_seconds = start, start, 0.0
-    for done in range(start + 1, cfg.total_steps + 1):
-        state, metrics = train_step(state, feed.next())
-        bar.update(1)
-        if done % cfg.log_every == 0 or done == cfg.total_steps:
-            values = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            values["train/tokens_per_s"] = (done - last_done) * cfg.global_batch * cfg.seq_len / (now - last_time)
-            values["train/compiles"] = counter.count
-            last_time, last_done = now, done
-            writer.write(done, values)
-            bar.set_postfix(loss=f"{values['train/loss']:.4f}")
-            result["loss"] = values["train/loss"]
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.total_steps:
-            t_eval = time.perf_counter()
-            writer.write(done, evaluate(spec, state.params, eval_fn, eval_batches))
-            eval_seconds += time.perf_counter() - t_eval
-            last_time += time.perf_counter() - t_eval
-        if preemption.should_stop():
-            log.warning("SIGTERM received: saving a checkpoint at step %d and stopping", done)
-            ckpt.save(done, state.to_tree(), feed.state(), metadata)
-            result["preempted"] = True
-            break
-        if every and done % every == 0 and done < cfg.total_steps:
-            ckpt.save(done, state.to_tree(), feed.state(), metadata)
-    bar.close()
-    train_seconds = time.perf_counter() - t0 - eval_seconds
-    if not result["preempted"]:
-        ckpt.save(cfg.total_steps, state.to_tree(), feed.state(), metadata)
-        if eval_fn is not None or cfg.eval_prompts:
-            t_eval = time.perf_counter()
-            final = evaluate(spec, state.params, eval_fn, eval_batches)
-            eval_seconds += time.perf_counter() - t_eval
-            writer.write(done, final)
-            result.update({"eval_loss": final.get("eval/loss"), "accuracy": final.get("eval/accuracy")})
-    ckpt.wait()
-    steps_run = done - start
-    log.info("train step compiled %d time(s); %d steps in %.1f s (+ %.1f s of evaluation)", counter.count,
-             steps_run, train_seconds, eval_seconds)
-    result.update(step=done, compiles=counter.count, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                  steps_run=steps_run,
-                  tokens_per_s=steps_run * cfg.global_batch * cfg.seq_len / max(train_seconds, 1e-9))
-    return result
+    evaluates = eval_fn is not None or cfg.eval_prompts > 0
+    return LoopTask(
+        name="pretrain", total_steps=cfg.total_steps,
+        step=lambda state, index: train_step(state, feed.next()),
+        data_state=feed.state, metadata=lambda state: metadata,
+        tokens=lambda index: cfg.global_batch * cfg.seq_len, compilations=lambda: counter.count,
+        evaluate=(lambda state: evaluate(spec, state.params, eval_fn, eval_batches)) if evaluates else None,
+        eval_every=cfg.eval_every)

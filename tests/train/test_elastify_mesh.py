@@ -61,11 +61,11 @@ steps = train_elastic(run)
 trained = layout_of(run)
 resumed = prepare_elastify(config, workdir, parent)  # the final checkpoint, restored into the mesh's shardings
 resumed.ckpt.close()
-records = [r for r in read_metrics(workdir) if "loss" in r]
+records = [r for r in read_metrics(workdir) if "train/loss" in r]
 print(json.dumps({"devices": jax.device_count(), "batch_error": batch_error, "compilations": steps.compilations,
                   "trained": trained, "resumed": {"start": resumed.start, **layout_of(resumed)},
-                  "loss": {r["step"]: r["loss"] for r in records},
-                  "ratio": {r["step"]: r["ratio/0.5"] for r in records}}))
+                  "loss": {r["step"]: r["train/loss"] for r in records},
+                  "ratio": {r["step"]: r["train/ratio/0.5"] for r in records}}))
 """
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from elastic_jax.train.metrics import read_metrics
 from tests.train.helpers import REPO, assert_trees_equal, final_params, losses, run_train, subprocess_env, train_cmd
 
 STEPS = 100
@@ -54,20 +55,35 @@ def test_sigkill_and_restart_is_bitwise_identical(tmp_path):
     assert result["compiles"] == 1
     assert_trees_equal(final_params(whole), final_params(broken))
     assert losses(whole) == losses(broken)  # every step, including those after the resume (data state restored)
+    # the steps between the checkpoint and the kill were logged twice, and are recorded once
+    assert [r["step"] for r in read_metrics(broken) if "train/loss" in r] == list(range(1, STEPS + 1))
 
 
-def test_sigterm_saves_and_exits_zero(tmp_path):
-    """SIGTERM: the run saves a checkpoint at the step it is on and exits with status 0."""
-    proc = _start(tmp_path, "--config.train.total_steps=120", "--config.checkpoint.every_steps=0")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stop_signal_saves_and_exits_zero(tmp_path, sig):
+    """SIGTERM or Ctrl-C: the run saves a checkpoint at the step it is on and exits with status 0, no traceback.
+
+    Rerunning with another learning rate is refused in one line naming the field; nothing is trained or saved.
+    """
+    run = ("--config.train.total_steps=120", "--config.checkpoint.every_steps=0")
+    proc = _start(tmp_path, *run)
     _wait_for_step(proc, tmp_path, 5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-4000:]
     result = json.loads(out.strip().splitlines()[-1])["result"]
     assert result["preempted"] is True and result["step"] >= 5
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [result["step"]]
-    assert "SIGTERM received" in err
+    assert f"{sig.name} received" in err and "Traceback" not in err and "KeyboardInterrupt" not in err
+
+    other = subprocess.run(train_cmd(tmp_path, *run, "--config.train.lr=0.001"), cwd=REPO, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2
+    line = other.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: checkpoint step {steps[0]} in") and "train.lr (checkpoint 0.003, now 0.001)" in line
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == steps
+    assert max(r["step"] for r in read_metrics(tmp_path)) == steps[0]
 
 
 def test_corrupt_newest_checkpoint_falls_back(tmp_path):
