@@ -18,6 +18,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from elastic_jax.kernels.ssd._shard import sharded_over_mesh
 from elastic_jax.kernels.ssd._vjp import with_xla_backward
 from elastic_jax.kernels.ssd.xla import pad_to_chunks
 
@@ -102,8 +103,8 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
         pl.BlockSpec((None, None, q, p), lambda i, j, k: (i, j, k, 0)),
         pl.BlockSpec((None, None, q, 1), lambda i, j, k: (i, j, k, 0)),
         pl.BlockSpec((None, None, None, 1, q), lambda i, j, k: (i, j, k, 0, 0)),
-        pl.BlockSpec((None, None, n, q), lambda i, j, k: (i, j // r, 0, k)),
-        pl.BlockSpec((None, None, q, n), lambda i, j, k: (i, j // r, k, 0)),
+        pl.BlockSpec((None, None, n, q), lambda i, j, k: (i, lax.div(j, r), 0, k)),
+        pl.BlockSpec((None, None, q, n), lambda i, j, k: (i, lax.div(j, r), k, 0)),
         pl.BlockSpec((None, None, n, p), lambda i, j, k: (i, j, 0, 0)),
     ]
     out_specs = [
@@ -130,7 +131,9 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
     return y, sf.transpose(0, 1, 3, 2)
 
 
-_ssd_pallas_tpu = with_xla_backward(_forward)
+# `lax.div` in the index maps, not `//`: floor division lowers to a `sign` whose Mosaic rule asks the host
+# backend for its TPU generation (fails when compiling for a TPU topology from a CPU host).
+_ssd_pallas_tpu = with_xla_backward(sharded_over_mesh(_forward))
 
 
 def ssd_pallas_tpu(x, dt, A, B, C, D, initial_state, *, chunk_size: int, interpret: bool = False):
