@@ -55,6 +55,7 @@ def _export_args(p):
     _out_arg(p, "Hugging Face directory to write")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--layout", default="nvidia", choices=["nvidia", "transformers"])
+    p.add_argument("--budget", type=float, help="for an elastic checkpoint: the budget to export, in (0, 1]")
 
 
 @verb("generate", "generate text from a checkpoint, a Hugging Face directory or a random model")
@@ -64,6 +65,7 @@ def _generate_args(p):
     src.add_argument("--hf")
     src.add_argument("--config", help="random-init model of this config (for smoke tests)")
     p.add_argument("--prompt", required=True)
+    p.add_argument("--budget", type=float, help="for an elastic checkpoint: the budget to serve, in (0, 1]")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -104,6 +106,39 @@ def _slice_args(p):
     p.add_argument("--budget", type=float, required=True, help="fraction of the parent in (0, 1]")
     _out_arg(p, "directory for the nested model")
     p.add_argument("--format", default="elastic_jax", choices=["elastic_jax", "hf"])
+
+
+@verb("eval", "reasoning accuracy and latency per budget of an elastic checkpoint (held-out problems)")
+def _eval_args(p):
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--budgets", help="comma-separated, e.g. 1.0,0.7,0.4 (default: the trained budgets)")
+    p.add_argument("--max-think", type=int, default=64, help="thinking cap in tokens")
+    p.add_argument("--max-answer", type=int, default=8)
+    p.add_argument("--problems", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+
+
+@verb("budget-control", "one reasoning prompt: one budget thinks (capped), another answers")
+def _budget_control_args(p):
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--think-budget", type=float, required=True)
+    p.add_argument("--answer-budget", type=float, required=True)
+    p.add_argument("--max-think", type=int, default=64, help="thinking cap; then </think> is forced")
+    p.add_argument("--max-answer", type=int, default=16)
+    p.add_argument("--prompt", required=True, help="e.g. '(3+4)*2=' (<think> is appended when missing)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@verb("report", "standard vs elastic budget control over budgets, ordered pairs and thinking caps: table + plot")
+def _report_args(p):
+    p.add_argument("--checkpoint", required=True)
+    _out_arg(p, "directory for the report")
+    p.add_argument("--budgets", help="comma-separated (default: the trained budgets)")
+    p.add_argument("--caps", default="8,16,32", help="comma-separated thinking caps")
+    p.add_argument("--max-answer", type=int, default=8)
+    p.add_argument("--problems", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
 
 
 @verb("quickstart", "pretrain a tiny parent, elastify it into 100/70/40%, slice, evaluate, print the table")
@@ -200,13 +235,21 @@ def run(args) -> int:
         save_model(args.out, cfg, params, meta, overwrite=args.overwrite)
         print(f"imported {args.hf} -> {args.out}")
     elif args.verb == "export-hf":
+        from elastic_jax.inference.commands import load_budget, require_budget
         from elastic_jax.model_io import load_model
 
-        cfg, params, _ = load_model(args.checkpoint)
+        require_budget(args.checkpoint, args.budget, "export-hf")
+        cfg, params = (load_budget(args.checkpoint, args.budget)[:2] if args.budget is not None
+                       else load_model(args.checkpoint)[:2])
         params = params["model"] if "router" in params else params
         ej.to_hf(cfg, params, args.out, dtype=args.dtype, layout=args.layout, overwrite=args.overwrite)
         print(f"exported {args.checkpoint} -> {args.out}")
     elif args.verb == "generate":
+        if args.checkpoint or args.budget is not None:
+            from elastic_jax.inference.commands import generate_verb, is_elastic_checkpoint
+
+            if args.budget is not None or is_elastic_checkpoint(args.checkpoint):
+                return generate_verb(args)
         cfg, params, tokenizer = _load_any(args)
         prompt = [tokenizer.encode(args.prompt, add_bos=True)]
         out = ej.generate(cfg, params, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -242,6 +285,10 @@ def run_elastic_verb(args) -> int:
         total, active = ej.count_params(sub_cfg)
         print(f"budget {args.budget}: {spec.to_dict()}\ntotal {format_count(total)} active {format_count(active)} "
               f"-> {args.out}")
+    elif args.verb in ("eval", "budget-control", "report"):
+        from elastic_jax.inference.commands import run_inference_verb
+
+        return run_inference_verb(args)
     elif args.verb == "quickstart":
         from elastic_jax.quickstart import run_quickstart
 
