@@ -342,7 +342,8 @@ def _index(idx: Any) -> Any:
     return tuple(np.asarray(i, np.int64) if isinstance(i, (list, np.ndarray)) else i for i in idx)
 
 
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+def nest_paths(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{"a/b/c": x} -> {"a": {"b": {"c": x}}}."""
     out: dict[str, Any] = {}
     for name, value in flat.items():
         node = out
@@ -382,7 +383,7 @@ def restore_slice(path: str | Path, slices: Mapping[str, Any], *, step: int | No
         index = _index(idx)
         view = array.oindex[index] if any(isinstance(i, np.ndarray) for i in index) else array[index]
         reads[name] = view.read()
-    return _nest({name: np.asarray(future.result()) for name, future in reads.items()})
+    return nest_paths({name: np.asarray(future.result()) for name, future in reads.items()})
 
 
 def load_params(path: str | Path, *, step: int | None = None, subtree: str = "params") -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from elastic_jax.checkpoint import load_params, restore_slice, stored_shapes
+from elastic_jax.checkpoint import load_params, nest_paths, restore_slice, stored_shapes
 from elastic_jax.config import ModelConfig
 from elastic_jax.distributed import path_str
 from elastic_jax.elastic.router import Router, RouterConfig
@@ -83,7 +83,7 @@ def read_plan(cfg: ModelConfig, spec: ElasticSpec, shapes: dict[str, tuple[int, 
             line = np.arange(shape[axis] if axis < len(shape) else 1, dtype=np.int32) + offsets[name]
             line = line.reshape([-1 if a == axis else 1 for a in range(len(shape))]) if axis < len(shape) else line[0]
             probe[name] = np.broadcast_to(line, shape)
-        sliced, _ = slice_params(_nest(probe), cfg, spec)
+        sliced, _ = slice_params(nest_paths(probe), cfg, spec)
         for path, leaf in jax.tree_util.tree_leaves_with_path(sliced):
             leaf, out = np.asarray(leaf), path_str(path)
             if axis >= leaf.ndim:
@@ -104,17 +104,6 @@ def _as_index(line: np.ndarray) -> Any:
     return line.astype(np.int64)
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in flat.items():
-        node = out
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
 def read_sub_model(path: str | Path, cfg: ModelConfig, spec: ElasticSpec, prefix: str = "") -> dict:
     """The nested model of `spec` read from a checkpoint's params (under `prefix`, e.g. "model/" in an elastic
     checkpoint), touching about the sub-model's bytes only."""
@@ -122,7 +111,7 @@ def read_sub_model(path: str | Path, cfg: ModelConfig, spec: ElasticSpec, prefix
     plan = read_plan(cfg, spec, shapes)
     parts = restore_slice(path, {prefix + source: index for source, index in plan.values()})
     flat = {path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(parts)}
-    return _nest({out: flat[prefix + source] for out, (source, _) in plan.items()})
+    return nest_paths({out: flat[prefix + source] for out, (source, _) in plan.items()})
 
 
 def slice_checkpoint(path: str | Path, budget: float, out: str | Path, fmt: str = "elastic_jax", *,
