@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from elastic_jax.quant.exact import div
+from elastic_jax.quant.exact import div, rounded
 
 E4M3_MAX = 448.0
 
@@ -74,7 +74,7 @@ def weight_scale(w: Array, axis: int, per_channel: bool = False, xp: Any = np) -
 def cast(x: Array, scale: Array, xp: Any = np) -> Array:
     """float8_e4m3fn(clip(x / scale, -448, 448)), the division in float32."""
     v = div(x, scale, xp)
-    return xp.clip(v, -xp.float32(E4M3_MAX), xp.float32(E4M3_MAX)).astype(_e4m3_dtype(xp))
+    return rounded(xp.clip(v, -xp.float32(E4M3_MAX), xp.float32(E4M3_MAX)).astype(_e4m3_dtype(xp)), xp)
 
 
 def _check(w: Array, axis: int, per_channel: bool, scale: Array | None, what: str) -> int:

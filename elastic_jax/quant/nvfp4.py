@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from elastic_jax.quant.exact import div
+from elastic_jax.quant.exact import div, rounded
 
 BLOCK = 16
 E2M1_MAX = 6.0
@@ -99,7 +99,7 @@ def e2m1_codes(v: Array, xp: Any = np) -> Array:
 
 def _e4m3(s: Array, xp: Any) -> Array:
     """float32 -> float8_e4m3fn, round to nearest even (values must already lie within +-448)."""
-    return s.astype(ml_dtypes.float8_e4m3fn if xp is np else jnp.float8_e4m3fn)
+    return rounded(s.astype(ml_dtypes.float8_e4m3fn if xp is np else jnp.float8_e4m3fn), xp)
 
 
 def global_scale(x: Array, xp: Any = np) -> Array:

@@ -120,3 +120,15 @@ def test_static_input_scale_from_calibration_batches():
 def test_user_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fp8.encode(**kwargs)
+
+
+def test_fake_quantisation_in_one_program_keeps_the_e4m3_rounding():
+    """Encode and decode inside one jit (as quantisation-aware training does) round through E4M3 exactly as the
+    host does: the compiler may not fold the float32 -> float8 -> float32 round trip away."""
+    w = random_weight(np.random.default_rng(4))
+    fake = jax.jit(lambda x: fp8.decode_jax(fp8.encode_jax(x, 0), jnp.float32))(jnp.asarray(w))
+    np.testing.assert_array_equal(np.asarray(fake), fp8.decode(fp8.encode(w, 0)))
+    x = jnp.asarray(w)
+    s = np.float32(0.01)
+    np.testing.assert_array_equal(np.asarray(jax.jit(fp8.fake_quantize_input)(x, s)),
+                                  fp8_reference(w, s).view(ml_dtypes.float8_e4m3fn).astype(np.float32) * s)

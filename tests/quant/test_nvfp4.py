@@ -124,6 +124,13 @@ def test_ties_under_an_inexact_scale():
     np.testing.assert_array_equal(_bits(qj.scale), _bits(q.scale))
 
 
+def test_fake_quantisation_in_one_program_keeps_the_e4m3_rounding():
+    """Encode and decode inside one jit equal the host's: the E4M3 block scales stay rounded."""
+    x = special_block_tensor()
+    fake = jax.jit(lambda v: nvfp4.decode_jax(nvfp4.encode_jax(v, 0, 1.0), jnp.float32))(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(fake), nvfp4.decode(nvfp4.encode(x, 0, 1.0)))
+
+
 def test_input_axis_anywhere_and_bfloat16():
     """Experts [E, in, out] along axis 1 equal each expert's 2-D encoding under the shared global scale; a bf16
     weight encodes as its exact float32 values."""
