@@ -277,7 +277,7 @@ def numpy_recurrence_with_resets(args, seq_idx):
     return np.concatenate(ys), np.concatenate(states)
 
 
-@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("impl", ["reference", *KERNEL_IMPLS])
 def test_seq_idx_restarts_each_document(impl):
     """Packed documents: every document's outputs equal the scan of that document alone (from a zero state)."""
     b, seqlen, h, p, g, n, q = CASES["ragged_groups"]
@@ -288,8 +288,8 @@ def test_seq_idx_restarts_each_document(impl):
     assert rel_err(y, y_want) < 1e-4 and rel_err(s, s_want) < 1e-4
 
 
-@pytest.mark.parametrize("q", [8, 16])
-def test_seq_idx_gradients_match_reference(q):
+@pytest.mark.parametrize("impl,q", [("xla", 8), *((impl, 16) for impl in KERNEL_IMPLS)])
+def test_seq_idx_gradients_match_reference(impl, q):
     b, seqlen, h, p, g, n, _ = CASES["ragged_groups"]
     args = make_inputs(16, b, seqlen, h, p, g, n)
     seq_idx = _packed_seq_idx(b, seqlen)
@@ -302,7 +302,7 @@ def test_seq_idx_gradients_match_reference(q):
         return jnp.sum(y * wy) + jnp.sum(s * ws)
 
     want = jax.grad(loss)(args, "reference")
-    got = jax.jit(jax.grad(loss), static_argnums=1)(args, "xla")
+    got = jax.jit(jax.grad(loss), static_argnums=1)(args, impl)
     for name in want:
         assert rel_err(got[name], want[name]) < 1e-4, name
 
@@ -318,15 +318,6 @@ def test_seq_idx_gradient_of_one_document_stays_in_it():
         assert np.all(outside == 0), name
         assert np.any(np.asarray(grads[name])[0, 10:16] != 0), name
     assert np.all(np.asarray(grads["initial_state"]) == 0)
-
-
-@pytest.mark.parametrize("impl", ["pallas_tpu_interpret", "pallas_gpu_interpret"])
-def test_seq_idx_with_a_pallas_impl_runs_xla(impl):
-    b, seqlen, h, p, g, n, q = CASES["ragged_groups"]
-    args = make_inputs(19, b, seqlen, h, p, g, n)
-    seq_idx = _packed_seq_idx(b, seqlen)
-    y_want = ssd(**args, chunk_size=q, impl="xla", seq_idx=seq_idx)
-    assert rel_err(ssd(**args, chunk_size=q, impl=impl, seq_idx=seq_idx), y_want) == 0.0
 
 
 BAD = [
@@ -398,9 +389,13 @@ def _abstract_args(dtype, b=1, seqlen=200, h=4, p=64, g=2, n=128):
     return [jax.ShapeDtypeStruct(shape, dt) for shape, dt in shapes]
 
 
-def _lower_fwd_and_grad(fn, chunk_size: int, platform: str, dtype) -> str:
-    """Lower forward and gradient for `platform` without a device of that kind (catches kernel lowering errors)."""
+def _lower_fwd_and_grad(fn, chunk_size: int, platform: str, dtype, documents: bool = False) -> str:
+    """Lower forward and gradient for `platform` without a device of that kind (catches kernel lowering errors);
+    `documents` adds seq_idx (packed documents)."""
     args = _abstract_args(dtype)
+    if documents:
+        seq_idx = jnp.asarray(np.repeat(np.arange(4, dtype=np.int32), 50)[None])  # starts every 50 steps
+        fn = functools.partial(fn, seq_idx=seq_idx)
     fwd = jax.jit(lambda *a: fn(*a, chunk_size=chunk_size))
     loss = lambda *a: jnp.sum(fn(*a, chunk_size=chunk_size)[0].astype(jnp.float32))
     grad = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
@@ -411,15 +406,15 @@ def _lower_fwd_and_grad(fn, chunk_size: int, platform: str, dtype) -> str:
     return fwd.trace(*args).lower(**platforms).as_text()
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_pallas_gpu_lowers_to_triton(dtype):
+@pytest.mark.parametrize("dtype,documents", [(jnp.float32, False), (jnp.bfloat16, False), (jnp.float32, True)])
+def test_pallas_gpu_lowers_to_triton(dtype, documents):
     from elastic_jax.kernels.ssd.pallas_gpu import ssd_pallas_gpu
 
-    assert "triton" in _lower_fwd_and_grad(ssd_pallas_gpu, 64, "cuda", dtype)
+    assert "triton" in _lower_fwd_and_grad(ssd_pallas_gpu, 64, "cuda", dtype, documents)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_pallas_tpu_lowers_to_mosaic(dtype, monkeypatch):
+@pytest.mark.parametrize("dtype,documents", [(jnp.float32, False), (jnp.bfloat16, False), (jnp.float32, True)])
+def test_pallas_tpu_lowers_to_mosaic(dtype, documents, monkeypatch):
     from elastic_jax.kernels.ssd.pallas_tpu import ssd_pallas_tpu
 
     if not ON_TPU:  # private: pretend to target a TPU v5e for lowering only (the module moved in newer jax)
@@ -428,17 +423,18 @@ def test_pallas_tpu_lowers_to_mosaic(dtype, monkeypatch):
             if tpu_info is not None:
                 monkeypatch.setattr(tpu_info, "get_device_kind", lambda: "TPU v5 lite")
                 monkeypatch.setattr(tpu_info, "get_num_device_cores", lambda: 1)
-    assert "tpu_custom_call" in _lower_fwd_and_grad(ssd_pallas_tpu, 128, "tpu", dtype)
+    assert "tpu_custom_call" in _lower_fwd_and_grad(ssd_pallas_tpu, 128, "tpu", dtype, documents)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_pallas_gpu_compiled(dtype):
+@pytest.mark.parametrize("dtype,documents", [(jnp.float32, False), (jnp.bfloat16, False), (jnp.float32, True)])
+def test_pallas_gpu_compiled(dtype, documents):
     args = make_inputs(12, 2, 200, 4, 64, 2, 64, dtype=dtype)
     args["initial_state"] = args["initial_state"].astype(jnp.float32)
-    y_ref, s_ref = run(args, "reference", 64)
-    y, s = run(args, "pallas_gpu", 64)
+    extra = {"seq_idx": jnp.asarray(np.repeat(np.arange(4), [30, 64, 70, 36])[None].repeat(2, 0))} if documents else {}
+    y_ref, s_ref = ssd(**args, chunk_size=64, return_final_state=True, impl="reference", **extra)
+    y, s = ssd(**args, chunk_size=64, return_final_state=True, impl="pallas_gpu", **extra)
     tol = 1e-4 if dtype == jnp.float32 else 2e-2
     assert rel_err(y, y_ref) < tol and rel_err(s, s_ref) < tol
 

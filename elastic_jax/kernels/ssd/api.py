@@ -9,8 +9,7 @@ Implementations (`impl=`):
   "pallas_gpu_interpret"  the same kernel run by the generic Pallas interpreter (any backend; for testing).
   "auto"                  first supported of: TPU -> pallas_tpu, xla; GPU -> pallas_gpu, xla; otherwise xla.
 
-Packed documents: `ssd(..., seq_idx=...)` restarts the state at every document start. The reference and xla
-implementations take it; a Pallas impl (or "auto" resolving to one) given seq_idx runs "xla" instead.
+Packed documents: `ssd(..., seq_idx=...)` restarts the state at every document start, in every implementation.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from elastic_jax.kernels.ssd import pallas_gpu, pallas_tpu
+from elastic_jax.kernels.ssd import _target, pallas_gpu, pallas_tpu
 from elastic_jax.kernels.ssd.reference import ssd_reference, ssd_step_reference
 from elastic_jax.kernels.ssd.xla import ssd_xla
 
@@ -114,7 +113,7 @@ def resolve_impl(impl: str, x: jax.Array, B: jax.Array, chunk_size: int) -> str:
     if impl != "auto":
         return impl
     supports: dict[str, Callable[..., bool]] = {"pallas_tpu": pallas_tpu.supports, "pallas_gpu": pallas_gpu.supports}
-    for cand in _AUTO_ORDER.get(jax.default_backend(), ("xla",)):
+    for cand in _AUTO_ORDER.get(_target.backend(), ("xla",)):
         if cand not in supports or supports[cand](x.shape, B.shape, chunk_size, x.dtype):
             return cand
     return "xla"
@@ -128,11 +127,13 @@ def _ssd_impl(x, dt, A, B, C, D, initial_state, seq_idx, *, chunk_size: int, imp
         return ssd_xla(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
     if impl in ("pallas_tpu", "pallas_tpu_interpret"):
         return pallas_tpu.ssd_pallas_tpu(
-            x, dt, A, B, C, D, initial_state, chunk_size=chunk_size, interpret=impl.endswith("interpret")
+            x, dt, A, B, C, D, initial_state, chunk_size=chunk_size, interpret=impl.endswith("interpret"),
+            seq_idx=seq_idx,
         )
     if impl in ("pallas_gpu", "pallas_gpu_interpret"):
         return pallas_gpu.ssd_pallas_gpu(
-            x, dt, A, B, C, D, initial_state, chunk_size=chunk_size, interpret=impl.endswith("interpret")
+            x, dt, A, B, C, D, initial_state, chunk_size=chunk_size, interpret=impl.endswith("interpret"),
+            seq_idx=seq_idx,
         )
     raise ValueError(f"ssd: unknown impl {impl!r}")
 
@@ -157,14 +158,11 @@ def ssd(
     initial_state [b,h,p,n] or None. Returns y [b,L,h,p] in x.dtype, plus final_state [b,h,p,n] float32 when
     return_final_state. Any seqlen works (padded internally to a multiple of the static chunk_size).
     seq_idx [b,L] int or None: packed documents; the state restarts from zero wherever seq_idx changes (the
-    initial state feeds only the first document; the final state is the last document's). The Pallas kernels do
-    not take it: with seq_idx given they run the "xla" implementation.
+    initial state feeds only the first document; the final state is the last document's).
     """
     validate_ssd_args(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
     name = resolve_impl(impl, x, B, chunk_size)
-    if seq_idx is not None and name.startswith("pallas"):
-        name = "xla"
-    if name == "xla" and jax.default_backend() == "cpu":
+    if name == "xla" and _target.backend() == "cpu":
         chunk_size = min(chunk_size, CPU_MAX_CHUNK)
     y, final_state = _ssd_impl(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size=chunk_size, impl=name)
     return (y, final_state) if return_final_state else y

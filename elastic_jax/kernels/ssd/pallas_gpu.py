@@ -16,7 +16,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from elastic_jax.kernels.ssd._vjp import with_xla_backward
-from elastic_jax.kernels.ssd.xla import pad_to_chunks
+from elastic_jax.kernels.ssd.xla import document_starts_per_chunk, pad_to_chunks
 
 _HI = lax.Precision.HIGHEST
 
@@ -43,8 +43,11 @@ def _kernel_block(chunk_size: int, p: int, n: int) -> int:
     return q
 
 
-def _ssd_program(a_ref, d_ref, x_ref, dt_ref, b_ref, c_ref, s0_ref, y_ref, sf_ref, *, chunk_size: int, num_chunks: int):
-    """All chunks of one (batch, head): y and the final state."""
+def _ssd_program(a_ref, d_ref, x_ref, dt_ref, b_ref, c_ref, s0_ref, *refs, chunk_size: int, num_chunks: int,
+                 documents: bool):
+    """All chunks of one (batch, head): y and the final state. With `documents` the first of `refs` holds, per
+    step, how many documents start in its chunk up to it (see xla.document_starts_per_chunk)."""
+    rc_ref, y_ref, sf_ref = refs if documents else (None, *refs)
     f32 = jnp.float32
     q = chunk_size
     head = pl.program_id(1)
@@ -61,19 +64,25 @@ def _ssd_program(a_ref, d_ref, x_ref, dt_ref, b_ref, c_ref, s0_ref, y_ref, sf_re
         cm = c_ref[sl, :].astype(f32)  # [q, n]
         acum = jnp.cumsum(dt * a_h)
         total = jnp.sum(dt * a_h)
-        decay = jnp.where(causal, jnp.exp(jnp.where(causal, acum[:, None] - acum[None, :], 0.0)), 0.0)
+        e, w, et, visible = jnp.exp(acum), jnp.exp(total - acum), jnp.exp(total), causal
+        if documents:  # cut every decay path that crosses a document start
+            rk = rc_ref[sl]
+            last = jnp.max(rk)
+            visible = causal & (rk[:, None] == rk[None, :])
+            e, w, et = jnp.where(rk == 0, e, 0.0), jnp.where(rk == last, w, 0.0), jnp.where(last == 0, et, 0.0)
+        decay = jnp.where(visible, jnp.exp(jnp.where(visible, acum[:, None] - acum[None, :], 0.0)), 0.0)
         cb = lax.dot_general(cm, bm, (((1,), (1,)), ((), ())), precision=_HI, preferred_element_type=f32)
         y = jnp.dot(cb * decay * dt[None, :], x, precision=_HI, preferred_element_type=f32)
-        y = y + jnp.dot(cm, state, precision=_HI, preferred_element_type=f32) * jnp.exp(acum)[:, None]
+        y = y + jnp.dot(cm, state, precision=_HI, preferred_element_type=f32) * e[:, None]
         y_ref[sl, :] = (y + d_h * x).astype(y_ref.dtype)
-        xw = x * (jnp.exp(total - acum) * dt)[:, None]
+        xw = x * (w * dt)[:, None]
         upd = lax.dot_general(bm, xw, (((0,), (0,)), ((), ())), precision=_HI, preferred_element_type=f32)
-        return jnp.exp(total) * state + upd
+        return et * state + upd
 
     sf_ref[...] = lax.fori_loop(0, num_chunks, body, s0_ref[...])
 
 
-def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool):
+def _forward(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size: int, interpret: bool):
     """Lay inputs out head-major, run one program per (batch, head), restore the public layouts."""
     b, seqlen, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
@@ -101,12 +110,17 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
         pl.BlockSpec((None, None, lp, n), lambda i, j: (i, j // r, 0, 0)),
         pl.BlockSpec((None, None, n, p), lambda i, j: (i, j, 0, 0)),
     ]
+    inputs = [A.astype(f32), d, xt, dt_t, bt, ct, s0]
+    if seq_idx is not None:  # laid out like dt: [b, h, Lp]
+        rc = document_starts_per_chunk(seq_idx, q).transpose(1, 0, 2).reshape(b, 1, lp).astype(f32)
+        inputs.append(jnp.broadcast_to(rc, (b, h, lp)))
+        in_specs.append(pl.BlockSpec((None, None, lp), lambda i, j: (i, j, 0)))
     out_specs = [
         pl.BlockSpec((None, None, lp, p), lambda i, j: (i, j, 0, 0)),
         pl.BlockSpec((None, None, n, p), lambda i, j: (i, j, 0, 0)),
     ]
     y_t, sf = pl.pallas_call(
-        functools.partial(_ssd_program, chunk_size=q, num_chunks=lp // q),
+        functools.partial(_ssd_program, chunk_size=q, num_chunks=lp // q, documents=seq_idx is not None),
         out_shape=(jax.ShapeDtypeStruct((b, h, lp, p), x.dtype), jax.ShapeDtypeStruct((b, h, n, p), f32)),
         grid=(b, h),
         in_specs=in_specs,
@@ -115,13 +129,14 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
         compiler_params=plgpu.CompilerParams(num_warps=8 if q * max(p, n) >= 4096 else 4, num_stages=2),
         interpret=interpret,
         name="ssd_chunk_scan_gpu",
-    )(A.astype(f32), d, xt, dt_t, bt, ct, s0)
+    )(*inputs)
     return y_t.transpose(0, 2, 1, 3)[:, :seqlen], sf.transpose(0, 1, 3, 2)
 
 
 _ssd_pallas_gpu = with_xla_backward(_forward)
 
 
-def ssd_pallas_gpu(x, dt, A, B, C, D, initial_state, *, chunk_size: int, interpret: bool = False):
-    """Chunked SSD on GPU via Pallas/Triton (or the generic interpreter when interpret=True); backward = XLA VJP."""
-    return _ssd_pallas_gpu(x, dt, A, B, C, D, initial_state, chunk_size, interpret)
+def ssd_pallas_gpu(x, dt, A, B, C, D, initial_state, *, chunk_size: int, interpret: bool = False, seq_idx=None):
+    """Chunked SSD on GPU via Pallas/Triton (or the generic interpreter when interpret=True); backward = XLA VJP.
+    `seq_idx` [b, L] int (optional): packed documents, the state restarts at each document start."""
+    return _ssd_pallas_gpu(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size, interpret)

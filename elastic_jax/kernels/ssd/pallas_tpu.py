@@ -18,16 +18,17 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from elastic_jax.kernels.ssd import _target
 from elastic_jax.kernels.ssd._shard import sharded_over_mesh
 from elastic_jax.kernels.ssd._vjp import with_xla_backward
-from elastic_jax.kernels.ssd.xla import pad_to_chunks
+from elastic_jax.kernels.ssd.xla import document_starts_per_chunk, pad_to_chunks
 
 _HI = lax.Precision.HIGHEST
 
 
 def supports(x_shape: tuple[int, ...], b_shape: tuple[int, ...], chunk_size: int, dtype: jnp.dtype) -> bool:
     """Whether the compiled TPU kernel handles these static shapes (Mosaic (8, 128) tiling); else "auto" falls back."""
-    if jax.default_backend() != "tpu":
+    if _target.backend() != "tpu":
         return False
     p, n = x_shape[3], b_shape[3]
     dtype_ok = jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -35,9 +36,11 @@ def supports(x_shape: tuple[int, ...], b_shape: tuple[int, ...], chunk_size: int
 
 
 def _ssd_chunk_kernel(
-    a_ref, d_ref, x_ref, dtc_ref, dtr_ref, bt_ref, c_ref, s0_ref, y_ref, sf_ref, state_ref, *, num_chunks: int
+    a_ref, d_ref, x_ref, dtc_ref, dtr_ref, bt_ref, c_ref, s0_ref, *refs, num_chunks: int, documents: bool
 ):
-    """One (batch, head, chunk) grid step: y for the chunk, and the state update in VMEM scratch."""
+    """One (batch, head, chunk) grid step: y for the chunk, and the state update in VMEM scratch. With `documents`
+    the first two `refs` hold, as a column and as a row, how many documents start in the chunk up to each step."""
+    rcc_ref, rcr_ref, y_ref, sf_ref, state_ref = refs if documents else (None, None, *refs)
     f32 = jnp.float32
     head, chunk = pl.program_id(1), pl.program_id(2)
 
@@ -58,18 +61,24 @@ def _ssd_chunk_kernel(
     acum_col = jnp.sum(jnp.where(causal, jnp.broadcast_to(a_row, (q, q)), 0.0), axis=1, keepdims=True)
     acum_row = jnp.sum(jnp.where(row <= col, jnp.broadcast_to(a_col, (q, q)), 0.0), axis=0, keepdims=True)
     total = jnp.sum(a_row, axis=1, keepdims=True)  # [1, 1]
-    decay = jnp.where(causal, jnp.exp(jnp.where(causal, acum_col - acum_row, 0.0)), 0.0)
+    e, w, et, visible = jnp.exp(acum_col), jnp.exp(total - acum_col), jnp.exp(total), causal
+    if documents:  # cut every decay path that crosses a document start
+        rc_col, rc_row = rcc_ref[...], rcr_ref[...]  # [q, 1], [1, q]
+        last = jnp.max(rc_row, axis=1, keepdims=True)  # [1, 1]
+        visible = causal & (rc_col == rc_row)
+        e, w, et = jnp.where(rc_col == 0, e, 0.0), jnp.where(rc_col == last, w, 0.0), jnp.where(last == 0, et, 0.0)
+    decay = jnp.where(visible, jnp.exp(jnp.where(visible, acum_col - acum_row, 0.0)), 0.0)
 
     bt = bt_ref[...].astype(f32)  # [n, q]
     c = c_ref[...].astype(f32)  # [q, n]
     state = state_ref[...]  # [n, p]
     cb = jnp.dot(c, bt, precision=_HI, preferred_element_type=f32)  # [q, q]
     y = jnp.dot(cb * decay * dt_row, x, precision=_HI, preferred_element_type=f32)
-    y = y + jnp.dot(c, state, precision=_HI, preferred_element_type=f32) * jnp.exp(acum_col)
+    y = y + jnp.dot(c, state, precision=_HI, preferred_element_type=f32) * e
     y_ref[...] = (y + d_h * x).astype(y_ref.dtype)
 
-    w = jnp.exp(total - acum_col) * dt_col  # [q, 1]
-    new_state = jnp.exp(total) * state + jnp.dot(bt, x * w, precision=_HI, preferred_element_type=f32)
+    w = w * dt_col  # [q, 1]
+    new_state = et * state + jnp.dot(bt, x * w, precision=_HI, preferred_element_type=f32)
     state_ref[...] = new_state
 
     @pl.when(chunk == num_chunks - 1)
@@ -77,7 +86,7 @@ def _ssd_chunk_kernel(
         sf_ref[...] = new_state
 
 
-def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool):
+def _forward(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size: int, interpret: bool):
     """Lay inputs out head-major, run the kernel, restore [b, L, h, p] / [b, h, p, n] layouts."""
     b, seqlen, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
@@ -107,6 +116,12 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
         pl.BlockSpec((None, None, q, n), lambda i, j, k: (i, lax.div(j, r), k, 0)),
         pl.BlockSpec((None, None, n, p), lambda i, j, k: (i, j, 0, 0)),
     ]
+    inputs = [A.astype(f32), d, xt, dt_col, dt_row, bt, ct, s0]
+    if seq_idx is not None:  # laid out like dt: a column [b, h, Lp, 1] and rows [b, h, nc, 1, q]
+        rc = document_starts_per_chunk(seq_idx, q).transpose(1, 0, 2).reshape(b, 1, lp).astype(f32)
+        rc = jnp.broadcast_to(rc, (b, h, lp))
+        inputs += [rc[..., None], rc.reshape(b, h, nc, 1, q)]
+        in_specs += in_specs[3:5]
     out_specs = [
         pl.BlockSpec((None, None, q, p), lambda i, j, k: (i, j, k, 0)),
         pl.BlockSpec((None, None, n, p), lambda i, j, k: (i, j, 0, 0)),
@@ -114,7 +129,7 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
     flops = 2 * b * h * nc * (q * q * n + q * q * p + 2 * q * n * p)
     bytes_accessed = sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in (xt, xt, dt_t, bt, ct))
     y_t, sf = pl.pallas_call(
-        functools.partial(_ssd_chunk_kernel, num_chunks=nc),
+        functools.partial(_ssd_chunk_kernel, num_chunks=nc, documents=seq_idx is not None),
         out_shape=(jax.ShapeDtypeStruct((b, h, lp, p), x.dtype), jax.ShapeDtypeStruct((b, h, n, p), f32)),
         grid=(b, h, nc),
         in_specs=in_specs,
@@ -126,7 +141,7 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
             flops=flops, transcendentals=b * h * nc * q * (q + 2), bytes_accessed=bytes_accessed
         ),
         name="ssd_chunk_scan_tpu",
-    )(A.astype(f32), d, xt, dt_col, dt_row, bt, ct, s0)
+    )(*inputs)
     y = y_t.transpose(0, 2, 1, 3)[:, :seqlen]
     return y, sf.transpose(0, 1, 3, 2)
 
@@ -136,6 +151,7 @@ def _forward(x, dt, A, B, C, D, initial_state, chunk_size: int, interpret: bool)
 _ssd_pallas_tpu = with_xla_backward(sharded_over_mesh(_forward))
 
 
-def ssd_pallas_tpu(x, dt, A, B, C, D, initial_state, *, chunk_size: int, interpret: bool = False):
-    """Chunked SSD on TPU via Pallas (or the TPU interpreter when interpret=True); backward = VJP of `ssd_xla`."""
-    return _ssd_pallas_tpu(x, dt, A, B, C, D, initial_state, chunk_size, interpret)
+def ssd_pallas_tpu(x, dt, A, B, C, D, initial_state, *, chunk_size: int, interpret: bool = False, seq_idx=None):
+    """Chunked SSD on TPU via Pallas (or the TPU interpreter when interpret=True); backward = VJP of `ssd_xla`.
+    `seq_idx` [b, L] int (optional): packed documents, the state restarts at each document start."""
+    return _ssd_pallas_tpu(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size, interpret)
