@@ -5,7 +5,9 @@ The rule (NVIDIA Model-Optimizer's FP8 export, in float32):
 - Weight scale `weight_scale = amax(|w|) / 448` (float32 division; 448 is E4M3's largest value), per tensor
   (shape ()) or, as an option, per output channel (the amax over the input axis only; the scale keeps the weight's
   shape with the input axis of size 1, so it broadcasts and slices along output axes like the weight). A zero amax
-  gives a scale of 1.0 (Model-Optimizer refuses a non-positive scale; any positive one represents zeros exactly).
+  gives a scale of 1.0 (Model-Optimizer clamps amax to float32's smallest normal there, a subnormal scale; any
+  positive scale represents zeros exactly). The division is float32 as in Model-Optimizer, whose per-tensor scale
+  has shape [1], so a bf16 weight is promoted to float32 before dividing.
 - Weight codes `float8_e4m3fn(clip(w / weight_scale, -448, 448))`, round to nearest, ties to even (the clip only
   matters for a scale given from outside: a cast past 448 would give NaN).
 - Decoding `float32(code) * weight_scale`, then cast to the requested dtype.
