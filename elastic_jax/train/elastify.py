@@ -5,7 +5,9 @@ pretraining sections (model, train, data, checkpoint) plus `elastic` (elastic/co
 short sequences with uniform budget weights, stage 2 on longer ones with weights favouring the full model;
 after `static_after` of the steps every budget's architecture is fixed to the router's argmax and trains as a
 static prefix slice. The checkpoint's metadata carries the router config, budgets, the chosen spec per budget
-and the importance ranking applied, so `elastic-jax slice` can cut any trained or in-between budget.
+and the importance ranking applied, so `elastic-jax slice` can cut any trained or in-between budget, and the
+fixed architectures apart from the router's current choice, so a restart continues exactly. The loop itself
+(data, logging, checkpoints, stop signals) is `run_loop.run_loop`, shared with pretraining.
 It runs on the pretraining mesh (the experiment's `mesh` section): student and frozen teacher share the
 parent's parameter shardings, the router is replicated and batches are split like pretraining's.
 """

@@ -33,7 +33,8 @@ def test_elastify_then_slice(tmp_path, capsys):
     assert set(meta["elastic"]["specs"]) == {"1", "0.7", "0.4"} and meta["elastic"]["ranking"]
     # a second call finds the finished run and does not train again
     again = run_elastify(config, str(tmp_path / "run"), str(tmp_path / "parent"))
-    assert again["compilations"] == 0
+    assert again["compilations"] == 0 and again["resumed_from"] == 4 and again["steps_run"] == 0
+    assert result["resumed_from"] is None and result["step"] == 4 and not result["preempted"]
 
     capsys.readouterr()
     assert main(["slice", "--checkpoint", str(tmp_path / "run" / "checkpoints"), "--budget", "0.55",
