@@ -74,7 +74,8 @@ class Block(nn.Module):
         """`masks`: this layer's elastic masks (see model/masks.py); `hidden_mask`: the hidden-channel mask;
         `segment_ids`: packed documents, for the mixers that mix tokens (attention, Mamba)."""
         cfg = self.cfg
-        normed = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm")(h, hidden_mask)
+        norm = RMSNorm(dim=cfg.hidden_size, eps=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg), name="norm")
+        normed = norm(h, hidden_mask)
         mixer = make_mixer(cfg, self.layer, ssd_impl=self.ssd_impl, moe_impl=self.moe_impl)
         out, cache = mixer(normed, cache, pos, masks=masks, segment_ids=segment_ids)  # one interface for every kind
         out = out.astype(h.dtype)
@@ -116,10 +117,11 @@ class NemotronH(nn.Module):
         new_layers = []
         for layer in range(cfg.num_layers):
             layer_cache = None if cache is None else cache["layers"][layer]
-            block = Block(cfg, layer, self.ssd_impl, self.moe_impl, name=f"layers_{layer}")
+            block = Block(cfg=cfg, layer=layer, ssd_impl=self.ssd_impl, moe_impl=self.moe_impl, name=f"layers_{layer}")
             h, layer_cache = block(h, layer_cache, pos, masks.layer(layer), masks.hidden, segment_ids)
             new_layers.append(layer_cache)
-        norm_f = RMSNorm(decl["norm_f"].shape[0], cfg.layer_norm_epsilon, compute_dtype(cfg), name="norm_f")
+        norm_f = RMSNorm(dim=decl["norm_f"].shape[0], eps=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
+                         name="norm_f")
         h = norm_f(h, masks.hidden)
         logits = linear(decl["lm_head"], compute_dtype(cfg), init)(h).astype(jnp.float32)
         if cache is None:

@@ -2,7 +2,8 @@
 
 transformers fuses the input projection ([z | x | B | C | dt]) and the convolution ([x | B | C]); here each
 part is its own array so that the elastic axes (heads, ranked within B/C groups) are plain prefixes of
-each array. Conversion concatenates and splits them (see elastic_jax/convert/hf.py).
+each array; the in_proj parts share one Hugging Face name in their declarations (`mamba_declarations`), so
+conversion concatenates and splits them.
 """
 
 from __future__ import annotations
@@ -177,7 +178,9 @@ class Mamba2Mixer(nn.Module):
             y = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, impl=self.ssd_impl, seq_idx=segment_ids)
         y = y.reshape(batch, length, d_inner)
         channel_mask = None if head_mask is None else jnp.repeat(head_mask, p, total_repeat_length=d_inner)
-        y = GatedGroupRMSNorm(decl["norm/weight"].shape[0], g, self.eps, self.dtype, name="norm")(y, z, channel_mask)
+        norm = GatedGroupRMSNorm(dim=decl["norm/weight"].shape[0], groups=g, eps=self.eps, dtype=self.dtype,
+                                 name="norm")
+        y = norm(y, z, channel_mask)
         # transformers rescales out_proj at init: kaiming-uniform(a=sqrt 5) / sqrt(num_layers).
         out_bound = 1.0 / math.sqrt(d_inner) / math.sqrt(self.num_layers)
         out = linear(decl["out_proj/kernel"], self.dtype, _uniform_init(out_bound), "output")(y)

@@ -8,19 +8,12 @@ import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.model.declare import ParamDecl, axis, by_name, dim, elastic_axis_of, kernel, linear
-from elastic_jax.model.linear import Linear
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 
 
 def relu2(x: jax.Array) -> jax.Array:
     """Squared ReLU, the activation of every Nemotron-H feed-forward network."""
     return jnp.square(jax.nn.relu(x))
-
-
-def dense(features: int, dtype: jnp.dtype, name: str, init_std: float = 0.02, grad_transpose: str = "input"
-          ) -> Linear:
-    """A bias-free Linear with float32 parameters ([in, out] kernel) computing in `dtype`."""
-    return Linear(features, dtype, nn.initializers.normal(init_std), grad_transpose, name=name)
 
 
 def mlp_declarations(sizes: dict[str, int], width: str = "mlp") -> tuple[ParamDecl, ...]:
