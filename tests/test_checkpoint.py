@@ -89,6 +89,24 @@ def test_other_model_config_is_one_clear_error(tmp_path, tiny_state):
     ckpt.close()
 
 
+def test_other_run_settings_are_one_clear_error(tmp_path, tiny_state):
+    """A resume whose settings differ from the checkpoint's is refused, naming every differing field."""
+    saved = {"train.lr": 0.003, "elastic.stage2_steps": 2, "data.seed": 0}
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(4, tiny_state.to_tree(), {}, {"model": TINY.to_dict(), "run": saved})
+    ckpt.wait()
+    abstract = abstract_like(tiny_state.to_tree())
+    assert ckpt.restore_latest(abstract, {"model": TINY.to_dict(), "run": dict(saved)})[0] == 4
+    with pytest.raises(CheckpointMismatchError) as err:
+        ckpt.restore_latest(abstract, {"model": TINY.to_dict(), "run": {**saved, "train.lr": 0.001,
+                                                                        "elastic.stage2_steps": 4}})
+    message = str(err.value)
+    assert "\n" not in message and "differing fields: elastic.stage2_steps (checkpoint 2, now 4); train.lr " \
+        "(checkpoint 0.003, now 0.001)" in message
+    assert ckpt.all_steps() == [4]  # refused, not skipped or moved aside
+    ckpt.close()
+
+
 def test_restore_slice_values_and_forms(tmp_path, tiny_state):
     ckpt = Checkpointer(tmp_path)
     ckpt.save(7, tiny_state.to_tree(), {}, {"model": TINY.to_dict()})
