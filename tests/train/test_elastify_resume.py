@@ -116,6 +116,7 @@ def test_sigkill_and_restart_ends_bit_identical(reference, tmp_path, kill_after)
 def test_resume_with_another_schedule_names_the_fields(reference, tmp_path):
     """Rerunning elastify in a finished run's workdir with another schedule fails with one line naming the
     differing fields, and trains nothing."""
+    metrics = (reference / "whole" / "metrics.jsonl").read_text()
     proc = subprocess.run(_cmd(reference / "whole", reference / "parent",
                                [*RUN, "elastic.stage2_steps=4", "elastic.static_after=0.25"]),
                           cwd=REPO, env=subprocess_env(xla_flags=FAST_COMPILE), capture_output=True, text=True,
@@ -125,6 +126,7 @@ def test_resume_with_another_schedule_names_the_fields(reference, tmp_path):
     assert line.startswith("error: checkpoint step 8 in") and "elastic.stage2_steps (checkpoint 2, now 4)" in line
     assert "elastic.static_after (checkpoint 0.5, now 0.25)" in line
     assert sorted(int(p.name) for p in (reference / "whole" / "checkpoints").iterdir() if p.name.isdigit())[-1] == 8
+    assert (reference / "whole" / "metrics.jsonl").read_text() == metrics
 
 
 def _free_port() -> int:
