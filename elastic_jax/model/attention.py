@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,12 +37,11 @@ class Attention(nn.Module):
     init_std: float = 0.02
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, name: str | None = None
-                    ) -> Attention:
+    def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, **module: Any) -> Attention:
         """The attention mixer of `layer` (its possibly per-layer head counts)."""
         return cls(hidden_size=cfg.hidden_size, num_heads=cfg.width("num_attention_heads", layer),
                    num_kv_heads=cfg.width("num_key_value_heads", layer), head_dim=cfg.head_dim, dtype=dtype,
-                   init_std=cfg.initializer_range, name=name)
+                   init_std=cfg.initializer_range, **module)
 
     def declarations(self) -> tuple[ParamDecl, ...]:
         return attention_declarations({"embed": self.hidden_size, "kv_heads": self.num_kv_heads,

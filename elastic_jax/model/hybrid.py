@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,16 +23,18 @@ def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
 
 
 def make_mixer(cfg: ModelConfig, layer: int, *, ssd_impl: str = "auto", moe_impl: str = "auto",
-               name: str | None = "mixer") -> nn.Module:
-    """The mixer module of `layer`, with that layer's (possibly per-layer) widths."""
+               **module: Any) -> nn.Module:
+    """The mixer module of `layer`, with that layer's (possibly per-layer) widths; `module` holds flax's
+    name / parent (default: the submodule "mixer" of the module being built)."""
+    module = {"name": "mixer", **module}
     kind, dtype = cfg.pattern[layer], compute_dtype(cfg)
     if kind == "M":
-        return Mamba2Mixer.from_config(cfg, layer, dtype=dtype, ssd_impl=ssd_impl, name=name)
+        return Mamba2Mixer.from_config(cfg, layer, dtype=dtype, ssd_impl=ssd_impl, **module)
     if kind == "*":
-        return Attention.from_config(cfg, layer, dtype=dtype, name=name)
+        return Attention.from_config(cfg, layer, dtype=dtype, **module)
     if kind == "E":
-        return MoE.from_config(cfg, layer, dtype=dtype, impl=moe_impl, name=name)
-    return MLP.from_config(cfg, layer, dtype=dtype, name=name)
+        return MoE.from_config(cfg, layer, dtype=dtype, impl=moe_impl, **module)
+    return MLP.from_config(cfg, layer, dtype=dtype, **module)
 
 
 NORM = dim(None, "embed")  # RMSNorm weights over the hidden channels stay replicated
@@ -39,7 +43,8 @@ NORM = dim(None, "embed")  # RMSNorm weights over the hidden channels stay repli
 def block_declarations(cfg: ModelConfig, layer: int) -> tuple[ParamDecl, ...]:
     """Layer `layer`'s parameters: its pre-norm and its mixer's (paths and HF names relative to the layer)."""
     norm = declare("norm/weight", (NORM,), {"embed": cfg.hidden_size}, HF("norm.weight", "vector"))
-    return (norm, *prefixed(make_mixer(cfg, layer, name=None).declarations(), "mixer"))
+    mixer = make_mixer(cfg, layer, name=None, parent=None)  # unbound: a description, not a submodule
+    return (norm, *prefixed(mixer.declarations(), "mixer"))
 
 
 def _outer_declarations(cfg: ModelConfig) -> dict[str, ParamDecl]:

@@ -9,6 +9,7 @@ conversion concatenates and splits them.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -107,14 +108,14 @@ class Mamba2Mixer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, ssd_impl: str = "auto",
-                    name: str | None = None) -> Mamba2Mixer:
+                    **module: Any) -> Mamba2Mixer:
         """The mixer of `layer` (its possibly per-layer head count)."""
         return cls(hidden_size=cfg.hidden_size, num_heads=cfg.mamba_heads(layer), head_dim=cfg.mamba_head_dim,
                    n_groups=cfg.mamba_n_groups, state_size=cfg.ssm_state_size, conv_kernel=cfg.conv_kernel,
                    chunk_size=cfg.chunk_size, time_step_limit=cfg.time_step_limit, time_step_min=cfg.time_step_min,
                    time_step_max=cfg.time_step_max, time_step_floor=cfg.time_step_floor, eps=cfg.layer_norm_epsilon,
                    num_layers=cfg.num_layers if cfg.rescale_prenorm_residual else 1, ssd_impl=ssd_impl, dtype=dtype,
-                   init_std=cfg.initializer_range, name=name)
+                   init_std=cfg.initializer_range, **module)
 
     def declarations(self) -> tuple[ParamDecl, ...]:
         return mamba_declarations({"embed": self.hidden_size, "mamba_groups": self.n_groups,

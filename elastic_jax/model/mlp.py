@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,11 +35,10 @@ class MLP(nn.Module):
     width_axis: str = "mlp"  # the logical axis of the neurons; the mask of its elastic axis scales them
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, name: str | None = None
-                    ) -> MLP:
+    def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, **module: Any) -> MLP:
         """The dense MLP mixer of `layer` (its possibly per-layer width)."""
         return cls(hidden_size=cfg.hidden_size, intermediate_size=cfg.width("intermediate_size", layer), dtype=dtype,
-                   init_std=cfg.initializer_range, name=name)
+                   init_std=cfg.initializer_range, **module)
 
     def declarations(self) -> tuple[ParamDecl, ...]:
         return mlp_declarations({"embed": self.hidden_size, self.width_axis: self.intermediate_size}, self.width_axis)

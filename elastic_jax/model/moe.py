@@ -13,6 +13,8 @@ dense product over every expert, with each expert looping over its own rows in f
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -221,14 +223,14 @@ class MoE(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, impl: str = "auto",
-                    name: str | None = None) -> MoE:
+                    **module: Any) -> MoE:
         """The MoE mixer of `layer` (its possibly per-layer expert count and widths)."""
         return cls(hidden_size=cfg.hidden_size, num_experts=cfg.width("n_routed_experts", layer),
                    top_k=cfg.num_experts_per_tok, expert_size=cfg.width("moe_intermediate_size", layer),
                    shared_size=cfg.width("moe_shared_expert_intermediate_size", layer), n_group=cfg.n_group,
                    topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
                    routed_scaling_factor=cfg.routed_scaling_factor, impl=impl, dtype=dtype,
-                   init_std=cfg.initializer_range, name=name)
+                   init_std=cfg.initializer_range, **module)
 
     def declarations(self) -> tuple[ParamDecl, ...]:
         return moe_declarations({"embed": self.hidden_size, "routing_groups": self.n_group,
