@@ -111,12 +111,14 @@ def _shards(tensors: list[tuple[str, np.ndarray]], max_shard_bytes: int) -> list
 
 def to_hf(cfg: ModelConfig, params: dict, path: str | os.PathLike, *, dtype: str = "float32",
           max_shard_bytes: int = 2 * 1024**3, tokenizer_dir: str | os.PathLike | None = None,
-          layout: str = "nvidia", overwrite: bool = False) -> Path:
+          layout: str = "nvidia", overwrite: bool = False, tokenizer=None) -> Path:
     """Write `params` as a NemotronH directory: sharded safetensors + index, config.json, generation_config.json.
 
     e_score_correction_bias stays float32 whatever `dtype` is, as NVIDIA publishes it. Tokenizer files are
-    copied from `tokenizer_dir` when given. `path` follows the output rule of `model_io.writing_output`: a
-    non-empty directory is refused unless `overwrite`, and nothing is left behind when writing fails.
+    copied from `tokenizer_dir` when given, or written from `tokenizer` (an elastic_jax Tokenizer:
+    convert/tokenizer_export.py) so that `AutoTokenizer` loads the export. `path` follows the output rule of
+    `model_io.writing_output`: a non-empty directory is refused unless `overwrite`, and nothing is left behind
+    when writing fails.
     """
     if dtype not in _EXPORT_DTYPES:
         raise ConversionError(f"export dtype {dtype!r}; allowed: {sorted(_EXPORT_DTYPES)}")
@@ -131,6 +133,10 @@ def to_hf(cfg: ModelConfig, params: dict, path: str | os.PathLike, *, dtype: str
         tensors.append((name, np.ascontiguousarray(array.astype(target))))
     with writing_output(path, overwrite) as tmp:
         _write_hf(tmp, cfg, hf_config, _shards(tensors, max_shard_bytes), tokenizer_dir)
+        if tokenizer is not None and tokenizer_dir is None:
+            from elastic_jax.convert.tokenizer_export import write_tokenizer
+
+            write_tokenizer(tokenizer, tmp)
     return Path(path)
 
 

@@ -78,11 +78,29 @@ def _quantise_one(x: Any, decl: ParamDecl, fmt: str, per_channel: bool, scale: A
     return fp8.encode(x, decl.quant_in, per_channel, scale)
 
 
+def _fused_scales(leaves: Mapping[str, Any], cfg: ModelConfig, names: set[str], fmt: str,
+                  per_channel: bool) -> dict[str, Any]:
+    """One per-tensor scale for the weights stored in one Hugging Face tensor (Mamba's in_proj parts): the scale of
+    their concatenation (along the output axis), so the fused tensor exports with a single `weight_scale(_2)`."""
+    from elastic_jax.convert.hf_weights import hf_groups
+
+    out: dict[str, Any] = {}
+    for members in hf_groups(cfg, "backbone").values():
+        fused = [d for d in members if d.name in names]
+        if len(fused) < 2 or (fmt == "fp8" and per_channel):
+            continue
+        whole = np.concatenate([np.asarray(leaves[d.name], np.float32) for d in fused], axis=-1)
+        scale = nvfp4.global_scale(whole) if fmt == "nvfp4" else fp8.weight_scale(whole, fused[0].quant_in)
+        out.update({d.name: scale for d in fused})
+    return out
+
+
 def quantize_params(params: Any, cfg: ModelConfig, fmt: str, excluded: Iterable[str] | None = None, *,
                     per_channel: bool = False, scales: Mapping[str, Any] | None = None) -> dict:
     """`params` with each quantised weight (see `quantised_names`) encoded in `fmt` ("nvfp4" or "fp8") along its
     declared input axis, on the host. `per_channel`: FP8 weight scales per output channel. `scales`: per-tensor
-    scales by path (NVFP4 `scale_2`, FP8 `weight_scale`) to use instead of each weight's own."""
+    scales by path (NVFP4 `scale_2`, FP8 `weight_scale`) to use instead of each weight's own; weights fused into one
+    Hugging Face tensor (Mamba's in_proj parts) share the per-tensor scale of their concatenation by default."""
     if fmt not in FORMATS:
         raise ValueError(f"quantisation format {fmt!r}; allowed: {list(FORMATS)}")
     if per_channel and fmt != "fp8":
@@ -100,6 +118,7 @@ def quantize_params(params: Any, cfg: ModelConfig, fmt: str, excluded: Iterable[
     unknown = sorted(set(scales) - names)
     if unknown:
         raise ValueError(f"scales: {unknown[:4]} are not quantised weights of this model")
+    scales = {**_fused_scales(leaves, cfg, names, fmt, per_channel), **scales}
     out = {n: _quantise_one(np.asarray(x), decls[n], fmt, per_channel, scales.get(n)) if n in names else x
            for n, x in leaves.items()}
     return unflatten(out)

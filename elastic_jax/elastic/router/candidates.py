@@ -88,3 +88,32 @@ def choice_masks(cfg: ModelConfig, axis: Axis, attention_mode: str) -> np.ndarra
         masks = spec_masks(cfg, ElasticSpec(**{FIELD_OF_AXIS[axis.name]: width}, attention_mode=attention_mode))
         rows.append(masks.hidden if axis.name == "hidden" else masks.layer(axis.layers[0]).get(axis.name))
     return np.stack(rows)
+
+
+# Width multiples deployment runtimes need (in values): transformers' grouped expert matmul (torch._grouped_mm)
+# wants strides of whole 16 bytes (8 bf16/f16 values, 4 float32); NVFP4/FP8 input-axis prefixes keep whole
+# 16-value blocks.
+DEPLOY_MULTIPLE = {"float32": 4, "bfloat16": 8, "float16": 8, "fp8": 16, "nvfp4": 16}
+ALIGNED_FIELDS = ("hidden_size", "intermediate_size", "moe_intermediate_size", "moe_shared_expert_intermediate_size")
+
+
+def deployment_spec(cfg: ModelConfig, spec: ElasticSpec, multiple: int) -> ElasticSpec:
+    """`spec` with its neuron/channel widths (hidden, FFN, expert and shared-expert widths) rounded to the nearest
+    multiple of `multiple` (ties up, at most the parent's): still a prefix of the ranked parent, so a nested model
+    the exported runtime runs on its default path. Heads and experts are whole groups and stay as they are."""
+    def snap(full: int, width: int) -> int:
+        return int(min(full, max(multiple, np.floor(width / multiple + 0.5) * multiple)))
+
+    changes = {}
+    for name in ALIGNED_FIELDS:
+        value = getattr(spec, name)
+        if value is None:
+            continue
+        if name == "hidden_size":
+            changes[name] = snap(cfg.hidden_size, value)
+        elif isinstance(value, tuple):
+            changes[name] = tuple(snap(cfg.width(name, i), v) for i, v in enumerate(value))
+        else:
+            full = max(cfg.width(name, i) for i in range(cfg.num_layers))
+            changes[name] = snap(full, value)
+    return dataclasses.replace(spec, **changes).validate(cfg)
