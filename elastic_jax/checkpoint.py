@@ -286,6 +286,8 @@ def find_checkpoint(path: str | Path, step: int | None = None, item: str = "stat
             f"importance) or --parent (elastify), or convert it once with `elastic-jax import-hf --hf {path} "
             "--out <dir>`")
     steps = _steps_in(path, item)
+    if not steps and (path / "checkpoints").is_dir() and _steps_in(path / "checkpoints", item):
+        raise FileNotFoundError(f"{path} is a run's work directory; its checkpoints are in {path / 'checkpoints'}")
     if not steps:
         raise FileNotFoundError(f"{path}: no checkpoint steps found (expected <dir>/<step>/{item}); not an "
                                 "elastic_jax checkpoint directory")

@@ -69,6 +69,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     cfg = ej.load_config("tiny")
     params = _random_params(cfg, 0)
     save_model(root / "parent", cfg, params)
+    save_model(root / "run" / "checkpoints", cfg, params)  # a work directory, as pretrain leaves it
     ej.to_hf(cfg, params, root / "hf")
     bpe_cfg = cfg.replace(vocab_size=512)
     tok = _bpe(root / "hf_bpe.json")
@@ -137,11 +138,14 @@ def test_a_directory_of_the_wrong_kind_says_what_it_is_and_what_takes_it(tmp_pat
                      ["generate", "--checkpoint", hf, "--prompt", "1+1="],
                      ["slice", "--checkpoint", hf, "--budget", "0.5", "--out", "out"],
                      ["importance", "--hf", ckpt, "--out", "out"],
-                     ["generate", "--hf", ckpt, "--prompt", "1+1="]], tmp_path)
+                     ["generate", "--hf", ckpt, "--prompt", "1+1="],
+                     ["export-hf", "--checkpoint", str(models["root"] / "run"), "--out", "out"]], tmp_path)
     for proc in procs[:3]:
         one_line_error(proc, "is a Hugging Face model directory", "--hf", f"elastic-jax import-hf --hf {hf}")
-    for proc in procs[3:]:
+    for proc in procs[3:5]:
         one_line_error(proc, "is an elastic_jax checkpoint", "--checkpoint")
+    run_dir = models["root"] / "run"
+    one_line_error(procs[5], "is a run's work directory", f"its checkpoints are in {run_dir / 'checkpoints'}")
     assert list(tmp_path.iterdir()) == [] and snapshot(models["root"]) == before
 
 
