@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+import pytest
 
 import elastic_jax as ej
 from elastic_jax.cli import main
-from elastic_jax.model_io import load_model
+from elastic_jax.model_io import load_model, save_model, writing_output
 
 
 def test_params_of_the_nano_shape(capsys):
@@ -42,3 +44,17 @@ def test_bad_config_is_one_clear_error(capsys):
     assert "model.pattern" in err and "'Q'" in err and "Traceback" not in err
     assert main(["params", "--config", "no_such_config"]) == 2
     assert "known:" in capsys.readouterr().err
+
+
+def test_a_failed_write_creates_nothing_and_an_overwrite_loses_nothing(tmp_path):
+    target = tmp_path / "a" / "b" / "out"
+    with pytest.raises(RuntimeError, match="disk full"), writing_output(target) as tmp:
+        (tmp / "model.safetensors").write_text("partial")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []  # neither the output, its temporary twin, nor the parents made for it
+    cfg = ej.load_config("tiny")
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), ej.param_shapes(cfg))
+    save_model(tmp_path / "m", cfg, params)
+    with pytest.raises(RuntimeError), writing_output(tmp_path / "m", overwrite=True):
+        raise RuntimeError("interrupted")
+    assert load_model(tmp_path / "m")[0] == cfg and [p.name for p in tmp_path.iterdir()] == ["m"]
