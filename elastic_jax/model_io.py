@@ -33,12 +33,14 @@ def _holds_output(path: Path) -> bool:
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an output path that exists and is not empty (unless `overwrite` and it holds a model)."""
+    """Refuse an output path that exists and is not empty (unless `overwrite` and it holds a model or is a file)."""
     path = Path(path)
     if not path.exists():
         return path
-    if not path.is_dir():
-        raise FileExistsError(f"{path} is a file; choose an output directory")
+    if not path.is_dir():  # a file (e.g. a GGUF export): replaced only when asked
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; choose another output path, or pass --overwrite to replace it")
+        return path
     if not any(path.iterdir()):
         return path
     if not overwrite:

@@ -8,7 +8,7 @@ import pytest
 
 import elastic_jax as ej
 from elastic_jax.cli import main
-from elastic_jax.model_io import load_model, save_model, writing_output
+from elastic_jax.model_io import check_output, load_model, save_model, writing_output
 
 
 def test_params_of_the_nano_shape(capsys):
@@ -58,3 +58,7 @@ def test_a_failed_write_creates_nothing_and_an_overwrite_loses_nothing(tmp_path)
     with pytest.raises(RuntimeError), writing_output(tmp_path / "m", overwrite=True):
         raise RuntimeError("interrupted")
     assert load_model(tmp_path / "m")[0] == cfg and [p.name for p in tmp_path.iterdir()] == ["m"]
+    (tmp_path / "model.gguf").write_text("old")  # a single-file output: refused, or replaced when asked
+    with pytest.raises(FileExistsError, match="model.gguf exists; .* --overwrite"):
+        check_output(tmp_path / "model.gguf")
+    assert check_output(tmp_path / "model.gguf", overwrite=True) == tmp_path / "model.gguf"
