@@ -100,6 +100,15 @@ def _elastify_args(p):
     p.add_argument("--workdir", required=True)
 
 
+@verb("plan", "compile the elastic and pretraining steps for a target cluster, no hardware: memory per device, "
+      "FLOPs, compile time, whether it fits and on which mesh")
+def _plan_args(p):
+    from elastic_jax.plan import add_plan_args
+
+    _config_arg(p)
+    add_plan_args(p)
+
+
 @verb("slice", "cut one budget (trained or in between) out of an elastic checkpoint, zero-shot")
 def _slice_args(p):
     p.add_argument("--checkpoint", required=True, help="elastic checkpoint (or importance-ranked parent)")
@@ -260,6 +269,10 @@ def run(args) -> int:
 
         result = run_pretrain(ej.load_experiment(args.config, args.overrides), args.workdir)
         print(json.dumps(result, default=str, indent=1))
+    elif args.verb == "plan":
+        from elastic_jax.plan import run_plan_verb
+
+        return run_plan_verb(args)
     else:
         return run_elastic_verb(args)
     return 0
@@ -273,8 +286,12 @@ def run_elastic_verb(args) -> int:
     if args.verb == "importance":
         _importance(args)
     elif args.verb == "elastify":
+        from elastic_jax import distributed
+        from elastic_jax.plan import check_fits_locally
         from elastic_jax.train.elastify import run_elastify
 
+        distributed.initialize()  # before the device query of the memory check
+        check_fits_locally(ej.load_config(args.config, args.overrides), "elastify")
         result = run_elastify(ej.load_experiment(args.config, args.overrides), args.workdir, args.parent)
         print(json.dumps(result, default=str, indent=1))
     elif args.verb == "slice":

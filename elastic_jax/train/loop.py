@@ -28,6 +28,7 @@ from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.data import DataConfig, Tokenizer, eval_prompts, load_tokenizer, make_eval_batches, make_train_iterator
 from elastic_jax.experiment import ExperimentConfig
 from elastic_jax.model.functional import build
+from elastic_jax.plan import check_fits_locally
 from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.evaluation import eval_loss, reasoning_accuracy
 from elastic_jax.train.metrics import MetricsWriter
@@ -251,6 +252,7 @@ def run_pretrain(experiment_config: ml_collections.ConfigDict, workdir: str) -> 
     """Pretrain from an experiment config in `workdir` (resuming if it holds checkpoints); returns final figures."""
     spec = parse_experiment(experiment_config)
     distributed.initialize()
+    check_fits_locally(spec.model, "pretrain")  # one line, before anything is compiled or allocated
     workdir_path = Path(workdir).absolute()
     workdir_path.mkdir(parents=True, exist_ok=True)
     layout = make_layout(spec)

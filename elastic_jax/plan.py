@@ -1,0 +1,451 @@
+"""Compile-only plans for a target cluster: will the elastic joint step (or the pretraining step) fit, and how?
+
+`elastic-jax plan --config C --target T --mode static|mask` lowers and compiles the step with abstract arrays
+(ShapeDtypeStructs and the shardings of elastic_jax/distributed.py), on no hardware:
+
+- TPU targets (`v5p-128`, `v5e-8`, `v6e-16`, or a topology `v5p:2x2x1`) compile for the real topology through
+  libtpu's compile-only support (`jax.experimental.topologies`; the `tpu-plan` extra installs libtpu), with the
+  Pallas TPU SSD kernel in the program. Every figure is XLA's, for that topology.
+- GPU targets (`8xH100`, `16xH100`, `8xA100-80`) compile the same sharded program on as many fake CPU devices
+  (a subprocess with --xla_force_host_platform_device_count): parameter, optimizer and teacher bytes follow
+  exactly from the shardings; temporaries and FLOPs are the CPU compiler's (an estimate of the GPU's).
+
+`check_fits_locally` is the cheap accounting check that pretrain / elastify run before compiling anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from elastic_jax.config import ConfigError
+
+GiB = 1024**3
+# HBM per chip (TPU) or per GPU, in bytes.
+TPU_HBM = {"v4": 32 * GiB, "v5e": 16 * GiB, "v5p": 95 * GiB, "v6e": 32 * GiB}
+GPU_HBM = {"H100": 80 * 10**9, "H200": 141 * 10**9, "A100-80": 80 * 10**9, "A100-40": 40 * 10**9,
+           "A100": 80 * 10**9, "B200": 180 * 10**9}
+# TensorCores per chip: v4 and v5p slices are named by cores (v5p-128 = 64 chips), v5e / v6e by chips.
+CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}
+BYTES_PER_PARAM = {"pretrain": 16, "elastic": 20}  # fp32 weights + grads + 2 Adam moments (+ the fp32 teacher)
+DEFAULT_BUDGETS = (1.0, 0.7, 0.4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A cluster to plan for: platform, device count, HBM per device, and the libtpu topology name (TPU)."""
+
+    name: str
+    platform: str  # "tpu" or "gpu"
+    num_devices: int
+    hbm_bytes: int
+    topology: str | None = None
+
+
+def _tpu_grid(kind: str, chips: int) -> str:
+    """A topology grid with `chips` chips: 3-D (AxBxC, powers of two, most even) for v4/v5p, 2-D otherwise."""
+    dims = [1, 1, 1] if CORES_PER_CHIP[kind] == 2 else [1, 1]
+    rest = chips
+    while rest > 1:
+        if rest % 2:
+            raise ConfigError(f"--target: {chips} {kind} chips is not a power of two", section="target")
+        dims[dims.index(min(dims))] *= 2
+        rest //= 2
+    if len(dims) == 3 and dims[0] * dims[1] < 4:  # a v4/v5p host holds 2x2x1 chips
+        dims = sorted(dims, reverse=True)
+    return "x".join(str(d) for d in sorted(dims))
+
+
+def parse_target(text: str) -> Target:
+    """`v5p-128` (cores for v4/v5p, chips for v5e/v6e), `v5p:2x2x1` (a topology), or `<n>x<GPU>` (`8xH100`)."""
+    gpu = re.fullmatch(r"(\d+)x([A-Za-z0-9-]+)", text)
+    if gpu and gpu.group(2) in GPU_HBM:
+        n = int(gpu.group(1))
+        return Target(text, "gpu", n, GPU_HBM[gpu.group(2)])
+    topo = re.fullmatch(r"(v4|v5e|v5p|v6e):(\d+(?:x\d+)+)", text)
+    named = re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", text)
+    if topo:
+        kind, grid = topo.group(1), topo.group(2)
+        chips = math.prod(int(d) for d in grid.split("x"))
+    elif named:
+        kind, count = named.group(1), int(named.group(2))
+        if count % CORES_PER_CHIP[kind]:
+            raise ConfigError(f"--target: {text} must name a whole number of chips", section="target")
+        chips = count // CORES_PER_CHIP[kind]
+        grid = _tpu_grid(kind, chips)
+    else:
+        raise ConfigError(f"--target: {text!r} is not a target; use a TPU slice (v5p-128, v5e-8, v6e-16), a TPU "
+                          f"topology (v5p:2x2x1) or GPUs <n>x<model> with model one of {sorted(GPU_HBM)}",
+                          section="target")
+    return Target(text, "tpu", chips, TPU_HBM[kind], f"{kind}:{grid}")
+
+
+def tpu_devices(target: Target) -> list[Any]:
+    """The devices of a TPU topology, from libtpu's compile-only client (no TPU needed)."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes on this host may hold libtpu
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    try:
+        from jax.experimental import topologies
+
+        return list(topologies.get_topology_desc(target.topology, "tpu").devices)
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ConfigError("--target: TPU plans need libtpu; pip install 'elastic_jax[tpu-plan]'",
+                          section="target") from err
+    except RuntimeError as err:
+        if "libtpu" in str(err).lower() or "tpu" in str(err).lower():
+            raise ConfigError(f"--target {target.name}: libtpu could not describe topology {target.topology}: "
+                              f"{str(err).splitlines()[0]} (pip install 'elastic_jax[tpu-plan]')",
+                              section="target") from err
+        raise
+
+
+# ---- one compiled program ----------------------------------------------------------------------------------
+def _shard_bytes(tree: Any, shardings: Any) -> int:
+    """Bytes per device of a tree of ShapeDtypeStructs laid out by `shardings` (the largest shard)."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for leaf, sh in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
+        total += int(np.prod(sh.shard_shape(tuple(leaf.shape)))) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def _experiment(config: str, overrides: Sequence[str], budgets: Sequence[float] | None):
+    """(ExperimentConfig, ElasticConfig) with the budgets given (an elastic section is added when missing)."""
+    from elastic_jax.experiment import ExperimentConfig, load_experiment
+    from elastic_jax.schema import plain
+
+    raw = dict(plain(load_experiment(config, overrides)))
+    elastic = dict(raw.get("elastic") or {})
+    if budgets is not None or not elastic:
+        router = dict(elastic.get("router") or {})
+        router["budgets"] = tuple(budgets or router.get("budgets") or DEFAULT_BUDGETS)
+        elastic["router"] = router
+        if len(elastic.get("stage2_weights") or router["budgets"]) != len(router["budgets"]):
+            elastic.pop("stage2_weights")  # the config's stage-2 weights were for other budgets
+        raw["elastic"] = elastic
+        raw.setdefault("train", {}).pop("total_steps", None)
+    exp = ExperimentConfig.from_dict(raw)
+    return exp, exp.require_elastic("plan")
+
+
+def _mesh_name(sizes: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sizes.items() if v != 1) or "data=1"
+
+
+def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[str, int], devices: list[Any],
+                    platform: str) -> dict[str, Any]:
+    """Lower and compile one step for `devices` on the mesh `mesh_cfg`; per-device bytes by kind, FLOPs, time."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from elastic_jax import distributed
+    from elastic_jax.elastic.router import Router
+    from elastic_jax.kernels.ssd._target import compiling_for
+    from elastic_jax.model.functional import build
+    from elastic_jax.train.elastic_step import (
+        JointLossConfig,
+        StepShardings,
+        make_elastic_optimizer,
+        make_elastic_step,
+    )
+    from elastic_jax.train.loop import global_batch_sharding, state_layout
+    from elastic_jax.train.optim import make_optimizer
+    from elastic_jax.train.step import make_train_step
+
+    cfg, train = exp.model, exp.train
+    mesh = distributed.make_mesh(mesh_cfg, devices)
+    sizes = dict(mesh.shape)
+    seq_len = ec.stage2_seq_len if program == "elastic" else train.seq_len
+    abstract = jax.eval_shape(build(cfg).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 1), jnp.int32))
+    model_params = abstract["params"]
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sh = global_batch_sharding(train, mesh)
+    rows = (train.global_batch, seq_len)
+    batch = {"inputs": jax.ShapeDtypeStruct(rows, jnp.int32), "targets": jax.ShapeDtypeStruct(rows, jnp.int32),
+             "loss_mask": jax.ShapeDtypeStruct(rows, jnp.float32)}
+    if program == "elastic":
+        router = Router(cfg, ec.router)
+        router_init = router.init(jax.random.PRNGKey(0))  # small; concrete so static mode can read its choices
+        fixed = tuple(router.spec_for(router_init, b) if mode == "static" else None for b in ec.budgets)
+        lc = JointLossConfig(weights=tuple([1.0] * len(ec.budgets)), fixed_specs=fixed,
+                             router_weight=ec.router.loss_weight, ce_weight=ec.ce_weight,
+                             kd_temperature=ec.kd_temperature)
+        optimizer, schedule = make_elastic_optimizer(train, ec.router.lr_multiplier)
+        params = {"model": model_params, "router": jax.eval_shape(lambda: router_init)}
+        params_sh = {"model": distributed.param_shardings(model_params, mesh),
+                     "router": jax.tree.map(lambda _: replicated, params["router"])}
+        state, state_sh = state_layout(mesh, params, params_sh, optimizer)
+        step, _ = make_elastic_step(cfg, router, lc, optimizer, schedule, ec.total_steps,
+                                    StepShardings(state_sh, batch_sh))
+        args = (state, model_params, batch, jax.ShapeDtypeStruct((2,), jnp.uint32))
+        teacher = _shard_bytes(model_params, params_sh["model"])
+    else:
+        optimizer, schedule = make_optimizer(train, model_params)
+        params_sh = distributed.param_shardings(model_params, mesh)
+        state, state_sh = state_layout(mesh, model_params, params_sh, optimizer)
+        step, _ = make_train_step(cfg, optimizer, schedule, state_sharding=state_sh, batch_sharding=batch_sh)
+        args, teacher = (state, batch), 0
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh), compiling_for(platform):
+        lowered = step.lower(*args)
+        compiled = lowered.compile()
+    seconds = time.perf_counter() - t0
+    kernels = lowered.as_text().count("ssd_chunk_scan_tpu")  # Pallas TPU SSD calls in the program
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    params_b = _shard_bytes(state.params, state_sh.params)
+    opt_b = _shard_bytes(state.opt_state, state_sh.opt_state)
+    args_b = int(mem.argument_size_in_bytes)
+    out_extra = max(int(mem.output_size_in_bytes) - int(mem.alias_size_in_bytes), 0)
+    temp_b = int(mem.temp_size_in_bytes)
+    return {"mesh": sizes, "mesh_name": _mesh_name(sizes), "seq_len": seq_len, "global_batch": train.global_batch,
+            "compile_seconds": round(seconds, 2), "pallas_tpu_ssd_calls": kernels,
+            "bytes": {"parameters": params_b, "optimizer_state": opt_b, "teacher": teacher,
+                      "batch_and_other_inputs": max(args_b - params_b - opt_b - teacher, 0),
+                      "activations_and_temporaries": temp_b, "outputs_not_aliased": out_extra},
+            "total_bytes": args_b + temp_b + out_extra, "generated_code_bytes": int(mem.generated_code_size_in_bytes),
+            "flops_per_step": float((cost or {}).get("flops", 0.0))}
+
+
+# ---- meshes, fitting and the whole plan --------------------------------------------------------------------
+def candidate_meshes(configured: dict[str, int], num_devices: int) -> list[dict[str, int]]:
+    """The experiment's mesh, then FSDP over every device, then FSDP x tensor 2 / 4 and FSDP x expert 2 / 4."""
+    from elastic_jax.distributed import MeshError, mesh_shape
+
+    out: list[dict[str, int]] = []
+    wanted = [configured, {"data": 1, "fsdp": -1}, {"data": 1, "fsdp": -1, "tensor": 2},
+              {"data": 1, "fsdp": -1, "tensor": 4}, {"data": 1, "fsdp": -1, "expert": 2},
+              {"data": 1, "fsdp": -1, "expert": 4}]
+    for cand in wanted:
+        try:
+            sizes = mesh_shape(cand, num_devices)
+        except MeshError:
+            continue
+        if sizes not in out:
+            out.append(sizes)
+    return out
+
+
+def _fit_advice(result: dict[str, Any], hbm: int) -> str:
+    """Fits as compiled, or the micro-batch (rows per step) that would, scaling temporaries with rows (estimated)."""
+    if result["total_bytes"] <= hbm:
+        return "fits as compiled"
+    fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
+    if fixed > hbm:
+        return (f"does not fit: parameters, optimizer state and teacher alone need {fixed / GiB:.1f} GiB per device; "
+                "use more devices or a mesh that shards them further")
+    gb = result["global_batch"]
+    for rows in sorted((d for d in range(1, gb) if gb % d == 0), reverse=True):
+        if fixed + result["bytes"]["activations_and_temporaries"] * rows / gb <= hbm:
+            return (f"estimated to fit with train.global_batch={rows} per step (temporaries scaled from the compiled "
+                    f"{gb}; the steps do not accumulate gradients, so this is the batch per optimizer step)")
+    return "does not fit even at one row per step"
+
+
+def _compile_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
+                        budgets: Sequence[float] | None, meshes: Sequence[dict[str, int]] | None,
+                        programs: Sequence[str], devices: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    exp, ec = _experiment(config, overrides, budgets)
+    meshes = list(meshes) if meshes else candidate_meshes(exp.mesh.to_dict(), target.num_devices)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for program in programs:
+        results = []
+        for sizes in meshes:
+            try:
+                results.append(compile_program(exp, ec, program, mode, sizes, devices, target.platform))
+            except ConfigError as err:  # e.g. the batch does not split over this mesh
+                results.append({"mesh": sizes, "mesh_name": _mesh_name(sizes), "error": str(err)})
+        out[program] = results
+    return out
+
+
+def _gpu_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
+                    budgets: Sequence[float] | None, meshes: Sequence[dict[str, int]] | None,
+                    programs: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Compile on `target.num_devices` fake CPU devices in a subprocess (the device count is fixed at start-up)."""
+    job = {"config": config, "overrides": list(overrides), "target": target.name, "mode": mode,
+           "budgets": list(budgets) if budgets else None, "meshes": list(meshes) if meshes else None,
+           "programs": list(programs)}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count="
+                        f"{target.num_devices}".strip()}
+    proc = subprocess.run([sys.executable, "-m", "elastic_jax.plan", json.dumps(job)], env=env, capture_output=True,
+                          text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"plan for {target.name} on fake CPU devices failed:\n{proc.stderr[-4000:]}")
+    reply = json.loads(lines[-1])
+    if "error" in reply:
+        raise ConfigError(reply["error"])
+    return reply
+
+
+def plan(config: str, target: str, mode: str = "static", budgets: Sequence[float] | None = None,
+         overrides: Sequence[str] = (), meshes: Sequence[dict[str, int]] | None = None,
+         programs: Sequence[str] = ("elastic", "pretrain")) -> dict[str, Any]:
+    """The plan of `config` on `target`: per program, every mesh tried and the best (fits, then least memory)."""
+    if mode not in ("static", "mask"):
+        raise ConfigError(f"--mode: {mode!r}; allowed: 'static' (fixed architectures, sliced students) or 'mask' "
+                          "(router masks over the parent's shapes)", section="mode")
+    bad = [p for p in programs if p not in ("elastic", "pretrain")]
+    if bad:
+        raise ConfigError(f"programs: {bad}; allowed: elastic, pretrain", section="programs")
+    tgt = parse_target(target)
+    exp, ec = _experiment(config, overrides, budgets)  # user errors before any compilation
+    if tgt.platform == "tpu":
+        results = _compile_candidates(config, overrides, tgt, mode, budgets, meshes, programs, tpu_devices(tgt))
+    else:
+        results = _gpu_candidates(config, overrides, tgt, mode, budgets, meshes, programs)
+    return _assemble(exp, ec, tgt, mode, results)
+
+
+def _assemble(exp: Any, ec: Any, tgt: Target, mode: str, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    from elastic_jax.elastic.accounting import count_params
+
+    total, active = count_params(exp.model)
+    compiled = ("every figure compiled by XLA for the TPU topology" if tgt.platform == "tpu" else
+                "parameters / optimizer state / teacher: exact from the shardings; activations, temporaries and FLOPs:"
+                " compiled for CPU devices standing in for the GPUs (an estimate of the GPU compiler's)")
+    out: dict[str, Any] = {
+        "target": tgt.name, "platform": tgt.platform, "topology": tgt.topology, "device_count": tgt.num_devices,
+        "hbm_bytes_per_device": tgt.hbm_bytes, "mode": mode, "budgets": list(ec.budgets),
+        "model": {"total_params": total, "active_params": active}, "figures": compiled,
+        "rematerialisation": "none (the model has no rematerialisation option; all activations are kept)",
+        "programs": {}}
+    for program, tried in results.items():
+        ok = [r for r in tried if "error" not in r]
+        for r in ok:
+            r["fits"] = r["total_bytes"] <= tgt.hbm_bytes
+            r["advice"] = _fit_advice(r, tgt.hbm_bytes)
+        best = min(ok, key=lambda r: (not r["fits"], r["total_bytes"])) if ok else None
+        out["programs"][program] = {"best": best, "tried": tried,
+                                    "accounting_estimate_bytes_per_device": BYTES_PER_PARAM[program] * total
+                                    // tgt.num_devices}
+    out["fits"] = all(p["best"] is not None and p["best"]["fits"] for p in out["programs"].values())
+    return out
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    """The plan as a human-readable table."""
+    gib = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
+    lines = [f"plan: {p['target']} ({p['platform']}, {p['device_count']} devices"
+             f"{', topology ' + p['topology'] if p['topology'] else ''}, {p['hbm_bytes_per_device'] / GiB:.1f} GiB "
+             f"each), mode {p['mode']}, budgets {p['budgets']}",
+             f"model: {p['model']['total_params']:,} parameters ({p['model']['active_params']:,} active)",
+             f"figures: {p['figures']}", f"rematerialisation: {p['rematerialisation']}"]
+    for program, entry in p["programs"].items():
+        teacher = ", teacher" if program == "elastic" else ""
+        lines.append(f"\n[{program}] accounting estimate (weights, grads, Adam{teacher} in fp32, ideally sharded): "
+                     f"{gib(entry['accounting_estimate_bytes_per_device'])} per device")
+        for r in entry["tried"]:
+            if "error" in r:
+                lines.append(f"  mesh {r['mesh_name']}: not possible: {r['error']}")
+                continue
+            lines.append(f"  mesh {r['mesh_name']}: total {gib(r['total_bytes'])} per device, "
+                         f"{r['flops_per_step'] / 1e12:.3f} TFLOP per device per step, compiled in "
+                         f"{r['compile_seconds']} s; {r['advice']}")
+        best = entry["best"]
+        if best:
+            lines.append(f"  best: mesh {best['mesh_name']} (global batch {best['global_batch']} x {best['seq_len']}),"
+                         f" per device:")
+            lines += [f"    {k.replace('_', ' '):30s}{gib(v)}" for k, v in best["bytes"].items()]
+            lines.append(f"    {'total':30s}{gib(best['total_bytes'])}  fits: {best['fits']}")
+    lines.append(f"\nfits: {p['fits']}")
+    return "\n".join(lines)
+
+
+# ---- refuse before starting what cannot fit ----------------------------------------------------------------
+def local_capacity() -> tuple[int, int, str]:
+    """(bytes one device can hold, number of devices sharing the work, what): HBM per accelerator, host RAM on CPU
+    (fake CPU devices share it, so the whole run must fit in it)."""
+    import jax
+
+    devices = jax.devices()
+    stats = devices[0].memory_stats() if devices[0].platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), len(devices), f"{devices[0].device_kind} memory"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ram, 1, "host RAM"
+
+
+def check_fits_locally(model: Any, verb: str) -> None:
+    """ConfigError when the training state alone (fp32 weights, grads, Adam moments, and the teacher for elastify)
+    cannot fit this machine's devices, from the parameter accounting: before anything is compiled or allocated."""
+    from elastic_jax.elastic.accounting import count_params, format_count
+
+    total, _ = count_params(model)
+    program = "elastic" if verb == "elastify" else "pretrain"
+    need = BYTES_PER_PARAM[program] * total
+    capacity, devices, what = local_capacity()
+    if need / devices > capacity:
+        raise ConfigError(f"{verb}: {format_count(total)} parameters need at least {need / GiB:.0f} GiB of training "
+                          f"state ({BYTES_PER_PARAM[program]} bytes each: fp32 weights, gradients, Adam"
+                          f"{', teacher' if program == 'elastic' else ''}), {need / devices / GiB:.0f} GiB on each of "
+                          f"{devices} device(s), more than the {capacity / GiB:.0f} GiB of {what}; see "
+                          "`elastic-jax plan` for a cluster that fits", section="model")
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """'data=1,fsdp=-1' -> {'data': 1, 'fsdp': -1} (checked like the experiment's mesh section)."""
+    from elastic_jax.distributed import check_mesh_config
+
+    sizes = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        try:
+            sizes[name.strip()] = int(value)
+        except ValueError:
+            raise ConfigError(f"--mesh: {item!r} is not axis=size (e.g. data=1,fsdp=-1)", section="mesh") from None
+    return check_mesh_config(sizes)
+
+
+def add_plan_args(p: Any) -> None:
+    """The `plan` verb's arguments (its --config is added by the CLI)."""
+    p.add_argument("--target", required=True,
+                   help="v5p-128 / v5e-8 / v6e-16 (TPU slice), v5p:2x2x1 (TPU topology), 8xH100 / 16xH100 / 8xA100-80")
+    p.add_argument("--mode", choices=("static", "mask"), default="static",
+                   help="static: fixed architectures train as sliced students; mask: router masks on the parent")
+    p.add_argument("--budgets", type=float, nargs="+", help="budgets to plan (default: the config's, or 1 0.7 0.4)")
+    p.add_argument("--mesh", action="append", type=parse_mesh,
+                   help="a mesh to compile, e.g. data=1,fsdp=-1 (repeatable); default: the experiment's mesh and "
+                        "FSDP / tensor / expert variants")
+    p.add_argument("--programs", default="elastic,pretrain", help="comma-separated: elastic, pretrain")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def run_plan_verb(args: Any) -> int:
+    """`elastic-jax plan`: print the plan (table or JSON); exit status 0 whether or not it fits."""
+    result = plan(args.config, args.target, args.mode, args.budgets, args.overrides, args.mesh,
+                  tuple(p.strip() for p in args.programs.split(",") if p.strip()))
+    print(json.dumps(result, indent=1) if args.json else format_plan(result))
+    return 0
+
+
+def _worker(job: dict[str, Any]) -> dict[str, Any]:
+    import jax
+
+    target = parse_target(job["target"])
+    devices = jax.devices()
+    if len(devices) != target.num_devices:
+        return {"error": f"expected {target.num_devices} fake devices, got {len(devices)}"}
+    try:
+        return _compile_candidates(job["config"], job["overrides"], target, job["mode"], job["budgets"],
+                                   job["meshes"], job["programs"], devices)
+    except ConfigError as err:
+        return {"error": str(err)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_worker(json.loads(sys.argv[1]))))

@@ -1,0 +1,76 @@
+"""Compile-only plans: a TPU topology of several chips through libtpu (Pallas TPU SSD kernel in the sharded
+program), GPUs on fake CPU devices through the CLI's JSON, target parsing, and the refusal before pretraining a
+model whose training state cannot fit this machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from elastic_jax import plan
+from elastic_jax.config import ConfigError
+from elastic_jax.experiment import load_config
+
+# A tiny elastic experiment shrunk to one Mamba layer and short rows (chunk 128: the Pallas TPU kernel takes it).
+SMALL = ["--config.model.pattern=M", "--config.model.chunk_size=128", "--config.train.global_batch=8",
+         "--config.train.seq_len=64", "--config.elastic.stage2_seq_len=64"]
+BYTE_KINDS = {"parameters", "optimizer_state", "teacher", "batch_and_other_inputs", "activations_and_temporaries",
+              "outputs_not_aliased"}
+
+
+def test_targets_parse_to_devices_topologies_and_memory():
+    v5p = plan.parse_target("v5p-128")  # v5p slices are named by TensorCores: 64 chips
+    assert (v5p.platform, v5p.num_devices, v5p.topology) == ("tpu", 64, "v5p:4x4x4")
+    assert plan.parse_target("v5e-8").topology == "v5e:2x4"
+    assert plan.parse_target("v5p:2x2x1").num_devices == 4
+    gpus = plan.parse_target("16xH100")
+    assert (gpus.platform, gpus.num_devices, gpus.hbm_bytes) == ("gpu", 16, 80 * 10**9)
+    with pytest.raises(ConfigError, match="target"):
+        plan.parse_target("8xZ80")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="needs libtpu (pip install 'elastic_jax[tpu-plan]'; part of the dev extra)")
+def test_tpu_plan_on_four_v5p_chips_has_the_pallas_kernel_in_the_sharded_program():
+    # batch over fsdp and heads over tensor: the kernel's shard_map splits both
+    p = plan.plan("tiny_elastic", "v5p:2x2x1", mode="mask", overrides=SMALL,
+                  meshes=[{"data": 1, "fsdp": 2, "tensor": 2}], programs=("elastic",))
+    assert (p["platform"], p["device_count"], p["topology"]) == ("tpu", 4, "v5p:2x2x1")
+    best = p["programs"]["elastic"]["best"]
+    assert best["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2, "expert": 1}
+    assert best["pallas_tpu_ssd_calls"] >= 1
+    assert set(best["bytes"]) == BYTE_KINDS
+    assert best["bytes"]["parameters"] > 0 and best["bytes"]["teacher"] > 0 and best["bytes"]["optimizer_state"] > 0
+    assert best["total_bytes"] >= best["bytes"]["activations_and_temporaries"] > 0
+    assert best["flops_per_step"] > 0 and best["fits"] and p["fits"]
+
+
+def test_gpu_plan_on_fake_devices_prints_json_from_the_cli():
+    cmd = [sys.executable, "-m", "elastic_jax.cli", "plan", "--config", "tiny_elastic", "--target", "8xH100",
+           "--mode", "static", "--mesh", "data=1,fsdp=-1", "--json", *SMALL]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p = json.loads(proc.stdout)
+    assert (p["platform"], p["device_count"], p["mode"], p["budgets"]) == ("gpu", 8, "static", [1.0, 0.7, 0.4])
+    assert set(p["programs"]) == {"elastic", "pretrain"}
+    for entry in p["programs"].values():
+        best = entry["best"]
+        assert best["mesh"]["fsdp"] == 8 and set(best["bytes"]) == BYTE_KINDS
+        assert best["total_bytes"] > 0 and isinstance(best["fits"], bool) and best["pallas_tpu_ssd_calls"] == 0
+    # the pretraining step holds no teacher; the elastic step's teacher is sharded like the parameters
+    assert p["programs"]["pretrain"]["best"]["bytes"]["teacher"] == 0
+    elastic = p["programs"]["elastic"]["best"]["bytes"]
+    assert 0 < elastic["teacher"] <= elastic["parameters"]
+    assert p["fits"] is True
+
+
+def test_refuses_a_model_whose_training_state_cannot_fit_before_compiling():
+    nano = load_config("nemotron3_nano_30b_a3b")
+    with pytest.raises(ConfigError, match=r"31\.58B parameters need at least 471 GiB"):
+        plan.check_fits_locally(nano, "pretrain")
+    plan.check_fits_locally(load_config("tiny"), "elastify")  # fits: no error
