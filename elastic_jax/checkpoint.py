@@ -46,11 +46,11 @@ class CheckpointConfig(schema.Section):
 
     SECTION = "checkpoint"
 
-    every_steps: int = 100
-    max_to_keep: int = 3
-    async_save: bool = True
-    chunk_pieces: int = 16
-    min_chunk_bytes: int = 4096
+    every_steps: int = 100  #: steps between checkpoints (0: only at the end)
+    max_to_keep: int = 3  #: checkpoints kept on disk
+    async_save: bool = True  #: write checkpoints in the background while training goes on
+    chunk_pieces: int = 16  #: chunks per array axis on disk
+    min_chunk_bytes: int = 4096  #: arrays up to this size are one chunk
 
     def __post_init__(self):
         for name, low in (("every_steps", 0), ("max_to_keep", 1), ("chunk_pieces", 1), ("min_chunk_bytes", 1)):

@@ -39,44 +39,44 @@ class ModelConfig(schema.Section):
 
     SECTION = "model"
 
-    vocab_size: int = 256
-    hidden_size: int = 64
-    pattern: str = "M*E-"
+    vocab_size: int = 256  #: rows of the embedding and the LM head
+    hidden_size: int = 64  #: width of the residual stream
+    pattern: str = "M*E-"  #: one character per layer: M Mamba-2, * attention, E MoE, - dense MLP
     # Mamba-2
-    mamba_num_heads: IntOrTuple = 4
-    mamba_head_dim: int = 16
-    mamba_n_groups: int = 2
-    ssm_state_size: int = 16
-    conv_kernel: int = 4
-    chunk_size: int = 16
-    time_step_limit: tuple[float, float] = (0.001, math.inf)
-    time_step_min: float = 0.001
-    time_step_max: float = 0.1
-    time_step_floor: float = 1e-4
+    mamba_num_heads: IntOrTuple = 4  #: Mamba-2 heads (an int, or one per layer)
+    mamba_head_dim: int = 16  #: channels per Mamba-2 head
+    mamba_n_groups: int = 2  #: B/C groups; the heads of a group share B and C
+    ssm_state_size: int = 16  #: SSM state size N per head
+    conv_kernel: int = 4  #: width of the causal depthwise convolution
+    chunk_size: int = 16  #: chunk length of the SSD scan
+    time_step_limit: tuple[float, float] = (0.001, math.inf)  #: clamp (low, high) of the time step dt
+    time_step_min: float = 0.001  #: smallest initial dt (log-uniform init)
+    time_step_max: float = 0.1  #: largest initial dt
+    time_step_floor: float = 1e-4  #: lower bound of the initial dt
     # attention
-    num_attention_heads: IntOrTuple = 4
-    num_key_value_heads: IntOrTuple = 2
-    head_dim: int = 16
+    num_attention_heads: IntOrTuple = 4  #: query heads (an int, or one per layer)
+    num_key_value_heads: IntOrTuple = 2  #: key/value heads (GQA groups)
+    head_dim: int = 16  #: channels per attention head
     # dense MLP
-    intermediate_size: IntOrTuple = 128
+    intermediate_size: IntOrTuple = 128  #: width of dense MLP layers
     # MoE
-    n_routed_experts: IntOrTuple = 8
-    num_experts_per_tok: int = 2
-    moe_intermediate_size: IntOrTuple = 32
-    moe_shared_expert_intermediate_size: IntOrTuple = 64
-    routed_scaling_factor: float = 1.0
-    n_group: int = 1
-    topk_group: int = 1
-    norm_topk_prob: bool = True
+    n_routed_experts: IntOrTuple = 8  #: routed experts per MoE layer
+    num_experts_per_tok: int = 2  #: experts per token (top-k)
+    moe_intermediate_size: IntOrTuple = 32  #: width of each routed expert
+    moe_shared_expert_intermediate_size: IntOrTuple = 64  #: width of the shared expert
+    routed_scaling_factor: float = 1.0  #: factor on the routed experts' weights
+    n_group: int = 1  #: expert groups for group-limited routing
+    topk_group: int = 1  #: groups a token may route into
+    norm_topk_prob: bool = True  #: renormalise top-k weights to sum to 1
     # numerics and special tokens
-    layer_norm_epsilon: float = 1e-5
-    initializer_range: float = 0.02
-    rescale_prenorm_residual: bool = True
-    max_position_embeddings: int = 4096
-    pad_token_id: int = 0
-    bos_token_id: int = 1
-    eos_token_id: int = 2
-    compute_dtype: str = "float32"
+    layer_norm_epsilon: float = 1e-5  #: epsilon of every RMSNorm
+    initializer_range: float = 0.02  #: std of the normal initialiser
+    rescale_prenorm_residual: bool = True  #: scale residual output projections by 1/sqrt(layers) at init
+    max_position_embeddings: int = 4096  #: longest sequence accepted
+    pad_token_id: int = 0  #: padding token
+    bos_token_id: int = 1  #: beginning-of-sequence token
+    eos_token_id: int = 2  #: end-of-sequence token
+    compute_dtype: str = "float32"  #: dtype of activations and matmuls (float32 or bfloat16)
 
     def __post_init__(self):
         for name in PER_LAYER_FIELDS:

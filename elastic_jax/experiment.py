@@ -42,10 +42,10 @@ class MeshConfig(schema.Section):
 
     SECTION = "mesh"
 
-    data: int = DEFAULT_MESH["data"]
-    fsdp: int = DEFAULT_MESH["fsdp"]
-    tensor: int = DEFAULT_MESH["tensor"]
-    expert: int = DEFAULT_MESH["expert"]
+    data: int = DEFAULT_MESH["data"]  #: data-parallel axis (-1: the remaining devices)
+    fsdp: int = DEFAULT_MESH["fsdp"]  #: parameter-sharding (FSDP) axis
+    tensor: int = DEFAULT_MESH["tensor"]  #: tensor-parallel axis (heads, FFN widths)
+    expert: int = DEFAULT_MESH["expert"]  #: expert-parallel axis
 
     def __post_init__(self):
         check_mesh_config(self.to_dict())

@@ -47,8 +47,8 @@ class DataConfig(schema.Section):
 
     SECTION = "data"
 
-    reasoning_weight: float = 0.7
-    text_weight: float = 0.3
+    reasoning_weight: float = 0.7  #: share of tokens from the synthetic reasoning task
+    text_weight: float = 0.3  #: share of tokens from text files (text_paths)
     text_paths: tuple[str, ...] = ()
     text_extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     text_max_files: int | None = None
@@ -60,8 +60,8 @@ class DataConfig(schema.Section):
     document_aware: bool = True
     record_weight: float = 0.0
     record_paths: tuple[str, ...] = ()
-    record_text_field: str = "text"
-    record_messages_field: str = "messages"
+    record_text_field: str = "text"  #: field of a document record's text
+    record_messages_field: str = "messages"  #: field of a chat record's messages (loss on assistant turns)
     record_eval_fraction: float = 0.01
     record_keep_whole: bool = True
     chat_template: str | None = None

@@ -40,13 +40,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 class ReasoningTaskConfig:
     """Difficulty knobs of the arithmetic task; defaults are the "easy" preset."""
 
-    min_steps: int = 1
-    max_steps: int = 2
-    max_operand: int = 9
-    ops: str = "+-*"
-    modulus: int = 100
-    eval_fraction: float = 0.1
-    seed: int = 0
+    min_steps: int = 1  #: fewest operations per problem
+    max_steps: int = 2  #: most operations per problem
+    max_operand: int = 9  #: largest operand
+    ops: str = "+-*"  #: operators used, from '+-*'
+    modulus: int = 100  #: every intermediate result is taken mod this
+    eval_fraction: float = 0.1  #: share of problems held out for evaluation (by hash)
+    seed: int = 0  #: seed of the problem generator
 
     def __post_init__(self):
         def check(ok: bool, name: str, message: str) -> None:

@@ -39,16 +39,16 @@ class ElasticConfig(schema.Section):
     MOVED = {old: f"router.{new}" for old, new in LEGACY_ROUTER_FIELDS.items()}
 
     router: RouterConfig = dataclasses.field(default_factory=RouterConfig)
-    stage1_steps: int = 100
-    stage2_steps: int = 50
-    stage1_seq_len: int = 128
-    stage2_seq_len: int = 256
-    stage2_weights: tuple[float, ...] | None = (0.5, 0.3, 0.2)
-    static_after: float = 0.6
-    ce_weight: float = 0.0
-    kd_temperature: float = 1.0
-    importance_batches: int = 8
-    permute: bool = True
+    stage1_steps: int = 100  #: steps of stage 1 (short sequences, uniform budget weights)
+    stage2_steps: int = 50  #: steps of stage 2 (long sequences, stage2_weights)
+    stage1_seq_len: int = 128  #: tokens per sequence in stage 1
+    stage2_seq_len: int = 256  #: tokens per sequence in stage 2
+    stage2_weights: tuple[float, ...] | None = (0.5, 0.3, 0.2)  #: loss weight per budget in stage 2 (None: uniform)
+    static_after: float = 0.6  #: fraction of the steps after which each budget's architecture is fixed
+    ce_weight: float = 0.0  #: weight of next-token cross-entropy beside the KD loss
+    kd_temperature: float = 1.0  #: temperature of the forward-KL distillation
+    importance_batches: int = 8  #: calibration batches of the importance ranking
+    permute: bool = True  #: permute the parent into importance order before training
 
     def __post_init__(self):
         if isinstance(self.router, dict):

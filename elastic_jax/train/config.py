@@ -25,26 +25,26 @@ class TrainConfig(schema.Section):
 
     SECTION = "train"
 
-    seed: int = 0
-    seq_len: int = 128
-    global_batch: int = 16
-    total_steps: int = 500
-    schedule_steps: int = 0
-    lr: float = 3e-3
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float = 1.0
-    log_every: int = 10
-    eval_every: int = 100
-    eval_batches: int = 4
-    eval_prompts: int = 64
-    eval_max_new_tokens: int = 32
-    data_loading: str = "per_process"
-    progress_bar: bool = True
+    seed: int = 0  #: seed of the initialisation and of the data order
+    seq_len: int = 128  #: tokens per training sequence
+    global_batch: int = 16  #: sequences per step over all processes
+    total_steps: int = 500  #: optimizer steps (derived from the schedule in an elastic run)
+    schedule_steps: int = 0  #: length of the warmup + cosine schedule (0: total_steps)
+    lr: float = 3e-3  #: peak learning rate (AdamW)
+    warmup_steps: int = 50  #: linear warmup steps before the cosine decay
+    min_lr_ratio: float = 0.1  #: final learning rate over the peak
+    weight_decay: float = 0.1  #: AdamW weight decay
+    b1: float = 0.9  #: AdamW beta1
+    b2: float = 0.95  #: AdamW beta2
+    eps: float = 1e-8  #: AdamW epsilon
+    clip_norm: float = 1.0  #: global gradient-norm clip (0: off)
+    log_every: int = 10  #: steps between metric records
+    eval_every: int = 100  #: steps between evaluations (0: off)
+    eval_batches: int = 4  #: held-out batches per evaluation
+    eval_prompts: int = 64  #: reasoning problems answered greedily for the accuracy figure
+    eval_max_new_tokens: int = 32  #: generation cap per evaluation problem
+    data_loading: str = "per_process"  #: per_process: one stream per process; global: rows of one global batch
+    progress_bar: bool = True  #: show a progress bar on the terminal
 
     def __post_init__(self):
         ints = ("seed", "seq_len", "global_batch", "total_steps", "schedule_steps", "warmup_steps", "log_every",

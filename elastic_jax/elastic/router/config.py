@@ -32,19 +32,19 @@ class RouterConfig(schema.Section):
 
     SECTION = "router"
 
-    budgets: tuple[float, ...] = (1.0, 0.7, 0.4)
-    metric: str = "total_params"
-    axes: tuple[str, ...] = ROUTER_AXES
-    num_choices: int = 8
-    min_fraction: float = 0.25
-    width_multiple: int | None = None
-    heterogeneous: bool = False
+    budgets: tuple[float, ...] = (1.0, 0.7, 0.4)  #: the nested models: fractions of the parent (with 1.0)
+    metric: str = "total_params"  #: what a budget is a fraction of
+    axes: tuple[str, ...] = ROUTER_AXES  #: the axes the router may shrink
+    num_choices: int = 8  #: candidate widths per axis, parent's down to min_fraction
+    min_fraction: float = 0.25  #: smallest candidate over the parent's width
+    width_multiple: int | None = None  #: channel widths are multiples of this (None: auto)
+    heterogeneous: bool = False  #: one choice per layer (True) or per axis (False)
     hidden_dim: int = 128
     tau_start: float = 1.0
     tau_end: float = 0.05
     scale_start: float = 1.0
     scale_end: float = 10.0
-    tolerance: float = 0.05
+    tolerance: float = 0.05  #: allowed relative gap of a budget to its target
     hard: bool = True
     attention_mode: str = "kv_groups"
     loss_weight: float = 1.0
