@@ -30,6 +30,8 @@ def supports(x_shape: tuple[int, ...], b_shape: tuple[int, ...], chunk_size: int
     """Whether the compiled TPU kernel handles these static shapes (Mosaic (8, 128) tiling); else "auto" falls back."""
     if _target.backend() != "tpu":
         return False
+    if jax.sharding.get_abstract_mesh().empty and jax.device_count() > 1:
+        return False  # XLA cannot partition a Mosaic call; under jax.set_mesh it runs in a shard_map (_shard.py)
     p, n = x_shape[3], b_shape[3]
     dtype_ok = jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
     return dtype_ok and chunk_size % 128 == 0 and p % 8 == 0 and n % 8 == 0
