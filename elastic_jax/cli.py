@@ -56,6 +56,17 @@ def _export_args(p):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--layout", default="nvidia", choices=["nvidia", "transformers"])
     p.add_argument("--budget", type=float, help="for an elastic checkpoint: the budget to export, in (0, 1]")
+    p.add_argument("--quant", choices=["fp8", "nvfp4"],
+                   help="with --budget: export in Model-Optimizer's quantised layout (vLLM / TensorRT-LLM load it)")
+
+
+@verb("quantize", "quantise an elastic checkpoint's parent once (FP8 or NVFP4, calibrated input scales); "
+                  "export-hf --budget then cuts any budget from it")
+def _quantize_args(p):
+    p.add_argument("--checkpoint", required=True, help="elastic checkpoint directory")
+    p.add_argument("--format", required=True, choices=["fp8", "nvfp4"])
+    _out_arg(p, "quantised checkpoint directory to write")
+    p.add_argument("--batches", type=int, default=4, help="calibration batches for the static input scales")
 
 
 @verb("generate", "generate text from a checkpoint, a Hugging Face directory or a random model")
@@ -244,14 +255,22 @@ def run(args) -> int:
         save_model(args.out, cfg, params, meta, overwrite=args.overwrite)
         print(f"imported {args.hf} -> {args.out}")
     elif args.verb == "export-hf":
-        from elastic_jax.inference.commands import load_budget, require_budget
-        from elastic_jax.model_io import load_model
+        from elastic_jax.convert.deploy import export_budget, is_quantized_checkpoint
+        from elastic_jax.elastic.spec import ElasticError
+        from elastic_jax.inference.commands import require_budget
 
-        require_budget(args.checkpoint, args.budget, "export-hf")
-        cfg, params = (load_budget(args.checkpoint, args.budget)[:2] if args.budget is not None
-                       else load_model(args.checkpoint)[:2])
-        params = params["model"] if "router" in params else params
-        ej.to_hf(cfg, params, args.out, dtype=args.dtype, layout=args.layout, overwrite=args.overwrite)
+        if args.budget is None or not is_quantized_checkpoint(args.checkpoint):
+            require_budget(args.checkpoint, args.budget, "export-hf")
+        if args.budget is not None:  # widths aligned for the runtime, tokenizer files, --quant: Model-Optimizer's
+            spec, _ = export_budget(args.checkpoint, args.budget, args.out, quant=args.quant, dtype=args.dtype,
+                                    layout=args.layout, overwrite=args.overwrite)
+            print(f"exported budget {args.budget} ({spec.to_dict()}) of {args.checkpoint} -> {args.out}")
+            return 0
+        if args.quant:
+            raise ElasticError("export-hf --quant: pass --budget (the budget of an elastic checkpoint to export)")
+        cfg, params, tokenizer = _load_any(args)  # an elastic checkpoint's full model; its tokenizer
+        ej.to_hf(cfg, params, args.out, dtype=args.dtype, layout=args.layout, overwrite=args.overwrite,
+                 tokenizer=tokenizer)
         print(f"exported {args.checkpoint} -> {args.out}")
     elif args.verb == "generate":
         if args.checkpoint or args.budget is not None:
@@ -273,6 +292,12 @@ def run(args) -> int:
         from elastic_jax.plan import run_plan_verb
 
         return run_plan_verb(args)
+    elif args.verb == "quantize":
+        from elastic_jax.convert.deploy import quantize_checkpoint
+
+        quantize_checkpoint(args.checkpoint, args.format, args.out, batches=args.batches, overwrite=args.overwrite)
+        print(f"quantised {args.checkpoint} ({args.format}) -> {args.out}\n"
+              f"next: elastic-jax export-hf --checkpoint {args.out} --budget <fraction> --out <dir>")
     else:
         return run_elastic_verb(args)
     return 0

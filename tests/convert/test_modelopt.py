@@ -86,3 +86,34 @@ def test_export_needs_input_scales_and_one_format(parent, tmp_path):
     with pytest.raises(ConversionError, match="exactly one quantised format"):
         export_modelopt(CFG, jax.device_get(params), tmp_path / "b")
     assert not (tmp_path / "a").exists()
+
+
+def test_quantize_once_then_export_budgets_equals_slicing_the_quantised_parent(elastic_checkpoint, tmp_path):
+    """`quantize` then `export-hf --budget --quant`: the budget's tensors are the quantised parent's slice (parent
+    scales and input scales kept), read back bit for bit; a float checkpoint exported with --quant gives the same."""
+    from elastic_jax.cli import main
+    from elastic_jax.convert.deploy import _engine
+    from elastic_jax.elastic.router.candidates import deployment_spec
+    from elastic_jax.quant.slicing import slice_quantized
+
+    q = tmp_path / "q"
+    assert main(["quantize", "--checkpoint", str(elastic_checkpoint), "--format", "nvfp4", "--out", str(q),
+                 "--batches", "1"]) == 0
+    engine, scales, fmt = _engine(q)
+    assert fmt == "nvfp4" and scales
+    for out, source in ((tmp_path / "a", q), (tmp_path / "b", elastic_checkpoint)):
+        assert main(["export-hf", "--checkpoint", str(source), "--budget", "0.7", "--quant", "nvfp4",
+                     "--out", str(out)]) == 0
+        assert (out / "tokenizer.json").exists()
+    spec = deployment_spec(engine.cfg, engine.arch(0.7).spec, 16)
+    want, cfg = slice_quantized(engine.params, engine.cfg, spec)
+    for out in (tmp_path / "a", tmp_path / "b"):
+        got_cfg, got, _ = import_modelopt(out)
+        assert got_cfg == cfg
+        for name, a in flat_leaves(want).items():
+            b = flat_leaves(got)[name]
+            if isinstance(a, NVFP4Array):
+                for f in ("packed", "scale", "scale_2"):
+                    np.testing.assert_array_equal(_bits(getattr(a, f)), _bits(getattr(b, f)), err_msg=name)
+    assert main(["export-hf", "--checkpoint", str(q), "--budget", "0.7", "--quant", "fp8",
+                 "--out", str(tmp_path / "c")]) == 2  # stored in nvfp4: one error line
