@@ -25,6 +25,7 @@ from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.inference.generate import sample_next
 from elastic_jax.model.functional import build
+from elastic_jax.quant.params import dequantize_params
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,17 @@ def _hold(done: jax.Array, new: dict, old: dict) -> dict:
 def _sequence_step(cfg: ModelConfig, spec: ElasticSpec):
     """(parent params) -> f(sliced params, tokens [L], one sequence's cache) -> (last logits [V], cache)."""
     sub_cfg = spec.apply_to(cfg)
-    model = build(sub_cfg)
+    # vmap has no rule for ragged_dot with shared weights, so off the CPU (where MoE defaults to ragged_dot) the
+    # experts take the blocked grouped product; on the CPU the default (looped) batches under vmap as it is
+    model = build(sub_cfg, moe_impl="auto" if jax.default_backend() == "cpu" else "blocked")
 
     def one(params, tokens, cache):
         logits, cache = model.apply({"params": params}, tokens[None], cache)
         return logits[0, -1], cache
 
-    return lambda parent: slice_params(parent, cfg, spec)[0], jax.vmap(one, in_axes=(None, 0, 0))
+    # a quantised parent (NVFP4 / FP8 leaves) is dequantised here, inside the jit, before the budget is cut
+    return (lambda parent: slice_params(dequantize_params(parent, jnp.float32), cfg, spec)[0],
+            jax.vmap(one, in_axes=(None, 0, 0)))
 
 
 def make_feed(cfg: ModelConfig, spec: ElasticSpec) -> Callable:

@@ -18,7 +18,7 @@ from elastic_jax.inference.engine import Engine
 from elastic_jax.model.functional import InputError
 
 TOKENIZER = ByteTokenizer()
-# three lengths that take different feed pieces (1, 4 and 16 tokens) and cross the scan's chunk boundary
+# lengths 5, 14 and 38: different feed pieces (1, 4 and 16 tokens), the longest past the scan's chunk of 32
 PROMPTS = [TOKENIZER.encode(text, add_bos=True) for text in ("7*3=", "((4+5)*2)-3=<think>", "x" * 37)]
 
 
