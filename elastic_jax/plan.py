@@ -196,22 +196,37 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
         state, state_sh = state_layout(mesh, model_params, params_sh, optimizer)
         step, _ = make_train_step(cfg, optimizer, schedule, state_sharding=state_sh, batch_sharding=batch_sh)
         args, teacher = (state, batch), 0
+    params_b = _shard_bytes(state.params, state_sh.params)
+    opt_b = _shard_bytes(state.opt_state, state_sh.opt_state)
+    batch_b = _shard_bytes(batch, jax.tree.map(lambda _: batch_sh, batch))
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), compiling_for(platform):
         lowered = step.lower(*args)
-        compiled = lowered.compile()
+        kernels = lowered.as_text().count("ssd_chunk_scan_tpu")  # Pallas TPU SSD calls in the program
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as err:  # the TPU compiler refuses a program that cannot fit
+            compiled, refusal = None, str(err).splitlines()[0]
+            if "RESOURCE_EXHAUSTED" not in refusal:
+                raise
     seconds = time.perf_counter() - t0
-    kernels = lowered.as_text().count("ssd_chunk_scan_tpu")  # Pallas TPU SSD calls in the program
+    result = {"mesh": sizes, "mesh_name": _mesh_name(sizes), "seq_len": seq_len, "global_batch": train.global_batch,
+              "compile_seconds": round(seconds, 2), "pallas_tpu_ssd_calls": kernels}
+    if compiled is None:  # temporaries as XLA's refusal states them (GiB); the inputs from the shardings
+        found = re.search(r"temporaries \(([\d.]+)G\)", refusal)
+        temp_b = int(float(found.group(1)) * GiB) if found else 0
+        return {**result, "compiler_refusal": refusal, "flops_per_step": 0.0,
+                "bytes": {"parameters": params_b, "optimizer_state": opt_b, "teacher": teacher,
+                          "batch_and_other_inputs": batch_b, "activations_and_temporaries": temp_b,
+                          "outputs_not_aliased": 0},
+                "total_bytes": params_b + opt_b + teacher + batch_b + temp_b}
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    params_b = _shard_bytes(state.params, state_sh.params)
-    opt_b = _shard_bytes(state.opt_state, state_sh.opt_state)
     args_b = int(mem.argument_size_in_bytes)
     out_extra = max(int(mem.output_size_in_bytes) - int(mem.alias_size_in_bytes), 0)
     temp_b = int(mem.temp_size_in_bytes)
-    return {"mesh": sizes, "mesh_name": _mesh_name(sizes), "seq_len": seq_len, "global_batch": train.global_batch,
-            "compile_seconds": round(seconds, 2), "pallas_tpu_ssd_calls": kernels,
+    return {**result,
             "bytes": {"parameters": params_b, "optimizer_state": opt_b, "teacher": teacher,
                       "batch_and_other_inputs": max(args_b - params_b - opt_b - teacher, 0),
                       "activations_and_temporaries": temp_b, "outputs_not_aliased": out_extra},
@@ -242,16 +257,17 @@ def _fit_advice(result: dict[str, Any], hbm: int) -> str:
     """Fits as compiled, or the micro-batch (rows per step) that would, scaling temporaries with rows (estimated)."""
     if result["total_bytes"] <= hbm:
         return "fits as compiled"
+    said = f"XLA refused to compile it: {result['compiler_refusal']}; " if "compiler_refusal" in result else ""
     fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
     if fixed > hbm:
-        return (f"does not fit: parameters, optimizer state and teacher alone need {fixed / GiB:.1f} GiB per device; "
-                "use more devices or a mesh that shards them further")
+        return (f"{said}does not fit: parameters, optimizer state and teacher alone need {fixed / GiB:.1f} GiB per "
+                "device; use more devices or a mesh that shards them further")
     gb = result["global_batch"]
     for rows in sorted((d for d in range(1, gb) if gb % d == 0), reverse=True):
         if fixed + result["bytes"]["activations_and_temporaries"] * rows / gb <= hbm:
-            return (f"estimated to fit with train.global_batch={rows} per step (temporaries scaled from the compiled "
-                    f"{gb}; the steps do not accumulate gradients, so this is the batch per optimizer step)")
-    return "does not fit even at one row per step"
+            return (f"{said}estimated to fit with train.global_batch={rows} per step (temporaries scaled from the "
+                    f"compiled {gb}; the steps do not accumulate gradients, so this is the batch per optimizer step)")
+    return f"{said}does not fit even at one row per step"
 
 
 def _compile_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,

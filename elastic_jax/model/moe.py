@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.kernels.ssd._target import backend as compile_target
 from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, declare, declared_param, dim, prefixed
 from elastic_jax.model.experts_looped import experts_looped
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
@@ -256,7 +257,7 @@ class MoE(nn.Module):
         x_rows = tokens[token_of_row].astype(self.dtype)
         impl = self.impl
         if impl == "auto":
-            impl = "looped" if jax.default_backend() == "cpu" else "ragged"
+            impl = "looped" if compile_target() == "cpu" else "ragged"  # a plan's target, else this host
         decode_sized = tokens.shape[0] * self.top_k <= self.num_experts
         if impl == "looped" and decode_sized:
             impl = "blocked"  # decode: a row or two per expert, gather just the routed experts' weights
