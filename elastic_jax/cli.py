@@ -60,6 +60,15 @@ def _export_args(p):
                    help="with --budget: export in Model-Optimizer's quantised layout (vLLM / TensorRT-LLM load it)")
 
 
+@verb("export-gguf", "export a checkpoint (one budget of an elastic one) as a GGUF file for llama.cpp")
+def _export_gguf_args(p):
+    p.add_argument("--checkpoint", required=True, help="elastic_jax checkpoint directory")
+    p.add_argument("--out", required=True, help="GGUF file to write (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "q8_0"])
+    p.add_argument("--budget", type=float, help="for an elastic checkpoint: the budget to export, in (0, 1]")
+
+
 @verb("quantize", "quantise an elastic checkpoint's parent once (FP8 or NVFP4, calibrated input scales); "
                   "export-hf --budget then cuts any budget from it")
 def _quantize_args(p):
@@ -271,6 +280,11 @@ def run(args) -> int:
         cfg, params, tokenizer = _load_any(args)  # an elastic checkpoint's full model; its tokenizer
         ej.to_hf(cfg, params, args.out, dtype=args.dtype, layout=args.layout, overwrite=args.overwrite,
                  tokenizer=tokenizer)
+        print(f"exported {args.checkpoint} -> {args.out}")
+    elif args.verb == "export-gguf":
+        from elastic_jax.convert.gguf import export_gguf
+
+        export_gguf(args.checkpoint, args.out, args.dtype, args.budget, overwrite=args.overwrite)
         print(f"exported {args.checkpoint} -> {args.out}")
     elif args.verb == "generate":
         if args.checkpoint or args.budget is not None:
