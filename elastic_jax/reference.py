@@ -38,13 +38,14 @@ ELASTIC_GUIDANCE = """\
 - **`elastic.router.budgets`** are fractions of the parent under `metric`; 1.0 (the parent itself) must be one of
   them and is never shrunk. Three budgets (1.0 / 0.7 / 0.4) is the method's default: every extra budget is one more
   student forward and backward per step (static mode) or one more masked parent pass (mask mode), so the step time
-  grows about linearly with the count. Budgets far below the smallest candidate (`min_fraction` of every axis) are
-  unreachable: `elastic-jax params` and `elastic-jax slice --budget` tell you what a fraction buys before training.
+  grows about linearly with the count. A budget below what the smallest candidates (`min_fraction` of every axis)
+  add up to cannot be reached: before training, `elastic-jax slice --budget B` on the importance-ranked parent
+  shows the zero-shot architecture a fraction buys, or says how far the closest one is.
 - **`elastic.router.metric`**: `total_params` for a model that must fit a parameter count (storage, download);
-  `active_params` for MoE parents when what you pay for is compute per token (experts are cheap under it, so the
-  router shrinks dense widths first); `memory` when the deployment limit is device memory (weights plus KV cache
-  and SSM state). Pick the one your deployment is priced in: the resource loss and every report use the same
-  accounting (elastic/accounting.py).
+  `active_params` for MoE parents when what you pay for is compute per token (removing routed experts does not
+  reduce it, since every token still uses its top-k, so the router shrinks widths instead); `memory` when the
+  deployment limit is device memory (weights plus KV cache and SSM state). Pick the one your deployment is priced
+  in: the resource loss and every report use the same accounting (elastic/accounting.py).
 - **`elastic.router.tolerance`**: how far a budget's size may sit from its target before the resource loss pushes
   (and within which the deployed argmax architecture is repaired). 0.05 keeps every budget within 5%; tighter
   bands leave the router fewer architectures that qualify, looser ones let it trade size for loss.
@@ -53,12 +54,13 @@ ELASTIC_GUIDANCE = """\
   `width_multiple`). More choices give finer architectures and a larger router; set `min_fraction` at or below
   your smallest budget so it can be reached by shrinking a few axes rather than all of them.
 - **`elastic.router.heterogeneous`**: False picks one width per axis for all layers (what Hugging Face configs can
-  express, so every budget exports to `transformers`); True picks per layer (more freedom, a larger router, and
-  nested models that stay in elastic_jax / GGUF form).
+  express, so every budget exports to `transformers`); True picks per layer (more freedom and a larger router, but
+  nested models that `export-hf` refuses: they stay elastic_jax checkpoints).
 - **`elastic.static_after`**: the fraction of the steps after which each budget's architecture is fixed to the
-  router's argmax and trains as a static prefix slice (faster steps, no more architecture search). 0 fixes it from
-  the start (only the budgets' weights train), 1 never fixes it. Around 0.5-0.6 lets the router settle first; the
-  router's choice at that point is the one deployed.
+  router's argmax and trains as a static prefix slice (faster steps, no more architecture search). 0 fixes the
+  architectures at the first step, before the router has learnt anything; 1 never fixes them (every step runs the
+  masked parent). 0.5-0.6 (the configs' values) lets the router settle first; the architectures fixed then are the
+  ones `slice` and `export-hf` cut for the trained budgets.
 - **`elastic.stage2_weights`**: one weight per budget for stage 2 (None: uniform); raise the small budgets' weights
   when they lag, the full budget's when the parent's quality must be kept.
 """
@@ -109,7 +111,7 @@ def _arg_rows(parser: argparse.ArgumentParser) -> list[str]:
         else:
             required = "yes" if action.required else "no"
         default = "" if action.default is None or action.default is False or action.required else _code(action.default)
-        help_text = (action.help or "") % {"default": action.default, "prog": parser.prog} if action.help else ""
+        help_text = argparse.HelpFormatter(parser.prog)._expand_help(action) if action.help else ""  # %(default)s
         rows.append(f"| {_code(name)} | {_cell(kind)} | {required} | {default} | {_cell(help_text)} |")
     return rows
 
