@@ -1,0 +1,109 @@
+"""Decode tokens/s at batch 1 per budget: elastic_jax's engine against llama.cpp (llama-cpp-python) on the same
+weights, each budget exported f32 with `export-gguf` (llama.cpp is the runtime a user picks for local CPU inference).
+
+The model is a random `--config` parent with an untrained router over active-parameter budgets (as in
+benchmarks/decode.py), or `--checkpoint` (an elastic checkpoint). llama.cpp cannot run a model mixing dense `-` and
+MoE `E` layers, so the random parent's pattern is `--pattern` (default: small's with its `-` layer made `E`).
+Ours: the engine's decode after a prefill, no stop token. llama.cpp: `eval` of one token at a time after the
+prompt, `--threads` threads (default 2), the two measured in turns so background load hits both alike.
+Usage: python benchmarks/decode_llamacpp.py [--config small] [--budgets 1.0,0.7,0.4] [--new 64] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from llama_cpp import Llama
+
+import elastic_jax as ej
+from elastic_jax.convert.gguf import to_gguf
+from elastic_jax.elastic.router import Router, RouterConfig
+from elastic_jax.elastic.slicing import slice_params
+from elastic_jax.inference.engine import Engine
+
+
+def random_engine(config: str, overrides: list[str], budgets: list[float]) -> Engine:
+    """A random parent (config + overrides) with an untrained router over active-parameter budgets."""
+    cfg = ej.load_config(config, overrides)
+    rc = RouterConfig(budgets=tuple(budgets), metric="active_params")
+    router = Router(cfg, rc)
+    router_params = router.init(jax.random.PRNGKey(0))
+    specs = {f"{b:g}": router.spec_for(router_params, b).to_dict() for b in budgets}
+    meta = {"model": cfg.to_dict(), "elastic": {"router": dataclasses.asdict(rc), "specs": specs}}
+    return Engine(cfg, {"model": ej.init_params(cfg, 0), "router": router_params}, meta)
+
+
+def llama_for(engine: Engine, budget: float, path: Path, n_ctx: int, threads: int) -> Llama:
+    """The budget's nested model exported f32 to `path` and loaded in llama.cpp."""
+    params, cfg = slice_params(jax.device_get(engine.params), engine.cfg, engine.arch(budget).spec)
+    to_gguf(cfg, params, engine.tokenizer, path, "f32", overwrite=True)
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+
+def ours_seconds(engine: Engine, budget: float, prompt: list[int], new: int) -> float:
+    """Seconds of the engine's decode of `new` tokens after a prefill (no stop token)."""
+    state = engine.start(budget, [prompt], engine.check_request([prompt], new))
+    jax.block_until_ready(state.logits)
+    start = time.perf_counter()
+    engine.decode(state, new, stop_ids=())
+    return time.perf_counter() - start
+
+
+def llama_seconds(llm: Llama, prompt: list[int], new: int) -> float:
+    """Seconds of llama.cpp decoding `new` tokens one at a time (greedy) after evaluating the prompt."""
+    llm.reset()
+    llm.eval(prompt)
+    start = time.perf_counter()
+    token = prompt[-1]
+    for _ in range(new):
+        llm.eval([token])
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--pattern", default="MEM*EMEM*EME",
+                        help="model.pattern of the random parent (no '-' with 'E': llama.cpp runs one MLP kind)")
+    parser.add_argument("--checkpoint", help="an elastic checkpoint (default: a random --config parent)")
+    parser.add_argument("--budgets", default="1.0,0.7,0.4")
+    parser.add_argument("--prompt", type=int, default=16, help="prompt tokens")
+    parser.add_argument("--new", type=int, default=64, help="tokens decoded")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    args = parser.parse_args()
+    budgets = [float(b) for b in args.budgets.split(",")]
+    engine = (Engine.load(args.checkpoint) if args.checkpoint
+              else random_engine(args.config, [f"model.pattern='{args.pattern}'"], budgets))
+    cfg = engine.cfg
+    total, active = ej.count_params(cfg)
+    print(f"parent {args.checkpoint or args.config} ({cfg.pattern}): total {total / 1e6:.1f}M active "
+          f"{active / 1e6:.1f}M; backend {jax.default_backend()}; batch 1, prompt {args.prompt}, {args.new} new "
+          f"tokens; llama.cpp threads {args.threads}, f32")
+    prompt = np.random.default_rng(0).integers(5, cfg.vocab_size, args.prompt).tolist()
+    with tempfile.TemporaryDirectory() as tmp:
+        for budget in budgets:
+            llm = llama_for(engine, budget, Path(tmp) / f"{budget:g}.gguf", args.prompt + args.new + 8, args.threads)
+            timed = {"ours": lambda b=budget: ours_seconds(engine, b, prompt, args.new),
+                     "llama.cpp": lambda m=llm: llama_seconds(m, prompt, args.new)}
+            seconds: dict[str, list[float]] = {name: [] for name in timed}
+            for fn in timed.values():
+                fn()  # compile / warm up
+            for _ in range(args.repeats):  # in turns, so background load hits both alike
+                for name, fn in timed.items():
+                    seconds[name].append(fn())
+            tps = {name: args.new / float(np.median(s)) for name, s in seconds.items()}
+            print(f"budget {budget:g}: ours {tps['ours']:.1f} tok/s, llama.cpp {tps['llama.cpp']:.1f} tok/s, "
+                  f"ratio {tps['ours'] / tps['llama.cpp']:.2f}x", flush=True)
+            del llm
+
+
+if __name__ == "__main__":
+    main()
