@@ -101,13 +101,13 @@ def _arg_rows(parser: argparse.ArgumentParser) -> list[str]:
         elif action.choices is not None:
             kind = " / ".join(str(c) for c in action.choices)
         else:
-            kind = getattr(action.type, "__name__", None) or "str"
+            kind = action.type.__name__ if isinstance(action.type, type) else "str"  # a parser function reads text
             kind = f"{kind} ..." if action.nargs in ("+", "*") else kind
         kind += " (repeatable)" if isinstance(action, argparse._AppendAction) else ""
         group = groups.get(id(action))
         if group is not None:
-            others = [a.option_strings[0] for a in group._group_actions if a is not action]
-            required = f"one of this, {', '.join(others)}" if group.required else "no"
+            names = " / ".join(a.option_strings[0] for a in group._group_actions)
+            required = f"one of {names}" if group.required else f"no (at most one of {names})"
         else:
             required = "yes" if action.required else "no"
         default = "" if action.default is None or action.default is False or action.required else _code(action.default)
