@@ -136,3 +136,32 @@ def test_llama_cpp_greedy_tokens_match(exported):
     logits = np.asarray(ej.apply(cfg, params, np.asarray([prompt]))[0, -1], np.float32)
     np.testing.assert_allclose(np.asarray(llm.scores[len(prompt) - 1], np.float32), logits, rtol=1e-3, atol=1e-4)
     assert theirs == ours
+
+
+def test_hf_tokenizer_passes_through(exported, tmp_path):
+    """A byte-level BPE tokenizer.json becomes llama.cpp's gpt2 vocabulary: same ids, merges and specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from elastic_jax.data.tokenizer import HFTokenizer
+
+    cfg, params, _ = exported
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["hello world, hello there"] * 20, trainer)
+    tok = HFTokenizer(bpe.to_str())
+    out = to_gguf(cfg, params, tok, tmp_path / "m.gguf")
+    kv = _fields(gguf.GGUFReader(str(out)))
+    vocab = bpe.get_vocab()
+    assert all(kv["tokenizer.ggml.tokens"][i] == t for t, i in vocab.items())
+    assert len(kv["tokenizer.ggml.merges"]) == len(bpe.get_vocab()) - 259
+    assert kv["tokenizer.ggml.bos_token_id"] == vocab["<s>"] and kv["tokenizer.ggml.eos_token_id"] == vocab["</s>"]
+    if HAS_LLAMA_CPP:
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(out), n_ctx=64, n_threads=2, verbose=False)
+        text = "hello world, hello there"
+        assert llm.tokenize(text.encode(), add_bos=False) == tok.encode(text)
+        assert llm.detokenize(tok.encode(text)).decode() == text
