@@ -43,7 +43,8 @@ def llama_for(engine: Engine, budget: float, path: Path, n_ctx: int, threads: in
     """The budget's nested model exported f32 to `path` and loaded in llama.cpp."""
     params, cfg = slice_params(jax.device_get(engine.params), engine.cfg, engine.arch(budget).spec)
     to_gguf(cfg, params, engine.tokenizer, path, "f32", overwrite=True)
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, logits_all=True,
+                 verbose=False)  # logits_all: llama-cpp-python fills `scores` only then (a 1-token row when decoding)
 
 
 def ours_seconds(engine: Engine, budget: float, prompt: list[int], new: int) -> float:
