@@ -86,6 +86,8 @@ def _generate_args(p):
     src.add_argument("--config", help="random-init model of this config (for smoke tests)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--budget", type=float, help="for an elastic checkpoint: the budget to serve, in (0, 1]")
+    p.add_argument("--quant", choices=["fp8", "nvfp4"],
+                   help="with --budget: hold the parent quantised, dequantised on the fly inside the jit")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -290,7 +292,7 @@ def run(args) -> int:
         if args.checkpoint or args.budget is not None:
             from elastic_jax.inference.commands import generate_verb, is_elastic_checkpoint
 
-            if args.budget is not None or is_elastic_checkpoint(args.checkpoint):
+            if args.budget is not None or args.quant or is_elastic_checkpoint(args.checkpoint):
                 return generate_verb(args)
         cfg, params, tokenizer = _load_any(args)
         prompt = [tokenizer.encode(args.prompt, add_bos=True)]

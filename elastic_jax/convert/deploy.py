@@ -51,6 +51,21 @@ def _engine(path: str | Path):
     return engine, scales, meta[QUANT_MARK]["format"]
 
 
+def load_engine(path: str | Path, quant: str | None = None):
+    """An Engine serving every budget of `path` (elastic or quantised elastic checkpoint); with `quant` its parent
+    is held quantised (quantised here unless stored so) and each program dequantises it inside the jit."""
+    from elastic_jax.inference.engine import Engine
+    from elastic_jax.quant.params import quantize_params
+
+    engine, _, fmt = _engine(path)
+    if quant is None or quant == fmt:
+        return engine
+    if fmt is not None:
+        raise ElasticError(f"--quant {quant}: {path} is quantised in {fmt}; pass --quant {fmt} (or none)")
+    qparams = quantize_params(jax.device_get(engine.params), engine.cfg, quant)
+    return Engine(engine.cfg, {"model": qparams, "router": engine.router_params}, engine.meta)
+
+
 def _calibrate(engine, batches: int, seq_len: int, batch_size: int) -> dict[str, Any]:
     from elastic_jax.data.calibration import calibration_batches, calibration_source
     from elastic_jax.quant.calibrate import input_amax
@@ -117,4 +132,4 @@ def export_budget(path: str | Path, budget: float, out: str | Path, *, quant: st
     return spec, cfg
 
 
-__all__ = ["export_budget", "is_quantized_checkpoint", "quantize_checkpoint"]
+__all__ = ["export_budget", "is_quantized_checkpoint", "load_engine", "quantize_checkpoint"]

@@ -54,10 +54,11 @@ def _encode(engine, text: str, reasoning: bool = False) -> list[int]:
 
 def generate_verb(args) -> int:
     """Stream one prompt's tokens from a budget of an elastic checkpoint."""
-    from elastic_jax.inference.engine import Engine
+    from elastic_jax.convert.deploy import is_quantized_checkpoint, load_engine
 
-    require_budget(args.checkpoint, args.budget, "generate")
-    engine = Engine.load(args.checkpoint)
+    if args.budget is None or not is_quantized_checkpoint(args.checkpoint):
+        require_budget(args.checkpoint, args.budget, "generate")
+    engine = load_engine(args.checkpoint, getattr(args, "quant", None))  # --quant: a quantised parent
     engine.arch(args.budget)
     prompt = _encode(engine, args.prompt)
     tokens: list[int] = []

@@ -117,3 +117,24 @@ def test_quantize_once_then_export_budgets_equals_slicing_the_quantised_parent(e
                     np.testing.assert_array_equal(_bits(getattr(a, f)), _bits(getattr(b, f)), err_msg=name)
     assert main(["export-hf", "--checkpoint", str(q), "--budget", "0.7", "--quant", "fp8",
                  "--out", str(tmp_path / "c")]) == 2  # stored in nvfp4: one error line
+
+
+def test_engine_and_generate_serve_a_quantised_parent(elastic_checkpoint, capsys):
+    """--quant: the engine holds the parent quantised (the memory report counts the encoded bytes) and each budget's
+    program dequantises it inside the jit; greedy decoding runs at every budget."""
+    from elastic_jax.cli import main
+    from elastic_jax.convert.deploy import load_engine
+    from elastic_jax.quant.params import checkpoint_bytes
+
+    plain = load_engine(elastic_checkpoint)
+    prompt = [plain.tokenizer.encode("(3+4)*2=<think>", add_bos=True)]
+    for fmt in ("fp8", "nvfp4"):
+        engine = load_engine(elastic_checkpoint, fmt)
+        report = engine.memory_report([1.0])
+        assert report["parent_weight_bytes"] == checkpoint_bytes(engine.params, 4)  # float leaves stay float32
+        assert report["parent_weight_bytes"] < plain.memory_report([1.0])["parent_weight_bytes"]
+        for budget in plain.budgets:
+            out = np.asarray(engine.generate(prompt, budget, 4))
+            assert out.shape[-1] == 4 and np.all(out < plain.cfg.vocab_size)
+    assert main(["generate", "--checkpoint", str(elastic_checkpoint), "--budget", "0.7", "--quant", "nvfp4",
+                 "--prompt", "1+1=", "--max-new-tokens", "4"]) == 0
