@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from elastic_jax import reference
 from elastic_jax.cli import VERBS
 from elastic_jax.experiment import ExperimentConfig
@@ -12,15 +14,19 @@ from elastic_jax.experiment import ExperimentConfig
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 
 
-def test_reference_page_is_current():
-    generated = reference.render()
+@pytest.fixture(scope="module")
+def generated() -> str:
+    return reference.render()
+
+
+def test_reference_page_is_current(generated):
     assert PAGE.exists(), f"docs/reference.md is missing; write it with `{reference.COMMAND}`"
     assert PAGE.read_text() == generated, (
         f"docs/reference.md is stale (the CLI or a config section changed); regenerate it with `{reference.COMMAND}`")
 
 
-def test_every_verb_and_config_field_is_documented():
-    page = reference.render()
+def test_every_verb_and_config_field_is_documented(generated):
+    page = generated
     for name in VERBS:
         assert f"### elastic-jax {name}\n" in page
     assert reference.missing_descriptions(ExperimentConfig) == [], (
