@@ -147,6 +147,7 @@ def _eval_args(p):
     p.add_argument("--max-answer", type=int, default=8)
     p.add_argument("--problems", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quant", choices=["fp8", "nvfp4"], help="serve the parent quantised (dequantised in the jit)")
 
 
 @verb("budget-control", "one reasoning prompt: one budget thinks (capped), another answers")
@@ -322,7 +323,6 @@ def run(args) -> int:
 def run_elastic_verb(args) -> int:
     """importance, elastify, slice and quickstart."""
     import elastic_jax as ej
-    from elastic_jax.elastic.accounting import format_count
 
     if args.verb == "importance":
         _importance(args)
@@ -334,15 +334,17 @@ def run_elastic_verb(args) -> int:
         distributed.initialize()  # before the device query of the memory check
         check_fits_locally(ej.load_config(args.config, args.overrides), "elastify")
         result = run_elastify(ej.load_experiment(args.config, args.overrides), args.workdir, args.parent)
-        print(json.dumps(result, default=str, indent=1))
+        from elastic_jax.quickstart import elastify_report
+
+        print(elastify_report(result, Path(args.workdir) / "checkpoints"))
+        if "budgets" in result:
+            print(f"every budget's architecture and figures: {Path(args.workdir) / 'budgets.json'}")
     elif args.verb == "slice":
-        from elastic_jax.elastic.slice_checkpoint import slice_checkpoint
+        from elastic_jax.elastic.slice_checkpoint import slice_checkpoint, slice_summary
 
         spec, sub_cfg = slice_checkpoint(args.checkpoint, args.budget, args.out, args.format,
                                          overwrite=args.overwrite)
-        total, active = ej.count_params(sub_cfg)
-        print(f"budget {args.budget}: {spec.to_dict()}\ntotal {format_count(total)} active {format_count(active)} "
-              f"-> {args.out}")
+        print(f"{slice_summary(args.checkpoint, args.budget, spec, sub_cfg)}\n-> {args.out}")
     elif args.verb in ("eval", "budget-control", "report"):
         from elastic_jax.inference.commands import run_inference_verb
 

@@ -86,10 +86,10 @@ def _budgets(text: str) -> list[float]:
 
 def eval_verb(args) -> int:
     """Reasoning accuracy and latency of each budget (standard budget control at one thinking cap)."""
-    from elastic_jax.inference.engine import Engine
+    from elastic_jax.convert.deploy import load_engine
     from elastic_jax.inference.evaluate import evaluate_settings, held_out_problems, settings_grid
 
-    engine = Engine.load(args.checkpoint)
+    engine = load_engine(args.checkpoint, getattr(args, "quant", None))
     budgets = _budgets(args.budgets) if args.budgets else list(engine.budgets)
     for b in budgets:
         engine.arch(b)
