@@ -12,28 +12,74 @@ import time
 from pathlib import Path
 from typing import Any
 
+from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.accounting import format_count
+from elastic_jax.elastic.spec import WIDTH_FIELDS, ElasticSpec
 from elastic_jax.experiment import ExperimentConfig, load_experiment
 
 
-def _fmt_row(row: dict[str, Any]) -> str:
+def nests_in(small: ElasticSpec, large: ElasticSpec, cfg: ModelConfig) -> bool:
+    """True when `small` is a prefix of `large` in parent `cfg`: its layers are among the larger one's and every
+    width on every axis (hidden, and each kept layer's heads, experts, FFN widths) is at most the larger one's."""
+    kept = small.kept_layers(cfg)
+    if small.hidden(cfg) > large.hidden(cfg) or not set(kept) <= set(large.kept_layers(cfg)):
+        return False
+    return all(small.width(cfg, name, i) <= large.width(cfg, name, i)
+               for name, (_, char) in WIDTH_FIELDS.items() for i in kept if cfg.pattern[i] == char)
+
+
+def _nests_column(rows: list[dict[str, Any]], cfg: ModelConfig) -> list[str]:
+    """Per row: "yes"/"NO" for whether its spec nests in the next larger budget's ("-" for the largest)."""
+    out = []
+    for row in rows:
+        larger = [r for r in rows if r["budget"] > row["budget"]]
+        if not larger:
+            out.append("-")
+            continue
+        nxt = min(larger, key=lambda r: r["budget"])
+        ok = nests_in(ElasticSpec.from_dict(row["spec"]), ElasticSpec.from_dict(nxt["spec"]), cfg)
+        out.append(f"{'yes' if ok else 'NO'} {nxt['budget']:g}")
+    return out
+
+
+def _fmt_row(row: dict[str, Any], nests: str | None) -> str:
     acc = row.get("accuracy")
     zacc = row.get("zero_shot_accuracy")
     acc_text = "   -   " if acc is None else f"{zacc:5.1%} -> {acc:5.1%}"
-    return (f"{row['budget']:>6.2f} {format_count(row['total_params']):>9} {format_count(row['active_params']):>9} "
+    text = (f"{row['budget']:>6.2f} {format_count(row['total_params']):>9} {format_count(row['active_params']):>9} "
             f"{row['total_fraction']:>7.1%} {row['zero_shot_loss']:>9.4f} {row['loss']:>9.4f}  {acc_text:>17} "
             f"{row['tokens_per_s']:>10,.0f}")
+    return text if nests is None else f"{text} {nests:>8}"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The per-budget table: size, zero-shot vs trained eval loss, task accuracy, forward tokens/s."""
+def format_table(rows: list[dict[str, Any]], cfg: ModelConfig | None = None) -> str:
+    """The per-budget table: size, zero-shot vs trained eval loss, task accuracy, forward tokens/s, and (given the
+    parent's `cfg`) whether each budget nests in the next larger one."""
     head = (f"{'budget':>6} {'total':>9} {'active':>9} {'of full':>7} {'zero-shot':>9} {'elastic':>9}  "
             f"{'accuracy (0-shot -> elastic)':>17} {'tokens/s':>10}")
+    nests = [None] * len(rows) if cfg is None else _nests_column(rows, cfg)
+    if cfg is not None:
+        head += f" {'nests in':>8}"
     parent = rows[0].get("parent_loss") if rows else None
-    lines = [head, "-" * len(head), *(_fmt_row(r) for r in rows)]
+    lines = [head, "-" * len(head), *(_fmt_row(r, n) for r, n in zip(rows, nests, strict=True))]
     if parent is not None:
         lines.append(f"parent eval loss {parent:.4f}; losses are next-token cross-entropy on held-out data")
+    if cfg is not None:
+        lines.append("nests in: whether every width on every axis is <= the next larger budget's (and its layers "
+                     "are among that budget's)")
     return "\n".join(lines)
+
+
+def elastify_report(result: dict[str, Any], checkpoint: str | Path) -> str:
+    """What `elastic-jax elastify` prints: the per-budget table (parent config read from `checkpoint`) and the
+    run's other figures on one line; a stopped run (no table yet) prints its figures only."""
+    from elastic_jax.model_io import model_config_of, read_metadata
+
+    figures = json.dumps({k: v for k, v in result.items() if k != "budgets"}, default=str)
+    if "budgets" not in result:
+        return figures
+    cfg = model_config_of(checkpoint, read_metadata(checkpoint))
+    return f"{format_table(result['budgets'], cfg)}\n{figures}"
 
 
 def run_quickstart(workdir: str = "quickstart", pretrain_steps: int = 600, elastic_steps: int = 240,
@@ -75,6 +121,6 @@ def run_quickstart(workdir: str = "quickstart", pretrain_steps: int = 600, elast
         row["export"] = str(out)
 
     print(f"[4/4] done in {time.perf_counter() - start:.0f} s\n", flush=True)
-    print(format_table(rows), flush=True)
+    print(format_table(rows, cfg), flush=True)
     (root / "budgets.json").write_text(json.dumps(rows, indent=1))
     return {"budgets": rows, "seconds": time.perf_counter() - start}

@@ -223,4 +223,24 @@ def test_slice_reads_about_the_sub_models_bytes(tmp_path, models, capsys):
     _, got, meta = load_model(tmp_path / "sub")
     jax.tree.map(np.testing.assert_array_equal, got, ref)
     assert meta["sliced_from"]["spec"] == SUB.to_dict()
-    assert "budget 0.4" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    achieved = ej.count_params(SUB.apply_to(models["wide"]))[0] / ej.count_params(models["wide"])[0]
+    assert f"budget 0.4: target 40.0% of the parent's total_params, achieved {achieved:.1%}" in printed.out
+    assert "reading the sub-model of budget 0.4" in printed.err
+
+
+def test_the_elastify_table_says_which_budget_nests_in_the_next(models):
+    from elastic_jax.quickstart import elastify_report, nests_in
+
+    wide = models["wide"]
+    assert nests_in(SUB, ElasticSpec(), wide) and not nests_in(ElasticSpec(), SUB, wide)
+    not_under_sub = ElasticSpec(hidden_size=192, mamba_num_heads=4)  # wider hidden than SUB, fewer Mamba heads
+    figures = {"total_params": 1000, "active_params": 800, "total_fraction": 0.5, "zero_shot_loss": 2.0, "loss": 1.5,
+               "tokens_per_s": 100.0}
+    rows = [{"budget": b, "spec": s.to_dict(), **figures} for b, s in ((1.0, ElasticSpec()), (0.7, not_under_sub),
+                                                                        (0.4, SUB))]
+    lines = elastify_report({"budgets": rows, "step": 3}, models["elastic"]).splitlines()
+    assert lines[0].split()[-2:] == ["nests", "in"] and lines[0].startswith("budget")
+    assert lines[2].endswith(" -")  # the largest budget has nothing to nest in
+    assert [line.split()[-2:] for line in lines[3:5]] == [["yes", "1"], ["NO", "0.7"]]
+    assert '"step": 3' in lines[-1]

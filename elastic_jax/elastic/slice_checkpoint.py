@@ -7,6 +7,7 @@ which parent array `slice_params` takes, and `restore_slice` reads just those ch
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,15 @@ import numpy as np
 from elastic_jax.checkpoint import load_params, nest_paths, restore_slice, stored_shapes
 from elastic_jax.config import ModelConfig
 from elastic_jax.distributed import path_str
+from elastic_jax.elastic.accounting import count_params, format_count
 from elastic_jax.elastic.router import Router, RouterConfig
 from elastic_jax.elastic.slicing import slice_params
-from elastic_jax.elastic.spec import ElasticError, ElasticSpec
+from elastic_jax.elastic.spec import Budget, ElasticError, ElasticSpec
+
+
+def _progress(message: str) -> None:
+    """A progress line on stderr (stdout keeps the result) for the steps that take seconds on a large parent."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def budget_spec(cfg: ModelConfig, params: dict, meta: dict, budget: float) -> ElasticSpec:
@@ -133,12 +140,18 @@ def slice_checkpoint(path: str | Path, budget: float, out: str | Path, fmt: str 
         trained = any(abs(float(key) - budget) < 1e-9 for key in meta["elastic"].get("specs") or {})
         router = {} if trained else restore_slice(path, {n: ... for n in stored if n.startswith("router/")})
         spec = budget_spec(cfg, router, meta, budget)
+        _progress(f"reading the sub-model of budget {budget:g} from {path} ...")
         sub_params, sub_cfg = read_sub_model(path, cfg, spec, "model/"), spec.apply_to(cfg)
     else:
+        if not 0.0 < budget <= 1.0 or (meta.get("elastic") or {}).get("ranking") is None:
+            budget_spec(cfg, {}, meta, budget)  # a bad budget or an unranked parent: one error before any read
+        _progress(f"reading the parent {path} ...")
         params = load_params(path)
         params = params.get("model", params) if "router" in params else params
+        _progress(f"searching an architecture for budget {budget:g} (zero-shot) and slicing ...")
         spec = budget_spec(cfg, params, meta, budget)
         sub_params, sub_cfg = slice_params(params, cfg, spec)
+    _progress(f"writing {out} ({fmt}) ...")
     if fmt == "hf":
         to_hf(sub_cfg, sub_params, out, overwrite=overwrite)
     else:
@@ -146,3 +159,20 @@ def slice_checkpoint(path: str | Path, budget: float, out: str | Path, fmt: str 
         save_model(out, sub_cfg, sub_params, {**extra, "sliced_from": {"budget": budget, "spec": spec.to_dict()}},
                    overwrite=overwrite)
     return spec, sub_cfg
+
+
+def slice_summary(path: str | Path, budget: float, spec: ElasticSpec, sub_cfg: ModelConfig) -> str:
+    """What `slice` prints: the target beside the fraction achieved (in the checkpoint's budget metric), total and
+    active parameters, and the architecture."""
+    from elastic_jax.model_io import model_config_of, read_metadata
+
+    meta = read_metadata(path)
+    cfg = model_config_of(path, meta)
+    elastic = meta.get("elastic") or {}  # the router's metric (older checkpoints: the flat train section's)
+    metric = (elastic.get("router") or {}).get("metric") or (elastic.get("train") or {}).get("metric") or "total_params"
+    achieved = Budget(1.0, metric).measure(sub_cfg) / Budget(1.0, metric).measure(cfg)
+    total, active = count_params(sub_cfg)
+    parent_total, parent_active = count_params(cfg)
+    return (f"budget {budget:g}: target {budget:.1%} of the parent's {metric}, achieved {achieved:.1%}\n"
+            f"total {format_count(total)} ({total / parent_total:.1%}) active {format_count(active)} "
+            f"({active / parent_active:.1%})\nspec {spec.to_dict()}")

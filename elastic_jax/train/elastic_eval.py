@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -50,6 +51,7 @@ def evaluate_budgets(spec, ec, router, params: dict, teacher: dict, specs: dict[
     eval_fns: dict = {}
     rows = []
     for budget in ec.budgets:
+        print(f"evaluating budget {budget:g} (zero-shot and trained) ...", file=sys.stderr, flush=True)
         arch = specs.get(budget) or router.spec_for(params["router"], budget)
         sub_params, sub_cfg = slice_params(params["model"], cfg, arch)
         zero_params, _ = slice_params(teacher, cfg, arch)
