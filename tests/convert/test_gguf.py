@@ -125,7 +125,9 @@ def test_llama_cpp_greedy_tokens_match(exported):
 
     cfg, params, path = exported
     prompt = ByteTokenizer().encode("(3+4)*2=", add_bos=True)
-    ours = ej.generate(cfg, params, [prompt], 32, temperature=0.0)[0, len(prompt):].tolist()
+    # eos_id=-1: no stop token, all 32 tokens (llama.cpp's generate does not stop either)
+    ours = ej.generate(cfg, params, [prompt], 32, temperature=0.0, eos_id=-1)[0, len(prompt):].tolist()
+    assert len(ours) == 32
     llm = Llama(model_path=str(path), n_ctx=128, n_threads=2, logits_all=True, verbose=False)
     theirs = []
     for token in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
