@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,7 +24,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from elastic_jax.config import ConfigError
@@ -88,14 +89,27 @@ def parse_target(text: str) -> Target:
     return Target(text, "tpu", chips, TPU_HBM[kind], f"{kind}:{grid}")
 
 
+@contextlib.contextmanager
+def _scoped_env(**values: str) -> Iterator[None]:
+    """Environment variables set (where unset) for the duration of the block, then restored."""
+    added = [name for name in values if name not in os.environ]
+    os.environ.update({name: values[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def tpu_devices(target: Target) -> list[Any]:
     """The devices of a TPU topology, from libtpu's compile-only client (no TPU needed)."""
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes on this host may hold libtpu
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     try:
         from jax.experimental import topologies
 
-        return list(topologies.get_topology_desc(target.topology, "tpu").devices)
+        # Only while libtpu starts: left set, TPU_WORKER_HOSTNAMES would make this process (and every process it
+        # starts) look like a TPU pod worker to distributed.detect_cluster.
+        with _scoped_env(ALLOW_MULTIPLE_LIBTPU_LOAD="1", TPU_WORKER_HOSTNAMES="localhost"):
+            return list(topologies.get_topology_desc(target.topology, "tpu").devices)
     except ImportError as err:  # pragma: no cover - depends on the install
         raise ConfigError("--target: TPU plans need libtpu; pip install 'elastic_jax[tpu-plan]'",
                           section="target") from err
