@@ -202,7 +202,7 @@ def test_calibration_batches_follow_the_checkpoint_and_the_experiment(models):
     data, tokenizer = calibration_source({"tokenizer": bpe.to_dict()}, 512)
     assert tokenizer.to_dict() == bpe.to_dict()
     (batch,) = calibration_batches(data, tokenizer, 1, 64, 2)
-    assert batch.shape == (2, 64) and batch.max() >= 256  # BPE merges, not bytes
+    assert batch["inputs"].shape == (2, 64) and batch["inputs"].max() >= 256  # BPE merges, not bytes
     only_reasoning = {"data": {"reasoning_weight": 1.0, "text_weight": 0.0}}
     assert calibration_source({"experiment": only_reasoning}, 264)[0].text_weight == 0.0
     assert calibration_source({"experiment": {"data": {}}}, 264, only_reasoning)[0].text_weight == 0.0

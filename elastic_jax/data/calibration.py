@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def calibration_batches(data: DataConfig, tokenizer: Tokenizer, num_batches: int, seq_len: int, batch_size: int,
-                        *, max_seq_len: int | None = None) -> list[np.ndarray]:
-    """`num_batches` token arrays [batch_size, seq_len] drawn from `data`'s held-out split with `tokenizer`.
+                        *, max_seq_len: int | None = None) -> list[dict[str, np.ndarray]]:
+    """`num_batches` batches {"inputs": [batch_size, seq_len] tokens} drawn from `data`'s held-out split with
+    `tokenizer`, with the rows' "segment_ids" when `data` packs documents apart (a document-aware parent is
+    scored as it was trained: each document alone).
 
     The held-out split is read in a fixed order, so every run (and every process) ranks on the same batches.
     """
@@ -34,7 +36,7 @@ def calibration_batches(data: DataConfig, tokenizer: Tokenizer, num_batches: int
         batches = make_eval_batches(data, tokenizer, seq_len, batch_size, num_batches, 0, 1, max_seq_len=max_seq_len)
     except ValueError as err:
         raise ConfigError(f"calibration data: {err}") from None
-    return [np.asarray(b["inputs"]) for b in batches]
+    return [{key: np.asarray(b[key]) for key in ("inputs", "segment_ids") if key in b} for b in batches]
 
 
 def _data_of(experiment: Mapping[str, Any] | None) -> DataConfig | None:

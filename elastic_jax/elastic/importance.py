@@ -9,10 +9,10 @@ aggregation (mean |activation| over the sequence, then L2 over the batch); hidde
 over batch, sequence and every block norm; experts use REAP; depth is the normalised logit MSE when a layer is
 removed (through the masked forward, so one compilation serves all).
 
-Mamba heads: METHOD §4 / the Megatron code score a head by the L2 of its channels in the x part of in_proj
-("mamba_heads", `mamba_source="in_x"`). The default ranks by the same statistic at the out_proj input, after
-the scan, the z gate and the group norm ("mamba_heads_out"), i.e. by what the head actually emits: on small
-trained parents it beat random head orders more often (the in_x score tied random on the test parent).
+Mamba heads: as METHOD §4 and the Megatron code, a head's score is the L2 of its channels in the x part of
+in_proj ("mamba_heads", the default `mamba_source="in_x"`); `mamba_source="out_proj"` ranks by the same
+statistic at the out_proj input, after the scan, the z gate and the group norm ("mamba_heads_out"). Neither
+wins on every parent; on the test suite's trained parent the in_x order beats every random head order.
 """
 
 from __future__ import annotations
@@ -72,13 +72,13 @@ def _moe_stats(rows: dict[str, jax.Array], num_experts: int, batch: int, length:
 
 
 def _depth_errors(model: nn.Module, params: dict, tokens: jax.Array, reference: jax.Array,
-                  base: jax.Array) -> jax.Array:
+                  base: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
     """[L]: sum of squared logit differences to `reference` when layer j is removed on top of `base` gates."""
     num_layers = base.shape[0]
 
     def removed(gates: jax.Array) -> jax.Array:
         masks = Masks(layers=tuple(LayerMasks(depth=gates[i]) for i in range(num_layers)))
-        logits = model.apply({"params": params}, tokens, masks=masks)[0]
+        logits = model.apply({"params": params}, tokens, masks=masks, segment_ids=segment_ids)[0]
         return jnp.sum(jnp.square(logits - reference))
 
     return jax.lax.map(removed, base[None, :] * (1.0 - jnp.eye(num_layers)))
@@ -89,9 +89,10 @@ def _stats_fn(cfg: ModelConfig):
     """The jitted per-batch statistics of every axis (compiled once per config and batch shape)."""
     model = build(cfg)
 
-    def stats(params: dict, tokens: jax.Array) -> dict:
+    def stats(params: dict, tokens: jax.Array, segment_ids: jax.Array | None) -> dict:
         with nn.intercept_methods(_capture):
-            (logits, _), state = model.apply({"params": params}, tokens, mutable=["intermediates"])
+            (logits, _), state = model.apply({"params": params}, tokens, segment_ids=segment_ids,
+                                             mutable=["intermediates"])
         got = state["intermediates"]
         hidden = jnp.zeros((cfg.hidden_size,), jnp.float32)
         layers = []
@@ -112,7 +113,8 @@ def _stats_fn(cfg: ModelConfig):
                 entry["shared_ffn"] = _minitron(mixer["shared_experts"]["down_proj"][_KEY][0])
                 layers.append(entry)
         ones = jnp.ones((cfg.num_layers,), jnp.float32)
-        return {"hidden": hidden, "layers": layers, "depth_sq_err": _depth_errors(model, params, tokens, logits, ones),
+        depth_sq_err = _depth_errors(model, params, tokens, logits, ones, segment_ids)
+        return {"hidden": hidden, "layers": layers, "depth_sq_err": depth_sq_err,
                 "logit_sq": jnp.sum(jnp.square(logits))}
 
     return jax.jit(stats)
@@ -123,9 +125,9 @@ def _depth_fn(cfg: ModelConfig):
     """Jitted (params, tokens, base gates) -> (per-layer squared logit error against the full model, sum logits^2)."""
     model = build(cfg)
 
-    def depth(params: dict, tokens: jax.Array, base: jax.Array):
-        reference = model.apply({"params": params}, tokens)[0]
-        return _depth_errors(model, params, tokens, reference, base), jnp.sum(jnp.square(reference))
+    def depth(params: dict, tokens: jax.Array, segment_ids: jax.Array | None, base: jax.Array):
+        reference = model.apply({"params": params}, tokens, segment_ids=segment_ids)[0]
+        return _depth_errors(model, params, tokens, reference, base, segment_ids), jnp.sum(jnp.square(reference))
 
     return jax.jit(depth)
 
@@ -135,6 +137,14 @@ def token_batch(cfg: ModelConfig, batch: Any) -> jax.Array:
     if isinstance(batch, Mapping):
         batch = batch["inputs"] if "inputs" in batch else batch["tokens"]
     return jnp.asarray(check_tokens(cfg, batch, "calibration batch"))
+
+
+def segment_batch(batch: Any) -> jax.Array | None:
+    """The packed documents' segment ids [batch, length] of a {"inputs", "segment_ids"} batch, else None: a
+    document-aware parent must be scored on its documents apart, as it was trained."""
+    if isinstance(batch, Mapping) and batch.get("segment_ids") is not None:
+        return jnp.asarray(batch["segment_ids"], jnp.int32)
+    return None
 
 
 def _finalize(cfg: ModelConfig, total: dict) -> dict:
@@ -160,11 +170,13 @@ def _finalize(cfg: ModelConfig, total: dict) -> dict:
 
 
 def compute_scores(cfg: ModelConfig, params: dict, batches: Iterable[Any]) -> dict:
-    """Per-axis importance scores summed over a stream of [batch, length] token arrays (or {"inputs": ...})."""
+    """Per-axis importance scores summed over a stream of [batch, length] token arrays (or {"inputs": ...,
+    "segment_ids": ...} batches)."""
     fn = _stats_fn(cfg)
     total = None
     for batch in batches:
-        stats = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), fn(params, token_batch(cfg, batch)))
+        stats = fn(params, token_batch(cfg, batch), segment_batch(batch))
+        stats = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), stats)
         total = stats if total is None else jax.tree_util.tree_map(np.add, total, stats)
     if total is None:
         raise ElasticError("importance needs at least one calibration batch; got none")
@@ -180,7 +192,7 @@ def _within_groups(scores: np.ndarray, groups: int) -> np.ndarray:
     return np.concatenate([g * per + _desc(scores[g * per:(g + 1) * per]) for g in range(groups)])
 
 
-def rank_from_scores(cfg: ModelConfig, scores: dict, *, mamba_source: str = "out_proj") -> dict:
+def rank_from_scores(cfg: ModelConfig, scores: dict, *, mamba_source: str = "in_x") -> dict:
     """A ranking (see elastic_jax.elastic.permute) that sorts every axis by decreasing score within its groups.
 
     `mamba_source`: "in_x" (METHOD: the x part of in_proj) or "out_proj" (the out_proj input) for Mamba heads.
@@ -211,10 +223,10 @@ def _order(scores: np.ndarray, ea: ElasticAxis, sizes: tuple[int, ...]) -> np.nd
 def iterative_depth_order(cfg: ModelConfig, params: dict, batches: list[Any]) -> np.ndarray:
     """Layers most important first, removing the least important layer one at a time and re-scoring the rest
     with the removed ones gone (errors always against the full model's logits)."""
-    fn, tokens = _depth_fn(cfg), [token_batch(cfg, b) for b in batches]
+    fn, tokens = _depth_fn(cfg), [(token_batch(cfg, b), segment_batch(b)) for b in batches]
     base, removed = np.ones(cfg.num_layers, np.float32), []
     while len(removed) < cfg.num_layers - 1:
-        err = sum(np.asarray(fn(params, t, jnp.asarray(base))[0], np.float64) for t in tokens)
+        err = sum(np.asarray(fn(params, t, seg, jnp.asarray(base))[0], np.float64) for t, seg in tokens)
         err[removed] = np.inf
         worst = int(np.argmin(err))
         removed.append(worst)
@@ -224,11 +236,11 @@ def iterative_depth_order(cfg: ModelConfig, params: dict, batches: list[Any]) ->
 
 
 def run_importance(cfg: ModelConfig, params: dict, batches: Iterable[Any], *, iterative_depth: bool = False,
-                   mamba_source: str = "out_proj") -> tuple[dict, dict]:
+                   mamba_source: str = "in_x") -> tuple[dict, dict]:
     """(scores, ranking) for every axis; `permute_params(params, cfg, ranking)` makes nested models prefixes.
 
-    `batches`: [batch, length] token arrays (or {"inputs": ...}); `iterative_depth` re-scores layers after each
-    removal (L^2/2 forwards per batch instead of L).
+    `batches`: [batch, length] token arrays (or {"inputs": ..., "segment_ids": ...}); `iterative_depth` re-scores
+    layers after each removal (L^2/2 forwards per batch instead of L).
     """
     batches = list(batches)
     scores = compute_scores(cfg, params, batches)

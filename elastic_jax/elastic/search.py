@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elastic_jax.config import ModelConfig
-from elastic_jax.elastic.importance import token_batch
+from elastic_jax.elastic.importance import segment_batch, token_batch
 from elastic_jax.elastic.slicing import spec_masks
 from elastic_jax.elastic.spec import AXES, AXIS_FIELDS, WIDTH_FIELDS, Budget, ElasticError, ElasticSpec, check_axis
 from elastic_jax.model.functional import build
@@ -90,15 +90,16 @@ def _scorer(cfg: ModelConfig):
     """Jitted (params, tokens [b, L+1], masks, parent logits) -> (next-token loss, KL(parent || masked))."""
     model = build(cfg)
 
-    def score(params: dict, seqs: jax.Array, masks: dict, reference: jax.Array):
-        logits = model.apply({"params": params}, seqs[:, :-1], masks=masks)[0]
+    def score(params: dict, seqs: jax.Array, segments: jax.Array | None, masks: dict, reference: jax.Array):
+        logits = model.apply({"params": params}, seqs[:, :-1], masks=masks, segment_ids=segments)[0]
         logp = jax.nn.log_softmax(logits, axis=-1)
         loss = -jnp.mean(jnp.take_along_axis(logp, seqs[:, 1:, None], axis=-1))
         ref = jax.nn.log_softmax(reference, axis=-1)
         kl = jnp.mean(jnp.sum(jnp.exp(ref) * (ref - logp), axis=-1))
         return loss, kl
 
-    reference = jax.jit(lambda params, seqs: model.apply({"params": params}, seqs[:, :-1])[0])
+    reference = jax.jit(lambda params, seqs, segments: model.apply({"params": params}, seqs[:, :-1],
+                                                                   segment_ids=segments)[0])
     return jax.jit(score), reference
 
 
@@ -108,14 +109,16 @@ def score_candidates(cfg: ModelConfig, params: dict, candidates: Iterable[Candid
     if objective not in OBJECTIVES:
         raise ElasticError(f"search objective {objective!r} is unknown; allowed: {list(OBJECTIVES)}")
     score, reference = _scorer(cfg)
+    batches = list(batches)
     seqs = [token_batch(cfg, b) for b in batches]
     if not seqs or seqs[0].shape[1] < 2:
         raise ElasticError("search needs at least one calibration batch of sequences with 2 or more tokens")
-    refs = [reference(params, s) for s in seqs]
+    segments = [None if (seg := segment_batch(b)) is None else seg[:, :-1] for b in batches]
+    refs = [reference(params, s, g) for s, g in zip(seqs, segments)]
     out = []
     for cand in candidates:
         masks = jax.tree_util.tree_map(jnp.asarray, spec_masks(cfg, cand.spec))
-        values = [score(params, s, masks, r)[OBJECTIVES.index(objective)] for s, r in zip(seqs, refs)]
+        values = [score(params, s, g, masks, r)[OBJECTIVES.index(objective)] for s, g, r in zip(seqs, segments, refs)]
         out.append(dataclasses.replace(cand, score=float(np.mean(values))))
     return sorted(out, key=lambda c: c.score)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.elastic.importance import segment_batch, token_batch
 from elastic_jax.model.functional import build
 from elastic_jax.model.linear import Linear
 from elastic_jax.model.moe import ROUTED_ROWS, MoE
@@ -38,9 +39,9 @@ def _capture(next_fun, args, kwargs, context):
 def _amax_fn(cfg: ModelConfig):
     model = build(cfg)
 
-    def amax(params: dict, tokens: jax.Array) -> dict[str, jax.Array]:
+    def amax(params: dict, tokens: jax.Array, segment_ids: jax.Array | None) -> dict[str, jax.Array]:
         with nn.intercept_methods(_capture):
-            _, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
+            _, state = model.apply({"params": params}, tokens, segment_ids=segment_ids, mutable=["intermediates"])
         out = {}
         for path, leaf in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
             keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
@@ -59,11 +60,12 @@ def _amax_fn(cfg: ModelConfig):
 
 
 def input_amax(cfg: ModelConfig, params: Any, batches: Iterable[Any]) -> dict[str, np.float32]:
-    """{weight path: amax of its input} over `batches` ([batch, length] token arrays) of the float model."""
+    """{weight path: amax of its input} over `batches` ([batch, length] token arrays, or calibration batches
+    {"inputs", "segment_ids"}) of the float model."""
     fn = _amax_fn(cfg)
     total: dict[str, np.float32] = {}
-    for tokens in batches:
-        got = jax.device_get(fn(params, jnp.asarray(tokens)))
+    for batch in batches:
+        got = jax.device_get(fn(params, token_batch(cfg, batch), segment_batch(batch)))
         for name, value in got.items():
             total[name] = np.float32(max(total.get(name, np.float32(0)), np.float32(value)))
     if not total:
