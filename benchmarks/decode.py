@@ -29,10 +29,10 @@ from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.inference.engine import Engine
 
 
-def random_engine(config: str, budgets: list[float]) -> Engine:
-    """A random parent with an untrained router over active-parameter budgets (the router's argmax, repaired into
-    each budget's tolerance, gives every budget a real nested architecture)."""
-    cfg = ej.load_config(config)
+def random_engine(config: str, budgets: list[float], overrides: tuple[str, ...] = ()) -> Engine:
+    """A random parent (config + overrides) with an untrained router over active-parameter budgets (the router's
+    argmax, repaired into each budget's tolerance, gives every budget a real nested architecture)."""
+    cfg = ej.load_config(config, list(overrides))
     rc = RouterConfig(budgets=tuple(budgets), metric="active_params")
     router = Router(cfg, rc)
     router_params = router.init(jax.random.PRNGKey(0))

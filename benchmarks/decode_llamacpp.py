@@ -15,31 +15,19 @@ total / 26.6M active, --repeats 5): budget 1.0 ours 158 vs llama.cpp 330 tok/s (
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from decode import random_engine  # noqa: E402  (a sibling script, like timing.py for the others)
 from llama_cpp import Llama
 
 import elastic_jax as ej
 from elastic_jax.convert.gguf import to_gguf
-from elastic_jax.elastic.router import Router, RouterConfig
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.inference.engine import Engine
-
-
-def random_engine(config: str, overrides: list[str], budgets: list[float]) -> Engine:
-    """A random parent (config + overrides) with an untrained router over active-parameter budgets."""
-    cfg = ej.load_config(config, overrides)
-    rc = RouterConfig(budgets=tuple(budgets), metric="active_params")
-    router = Router(cfg, rc)
-    router_params = router.init(jax.random.PRNGKey(0))
-    specs = {f"{b:g}": router.spec_for(router_params, b).to_dict() for b in budgets}
-    meta = {"model": cfg.to_dict(), "elastic": {"router": dataclasses.asdict(rc), "specs": specs}}
-    return Engine(cfg, {"model": ej.init_params(cfg, 0), "router": router_params}, meta)
 
 
 def llama_for(engine: Engine, budget: float, path: Path, n_ctx: int, threads: int) -> Llama:
@@ -85,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
     engine = (Engine.load(args.checkpoint) if args.checkpoint
-              else random_engine(args.config, [f"model.pattern='{args.pattern}'"], budgets))
+              else random_engine(args.config, budgets, (f"model.pattern='{args.pattern}'",)))
     cfg = engine.cfg
     total, active = ej.count_params(cfg)
     print(f"parent {args.checkpoint or args.config} ({cfg.pattern}): total {total / 1e6:.1f}M active "

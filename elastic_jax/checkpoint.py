@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from elastic_jax import schema
 from elastic_jax.config import ConfigError
 from elastic_jax.distributed import path_str
+from elastic_jax.paths import unflatten
 
 log = logging.getLogger(__name__)
 ITEMS = ("state", "data", "metadata")
@@ -344,18 +345,6 @@ def _index(idx: Any) -> Any:
     return tuple(np.asarray(i, np.int64) if isinstance(i, (list, np.ndarray)) else i for i in idx)
 
 
-def nest_paths(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """{"a/b/c": x} -> {"a": {"b": {"c": x}}}."""
-    out: dict[str, Any] = {}
-    for name, value in flat.items():
-        node = out
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
 def restore_slice(path: str | Path, slices: Mapping[str, Any], *, step: int | None = None,
                   subtree: str = "params", item: str = "state") -> dict[str, Any]:
     """Read only a sub-block of each named parameter, as a nested dict of numpy arrays.
@@ -385,7 +374,7 @@ def restore_slice(path: str | Path, slices: Mapping[str, Any], *, step: int | No
         index = _index(idx)
         view = array.oindex[index] if any(isinstance(i, np.ndarray) for i in index) else array[index]
         reads[name] = view.read()
-    return nest_paths({name: np.asarray(future.result()) for name, future in reads.items()})
+    return unflatten({name: np.asarray(future.result()) for name, future in reads.items()})
 
 
 def load_params(path: str | Path, *, step: int | None = None, subtree: str = "params") -> dict[str, Any]:

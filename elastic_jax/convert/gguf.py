@@ -40,6 +40,7 @@ import numpy as np
 from elastic_jax.config import ModelConfig
 from elastic_jax.convert.hf_config import ConversionError, config_to_hf
 from elastic_jax.convert.hf_weights import to_hf_tensors
+from elastic_jax.convert.tokenizer_export import bytes_to_unicode
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
 
@@ -180,26 +181,13 @@ def _encode_tensor(gguf, array: np.ndarray, qtype) -> tuple[np.ndarray, Any]:
 
 # ----------------------------------------------------------------------------------------------------- tokenizer
 
-def _byte_unicode() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable character (what byte-level BPE vocabularies store)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
 def _byte_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     """(tokens, token types, merges) of the byte tokenizer at the model's (possibly padded) vocabulary size."""
     from elastic_jax.data.tokenizer import ByteTokenizer
     gguf = _gguf()
     tt = gguf.TokenType
     tokens, types = list(ByteTokenizer.SPECIAL_TOKENS), [tt.CONTROL] * ByteTokenizer.NUM_SPECIAL
-    chars = _byte_unicode()
+    chars = bytes_to_unicode()
     tokens += [chars[b] for b in range(256)]
     types += [tt.NORMAL] * 256
     for i in range(len(tokens), vocab_size):

@@ -18,7 +18,7 @@ from typing import Any
 from elastic_jax.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (what the ByteLevel pre-tokenizer and decoder use)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -36,7 +36,7 @@ def byte_tokenizer_json() -> dict[str, Any]:
     """The byte tokenizer as a `tokenizers` JSON document."""
     bt = ByteTokenizer
     vocab = {tok: i for i, tok in enumerate(bt.SPECIAL_TOKENS)}
-    vocab.update({ch: b + bt.NUM_SPECIAL for b, ch in _bytes_to_unicode().items()})
+    vocab.update({ch: b + bt.NUM_SPECIAL for b, ch in bytes_to_unicode().items()})
     added = [{"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
               "special": True} for i, tok in enumerate(bt.SPECIAL_TOKENS)]
     bos = bt.SPECIAL_TOKENS[bt.BOS_ID]

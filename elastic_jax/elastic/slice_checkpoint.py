@@ -14,13 +14,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from elastic_jax.checkpoint import load_params, nest_paths, restore_slice, stored_shapes
+from elastic_jax.checkpoint import load_params, restore_slice, stored_shapes
 from elastic_jax.config import ModelConfig
 from elastic_jax.distributed import path_str
 from elastic_jax.elastic.accounting import count_params, format_count
 from elastic_jax.elastic.router import Router, RouterConfig
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import Budget, ElasticError, ElasticSpec
+from elastic_jax.paths import unflatten
 
 
 def _progress(message: str) -> None:
@@ -90,7 +91,7 @@ def read_plan(cfg: ModelConfig, spec: ElasticSpec, shapes: dict[str, tuple[int, 
             line = np.arange(shape[axis] if axis < len(shape) else 1, dtype=np.int32) + offsets[name]
             line = line.reshape([-1 if a == axis else 1 for a in range(len(shape))]) if axis < len(shape) else line[0]
             probe[name] = np.broadcast_to(line, shape)
-        sliced, _ = slice_params(nest_paths(probe), cfg, spec)
+        sliced, _ = slice_params(unflatten(probe), cfg, spec)
         for path, leaf in jax.tree_util.tree_leaves_with_path(sliced):
             leaf, out = np.asarray(leaf), path_str(path)
             if axis >= leaf.ndim:
@@ -118,7 +119,7 @@ def read_sub_model(path: str | Path, cfg: ModelConfig, spec: ElasticSpec, prefix
     plan = read_plan(cfg, spec, shapes)
     parts = restore_slice(path, {prefix + source: index for source, index in plan.values()})
     flat = {path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(parts)}
-    return nest_paths({out: flat[prefix + source] for out, (source, _) in plan.items()})
+    return unflatten({out: flat[prefix + source] for out, (source, _) in plan.items()})
 
 
 def slice_checkpoint(path: str | Path, budget: float, out: str | Path, fmt: str = "elastic_jax", *,

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from elastic_jax.model.linear import Linear
+from elastic_jax.paths import unflatten
 
 Segment = tuple[str, ...]  # a product of logical axes, major first
 
@@ -233,18 +234,6 @@ def check_declared(params: Any, decls: Iterable[ParamDecl], what: str, *, shapes
     if missing:
         raise UndeclaredParamError(f"{what}: declared parameter(s) {missing[:5]} are missing from the tree")
     return leaves
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict:
-    """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
-    out: dict = {}
-    for name, value in flat.items():
-        node = out
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
 
 
 __all__ = ["Dim", "ELASTIC_AXES", "ElasticAxis", "HF", "HF_LAYOUTS", "ParamDecl", "UndeclaredParamError", "axis",

@@ -49,7 +49,7 @@ def _start(workdir: Path, parent: Path, overrides: list[str] = RUN, **env: str) 
 def _finish(proc: subprocess.Popen) -> dict:
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, f"elastify exited {proc.returncode}\n{out[-2000:]}\n{err[-6000:]}"
-    return json.loads(out[out.index("{"):])
+    return json.loads(next(line for line in out.splitlines() if line.startswith("{")))  # the run's figures
 
 
 def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
