@@ -3,8 +3,10 @@
 
 # Before anything imports jax: XLA:CPU's worker threads must start under these malloc settings.
 from elastic_jax.host_allocator import tune_host_allocator
+from elastic_jax.platforms import skip_absent_tpu
 
 tune_host_allocator()
+skip_absent_tpu()
 
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.convert.hf import from_hf, to_hf
