@@ -102,6 +102,10 @@ def run_quickstart(workdir: str = "quickstart", pretrain_steps: int = 600, elast
                                                    f"elastic.stage2_steps={elastic_steps - stage1}", *overrides])
     ExperimentConfig.from_dict(elastic_cfg)  # both stages' configs are checked before the first one runs
     pretrain = run_pretrain(parent_cfg, str(root / "parent"))
+    if pretrain.get("preempted"):  # a stop signal saved the parent part-way: rerunning resumes it
+        print(f"      stopped at pretraining step {pretrain.get('step')}; run the same command again to resume",
+              flush=True)
+        return pretrain
     print(f"      parent: {json.dumps({k: v for k, v in pretrain.items() if 'eval' in k or k == 'step'})}", flush=True)
 
     print(f"[2/4] ranking, permuting and elastifying into budgets 1.0 / 0.7 / 0.4 ({elastic_steps} steps)",
