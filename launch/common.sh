@@ -96,3 +96,12 @@ ej_dry_run_host() {
   echo "# host ${index} of ${hosts} (${host})"
   echo "$(ej_env_line <<< "$env_lines") $(ej_command_line)"
 }
+
+# Wait for every started process and exit with the last non-zero status (0 when all succeeded).
+ej_wait_all() {
+  local status=0 pid
+  for pid in "$@"; do
+    wait "$pid" || status=$?
+  done
+  exit "$status"
+}

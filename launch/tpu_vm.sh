@@ -56,8 +56,4 @@ for ((i = 0; i < RANKS; i++)); do
   pids+=($!)
 done
 
-status=0
-for pid in "${pids[@]}"; do
-  wait "$pid" || status=$?
-done
-exit "$status"
+ej_wait_all "${pids[@]}"
