@@ -38,7 +38,7 @@ def test_overrides_reach_every_router_knob():
     overrides = {"tau_start": 2.0, "tau_end": 0.1, "scale_start": 0.5, "scale_end": 4.0, "hard": False,
                  "attention_mode": "query_heads", "hidden_dim": 16, "lr_multiplier": 10.0, "loss_weight": 0.5,
                  "num_choices": 4, "min_fraction": 0.5, "width_multiple": 8, "heterogeneous": True, "tolerance": 0.1,
-                 "metric": "active_params", "axes": ("hidden", "ffn"), "budgets": (1.0, 0.5)}
+                 "metric": "active_params", "axes": ("hidden", "ffn"), "budgets": (1.0, 0.5), "nested": True}
     cfg = _parse("tiny_elastic", [f"--config.elastic.router.{k}={v!r}" for k, v in overrides.items()]
                  + ["elastic.stage2_weights=None"])
     router = cfg.elastic.router

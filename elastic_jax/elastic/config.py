@@ -15,6 +15,8 @@ from elastic_jax import schema
 from elastic_jax.elastic.router.config import RouterConfig
 from elastic_jax.schema import ConfigError, invalid
 
+IMPORTANCE_ORDERS = ("importance", "random")  # the storage order nested models are prefixes of
+
 # The flat layout of older configs and checkpoint metadata: elastic.<old> is now elastic.router.<new>.
 LEGACY_ROUTER_FIELDS = {
     "budgets": "budgets", "metric": "metric", "axes": "axes", "num_choices": "num_choices",
@@ -32,7 +34,11 @@ class ElasticConfig(schema.Section):
     stage2_seq_len with `stage2_weights` (one per budget; None: uniform). After `static_after` of the steps each
     budget's architecture is fixed to the router's argmax and trains as a static prefix slice. The loss is KD at
     `kd_temperature` (+ ce_weight * cross-entropy) + router.loss_weight * resource loss. Before training the
-    parent is ranked on importance_batches calibration batches and permuted (`permute`).
+    parent is ranked on importance_batches calibration batches and permuted (`permute`); `importance_order`
+    "random" permutes every axis in a random order seeded by train.seed instead (no calibration), the ablation of
+    the importance ranking. `budget_search` fixes every budget's architecture from the first step to the
+    router-free search's best zero-shot grid spec (elastic/search.py: the Minitron-style choice) instead of the
+    router's, the ablation of the router.
     """
 
     SECTION = "elastic"
@@ -49,6 +55,8 @@ class ElasticConfig(schema.Section):
     kd_temperature: float = 1.0  #: temperature of the forward-KL distillation
     importance_batches: int = 8  #: calibration batches of the importance ranking
     permute: bool = True  #: permute the parent into importance order before training
+    importance_order: str = "importance"  #: "importance" (ranked) or "random" (seeded by train.seed: an ablation)
+    budget_search: bool = False  #: fix every budget to the router-free search's choice from the start (an ablation)
 
     def __post_init__(self):
         if isinstance(self.router, dict):
@@ -62,6 +70,12 @@ class ElasticConfig(schema.Section):
                 raise invalid(self, name, f"must be an integer >= {low}, got {value!r}")
         if self.total_steps < 1:
             raise invalid(self, "stage1_steps", "stage1_steps + stage2_steps must be >= 1")
+        if self.importance_order not in IMPORTANCE_ORDERS:
+            raise invalid(self, "importance_order", f"must be one of {list(IMPORTANCE_ORDERS)}, got "
+                          f"{self.importance_order!r}")
+        if not isinstance(self.budget_search, bool):
+            raise invalid(self, "budget_search", f"must be True (the router-free search's architectures) or False "
+                          f"(the router's), got {self.budget_search!r}")
         if not 0.0 <= self.static_after <= 1.0:
             raise invalid(self, "static_after", f"must be in [0, 1], got {self.static_after}")
         if 1.0 not in self.budgets:

@@ -17,6 +17,7 @@ wins on every parent; on the test suite's trained parent the in_x order beats ev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -206,6 +207,18 @@ def rank_from_scores(cfg: ModelConfig, scores: dict, *, mamba_source: str = "in_
                                     ELASTIC_AXES[name], elastic_axis_size(decls, name))
                        for name in elastic_axes_of(decls)})
     return {"hidden": _desc(scores["hidden"]), "layers": layers, "depth": _desc(scores["depth"])}
+
+
+def random_ranking(cfg: ModelConfig, seed: int) -> dict:
+    """A seeded random order of every axis with the structure an importance ranking keeps (heads within their
+    groups, KV groups whole): the ranking of independent uniform scores, the ablation of importance order."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for layer in range(cfg.num_layers):
+        decls = block_declarations(cfg, layer)
+        layers.append({name: rng.random(math.prod(elastic_axis_size(decls, name))) for name in elastic_axes_of(decls)})
+    return rank_from_scores(cfg, {"hidden": rng.random(cfg.hidden_size), "layers": layers,
+                                  "depth": rng.random(cfg.num_layers)})
 
 
 def _order(scores: np.ndarray, ea: ElasticAxis, sizes: tuple[int, ...]) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.importance import segment_batch, token_batch
+from elastic_jax.elastic.router.config import RouterConfig
 from elastic_jax.elastic.slicing import spec_masks
 from elastic_jax.elastic.spec import AXES, AXIS_FIELDS, WIDTH_FIELDS, Budget, ElasticError, ElasticSpec, check_axis
 from elastic_jax.model.functional import build
@@ -145,7 +146,38 @@ def search_candidates(cfg: ModelConfig, params: dict, budget: Budget, batches: I
     """Like search_spec, but every scored candidate, best first (for reports)."""
     candidates = candidate_specs(cfg, budget, grid=grid, tolerance=tolerance, axes=axes,
                                  attention_mode=attention_mode, layer_order=layer_order)
-    if len(candidates) > max_candidates:
-        picks = np.random.default_rng(seed).choice(len(candidates), max_candidates, replace=False)
-        candidates = [candidates[i] for i in sorted(picks)]
-    return score_candidates(cfg, params, candidates, batches, objective)
+    return score_candidates(cfg, params, _at_most(candidates, max_candidates, seed), batches, objective)
+
+
+def _at_most(candidates: list[Candidate], count: int, seed: int) -> list[Candidate]:
+    """The candidates, or a seeded sample of `count` of them (in their order)."""
+    if len(candidates) <= count:
+        return candidates
+    picks = np.random.default_rng(seed).choice(len(candidates), count, replace=False)
+    return [candidates[i] for i in sorted(picks)]
+
+
+def router_free_specs(cfg: ModelConfig, params: dict, rc: RouterConfig, batches: Iterable[Any], *,
+                      max_candidates: int = 64, seed: int = 0) -> dict[float, ElasticSpec]:
+    """Every budget of `rc` by search instead of a router (`elastic.budget_search`): the best zero-shot homogeneous
+    grid spec over the router's axes within its tolerance, the whole parent for 1.0. In a nested chain
+    (`rc.nested`) a budget chooses only among slices of the next larger budget's choice."""
+    from elastic_jax.quickstart import nests_in  # here: quickstart imports this package
+
+    batches = list(batches)
+    specs: dict[float, ElasticSpec] = {}
+    for budget in sorted(rc.budgets, reverse=True):
+        if budget >= 1.0:
+            specs[budget] = ElasticSpec(attention_mode=rc.attention_mode)
+            continue
+        candidates = candidate_specs(cfg, Budget(budget, rc.metric), tolerance=rc.tolerance, axes=rc.axes,
+                                     attention_mode=rc.attention_mode)
+        larger = specs[min(b for b in specs if b > budget)] if rc.nested else None
+        if larger is not None:
+            candidates = [c for c in candidates if nests_in(c.spec, larger, cfg)]
+            if not candidates:
+                raise ElasticError(f"budget search: no grid candidate for budget {budget:g} is within "
+                                   f"{rc.tolerance:.0%} of its target and a slice of budget {min(specs):g}'s "
+                                   "choice; set elastic.router.nested=False or a larger elastic.router.tolerance")
+        specs[budget] = score_candidates(cfg, params, _at_most(candidates, max_candidates, seed), batches)[0].spec
+    return specs

@@ -31,9 +31,10 @@ from elastic_jax.checkpoint import Checkpointer, config_diff
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.data.calibration import calibration_batches
 from elastic_jax.elastic.config import ElasticConfig
-from elastic_jax.elastic.importance import run_importance
+from elastic_jax.elastic.importance import random_ranking, run_importance
 from elastic_jax.elastic.permute import permute_params, ranking_to_json
 from elastic_jax.elastic.router import Router
+from elastic_jax.elastic.search import router_free_specs
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.experiment import ExperimentConfig
 from elastic_jax.train.elastic_eval import evaluate_budgets
@@ -83,15 +84,39 @@ def load_parent(path: str | Path, expected: ModelConfig) -> tuple[dict, dict[str
     return params, meta
 
 
+def permutes_parent(ec: ElasticTrainConfig, meta: dict) -> bool:
+    """Whether the run permutes the parent it loads: a random order always, the importance order unless the
+    parent came ranked (`elastic-jax importance`); never with `permute` off."""
+    return ec.permute and (ec.importance_order == "random" or meta.get("elastic", {}).get("ranking") is None)
+
+
 def rank_and_permute(spec: RunSpec, ec: ElasticTrainConfig, params: dict, meta: dict) -> tuple[dict, Any]:
-    """Importance on calibration batches, then permute so nested models are prefixes (skipped if done before)."""
-    if meta.get("elastic", {}).get("ranking") is not None or not ec.permute:
+    """Importance on calibration batches (or a random order seeded by train.seed), then permute so nested models
+    are prefixes (skipped if done before)."""
+    if not permutes_parent(ec, meta):
         return params, meta.get("elastic", {}).get("ranking")
-    batches = calibration_batches(spec.data, spec.tokenizer, ec.importance_batches, ec.stage1_seq_len,
-                                  spec.train.global_batch, max_seq_len=spec.model.max_position_embeddings)
+    if ec.importance_order == "random":
+        ranking = random_ranking(spec.model, spec.train.seed)
+        log.info("permuted the parent in a random order (seed %d), not by importance", spec.train.seed)
+        return permute_params(params, spec.model, ranking), ranking_to_json(ranking)
+    batches = _calibration(spec, ec, ec.importance_batches)
     _, ranking = run_importance(spec.model, params, batches)
     log.info("ranked and permuted the parent on %d calibration batches", len(batches))
     return permute_params(params, spec.model, ranking), ranking_to_json(ranking)
+
+
+def _calibration(spec: RunSpec, ec: ElasticTrainConfig, count: int) -> list:
+    return calibration_batches(spec.data, spec.tokenizer, count, ec.stage1_seq_len,
+                               spec.train.global_batch, max_seq_len=spec.model.max_position_embeddings)
+
+
+def searched_specs(spec: RunSpec, ec: ElasticTrainConfig, teacher: dict) -> dict[float, ElasticSpec]:
+    """`elastic.budget_search`: every budget fixed from the first step to the router-free search's choice on the
+    ranked parent (the router then never trains)."""
+    specs = router_free_specs(spec.model, teacher, ec.router, _calibration(spec, ec, max(ec.importance_batches, 1)),
+                              seed=spec.train.seed)
+    log.info("budget search (no router): %s", {b: s.to_dict() for b, s in specs.items()})
+    return specs
 
 
 def fix_step(ec: ElasticTrainConfig) -> int:
@@ -205,13 +230,15 @@ def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str,
         # the student starts as a copy of the teacher (a copy: the step donates the student's buffers)
         state = create_state(layout, lambda t: {"model": jax.tree.map(jnp.copy, t),
                                                 "router": router.init(jax.random.PRNGKey(spec.train.seed))}, teacher)
-        specs: dict[float, ElasticSpec] = {}
+        specs = searched_specs(spec, ec, teacher_host) if ec.budget_search else {}
         start, data_states, resumed = 0, [], None
     else:
         start, state, data_states, meta = found
         ranking = meta["elastic"]["ranking"]
         specs = _restored_fixed_specs(meta["elastic"], start, ec)
-        teacher_host = permute_params(parent_params, spec.model, ranking) if ranking is not None else parent_params
+        # the stored ranking is the one this run applied, or the one a ranked parent came with (applied before)
+        permuted = ranking is not None and permutes_parent(ec, parent_meta)
+        teacher_host = permute_params(parent_params, spec.model, ranking) if permuted else parent_params
         teacher = distributed.global_from_host(teacher_host, teacher_sharding)
         resumed = start
     feeds = _Feeds(spec, ec, layout, data_states)

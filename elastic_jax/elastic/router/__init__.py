@@ -19,16 +19,17 @@ from elastic_jax.elastic.router.candidates import (
     choice_masks,
     width_multiple,
 )
+from elastic_jax.elastic.router.chain import larger_budget
 from elastic_jax.elastic.router.config import MAX_WIDTH_MULTIPLE, ROUTER_AXES, RouterConfig
 from elastic_jax.elastic.router.mlp import budget_code, init_router, router_logits
-from elastic_jax.elastic.router.repair import argmax_spec, spec_from_picks
+from elastic_jax.elastic.router.repair import argmax_picks, argmax_spec, spec_from_picks
 from elastic_jax.elastic.router.resource import expected_config, resource_loss, tolerance_for
 from elastic_jax.elastic.router.router import Router
 from elastic_jax.elastic.router.sampling import masks_from_probs, sample_probs, schedule
 
 __all__ = [
     "FIELD_OF_AXIS", "GROUPED_AXES", "KIND_OF_AXIS", "MAX_WIDTH_MULTIPLE", "ROUTER_AXES", "Axis", "Router",
-    "RouterConfig", "aligned_widths", "argmax_spec", "budget_code", "build_axes", "choice_masks", "expected_config",
-    "init_router", "masks_from_probs", "resource_loss", "router_logits", "sample_probs", "schedule",
-    "spec_from_picks", "tolerance_for", "width_multiple",
+    "RouterConfig", "aligned_widths", "argmax_picks", "argmax_spec", "budget_code", "build_axes", "choice_masks",
+    "expected_config", "init_router", "larger_budget", "masks_from_probs", "resource_loss", "router_logits",
+    "sample_probs", "schedule", "spec_from_picks", "tolerance_for", "width_multiple",
 ]

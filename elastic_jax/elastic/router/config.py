@@ -21,6 +21,8 @@ class RouterConfig(schema.Section):
     budgets / metric / tolerance: the nested models trained, what a budget is a fraction of, and how far a
     budget's size may be from its target (none for the full model 1.0).
     axes, num_choices, min_fraction, width_multiple, heterogeneous: the candidate grid (router/candidates.py).
+    nested: each budget may only choose, on every axis (and layer), widths at most the next larger budget's
+    choice, so every budget is a slice of every larger one, not only of the parent (router/chain.py).
     hidden_dim: width of each axis's two-layer MLP.
     tau_start -> tau_end: Gumbel-softmax temperature, annealed exponentially over training.
     scale_start -> scale_end: factor on the standardised logits, raised linearly over training.
@@ -39,6 +41,7 @@ class RouterConfig(schema.Section):
     min_fraction: float = 0.25  #: smallest candidate over the parent's width
     width_multiple: int | None = None  #: channel widths are multiples of this (None: auto)
     heterogeneous: bool = False  #: one choice per layer (True) or per axis (False)
+    nested: bool = False  #: every budget's widths within the next larger budget's (a nested chain)
     hidden_dim: int = 128
     tau_start: float = 1.0
     tau_end: float = 0.05
@@ -85,6 +88,9 @@ class RouterConfig(schema.Section):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise invalid(self, name, f"must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.nested, bool):
+            raise invalid(self, "nested", f"must be True (a nested chain of budgets) or False (free per-budget "
+                          f"choices), got {self.nested!r}")
         if not isinstance(self.hard, bool):
             raise invalid(self, "hard", f"must be True (hard masks) or False (soft masks), got {self.hard!r}")
         if self.attention_mode not in ATTENTION_MODES:

@@ -11,6 +11,7 @@ import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.router.candidates import Axis
+from elastic_jax.elastic.router.chain import masked
 from elastic_jax.elastic.router.config import RouterConfig
 from elastic_jax.model.masks import LayerMasks, Masks
 
@@ -22,11 +23,14 @@ def schedule(rc: RouterConfig, progress: jax.Array) -> tuple[jax.Array, jax.Arra
     return tau, rc.scale_start + (rc.scale_end - rc.scale_start) * progress
 
 
-def sample_probs(logits: jax.Array, key: jax.Array | None, tau: jax.Array, scale: jax.Array, hard: bool) -> jax.Array:
-    """Gumbel-softmax probabilities over choices; `hard` gives the argmax one-hot with straight-through grads."""
+def sample_probs(logits: jax.Array, key: jax.Array | None, tau: jax.Array, scale: jax.Array, hard: bool,
+                 floor: jax.Array | None = None) -> jax.Array:
+    """Gumbel-softmax probabilities over choices; `hard` gives the argmax one-hot with straight-through grads.
+    `floor` ([rows] choice indices, a nested chain's bound) gives every wider candidate probability zero."""
     # Standardised logits: the schedule alone sets how sharp the choice is, so large router weights cannot
     # saturate the softmax (and kill its gradient) before the resource loss has been met.
     z = (logits - logits.mean(-1, keepdims=True)) / (logits.std(-1, keepdims=True) + 1e-6) * scale
+    z = masked(z, floor)
     if key is not None:
         z = z + jax.random.gumbel(key, z.shape)
     probs = jax.nn.softmax(z / tau, axis=-1)
