@@ -377,21 +377,33 @@ def restore_slice(path: str | Path, slices: Mapping[str, Any], *, step: int | No
     return unflatten({name: np.asarray(future.result()) for name, future in reads.items()})
 
 
-def load_params(path: str | Path, *, step: int | None = None, subtree: str = "params") -> dict[str, Any]:
-    """All parameters of a checkpoint (newest step, or `step`) as a nested dict of numpy arrays.
+def load_params(path: str | Path, *, step: int | None = None, subtree: str = "params",
+                shardings: Any = None) -> dict[str, Any]:
+    """All parameters of a checkpoint (newest step, or `step`) as a nested dict of numpy arrays, or, with
+    `shardings`, of jax Arrays laid out by them.
 
-    Orbax's partial restore of the `subtree` only: optimizer state and other items are not read.
+    Orbax's partial restore of the `subtree` only: optimizer state and other items are not read. `shardings`:
+    a pytree of Shardings shaped like the stored subtree, or a callable `shardings(abstract)` that makes one
+    from the stored ShapeDtypeStructs (e.g. `lambda a: distributed.param_shardings(a, mesh)`). Restoring
+    into shardings reads, in every process, only the chunks of the shards its own devices hold: the whole
+    model never passes through one host's memory.
     """
     item_dir = find_checkpoint(path, step, "state").absolute()
     tree = _tree_metadata(item_dir).tree
     if subtree not in tree:
         raise KeyError(f"{item_dir} has no {subtree!r} subtree")
     target = {subtree: tree[subtree]}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    if shardings is None:
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    else:
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree[subtree])
+        layout = shardings(abstract) if callable(shardings) else shardings
+        restore_args = {subtree: jax.tree.map(
+            lambda a, sh: ocp.ArrayRestoreArgs(sharding=sh, global_shape=a.shape, dtype=a.dtype), abstract, layout)}
     handler = ocp.PyTreeCheckpointHandler()
     try:
         out = handler.restore(item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                                                     partial_restore=True))
     finally:
         handler.close()
-    return jax.tree.map(np.asarray, dict(out[subtree]))
+    return jax.tree.map(np.asarray, dict(out[subtree])) if shardings is None else dict(out[subtree])

@@ -180,6 +180,13 @@ def tree_shardings_like(tree: Any, params: Any, param_sharding: Any, mesh: Mesh)
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def logical_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int],
+                     rules: Sequence[tuple[str, Any]] = SHARDING_RULES) -> NamedSharding:
+    """Sharding of an activation named by logical axes, e.g. logits ("batch", None, "vocab"): rows over the
+    batch mesh axes, the vocabulary over the tensor axis, by the same rules as the parameters."""
+    return NamedSharding(mesh, logical_to_spec(tuple(axes), tuple(shape), mesh, rules))
+
+
 def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = SHARDING_RULES,
                    global_batch: int | None = None) -> NamedSharding:
     """Sharding of [batch, length] arrays: rows split over the batch mesh axes."""

@@ -12,6 +12,7 @@ when complete, so a failed write creates nothing and an overwrite loses nothing 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Iterator
@@ -81,7 +82,7 @@ def writing_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 def save_model(path: str | Path, cfg: ModelConfig, params: dict, metadata: dict[str, Any] | None = None,
                step: int = 0, *, overwrite: bool = False) -> Path:
     """Write `params` with `cfg` (and optional extra metadata, e.g. tokenizer or elastic fields) to `path`."""
-    state = {"step": np.int32(step), "params": jax.tree.map(np.asarray, params)}
+    state = {"step": np.int32(step), "params": jax.tree.map(np.asanyarray, params)}  # memmaps stay file-backed
     with writing_output(path, overwrite) as tmp:
         ckpt = Checkpointer(tmp)
         try:
@@ -103,9 +104,25 @@ def model_config_of(path: str | Path, meta: dict[str, Any]) -> ModelConfig:
     return model_config_from(meta["model"])
 
 
-def load_model(path: str | Path, step: int | None = None) -> tuple[ModelConfig, dict, dict[str, Any]]:
-    """(config, parameters, metadata) of a model or run checkpoint (newest step unless `step` is given)."""
+def load_model(path: str | Path, step: int | None = None, mesh: jax.sharding.Mesh | None = None
+               ) -> tuple[ModelConfig, dict, dict[str, Any]]:
+    """(config, parameters, metadata) of a model or run checkpoint (newest step unless `step` is given).
+
+    With `mesh`, the parameters are restored straight into their shardings on it (distributed.param_shardings,
+    from the declarations; a run checkpoint's {"model", "router"}: the router replicated), each process reading
+    only its own shards; without, as numpy arrays on the host.
+    """
     meta = read_metadata(path, step)
     cfg = model_config_of(path, meta)
-    params = load_params(path, step=step)
+    params = load_params(path, step=step, shardings=None if mesh is None else functools.partial(_layout, mesh))
     return cfg, params, meta
+
+
+def _layout(mesh: jax.sharding.Mesh, abstract: dict) -> dict:
+    from elastic_jax.distributed import param_shardings
+
+    if "router" in abstract and "model" in abstract:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return {**{k: jax.tree.map(lambda _: replicated, v) for k, v in abstract.items() if k != "model"},
+                "model": param_shardings(abstract["model"], mesh)}
+    return param_shardings(abstract, mesh)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -17,7 +18,7 @@ from elastic_jax.config import ModelConfig
 from elastic_jax.convert.hf_config import ConversionError, config_from_hf, config_to_hf
 from elastic_jax.convert.hf_weights import from_hf_tensors, to_hf_tensors
 from elastic_jax.model.functional import param_shapes
-from elastic_jax.model_io import check_output, writing_output
+from elastic_jax.model_io import check_output, save_model, writing_output
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja")
@@ -71,7 +72,7 @@ def _check_shapes(cfg: ModelConfig, params: dict) -> dict:
         if tuple(leaf.shape) != tuple(flat_exp[path].shape):
             raise ConversionError(f"tensor for {name} has shape {tuple(leaf.shape)}; config.json implies "
                                   f"{tuple(flat_exp[path].shape)}")
-        out[path] = np.asarray(leaf, dtype=np.float32)
+        out[path] = np.asanyarray(leaf, dtype=np.float32)  # file-backed arrays stay so
     missing = set(flat_exp) - set(out)
     if missing:
         raise ConversionError(f"missing parameters: {sorted(jax.tree_util.keystr(p) for p in missing)[:5]}")
@@ -79,21 +80,57 @@ def _check_shapes(cfg: ModelConfig, params: dict) -> dict:
     return jax.tree_util.tree_unflatten(treedef, [out[p] for p, _ in jax.tree_util.tree_flatten_with_path(expected)[0]])
 
 
-def from_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
-    """(config, float32 params) of a NemotronH directory in NVIDIA's or transformers' layout."""
-    path = Path(path)
+def _open_hf(path: Path) -> tuple[ModelConfig, _TensorReader, str]:
+    """(config, tensor reader, name prefix) of a NemotronH directory in NVIDIA's or transformers' layout."""
     if not (path / "config.json").exists():
         raise ConversionError(f"{path}: no config.json; expected a Hugging Face NemotronH model directory")
     cfg = config_from_hf(json.loads((path / "config.json").read_text()))
     reader = _TensorReader(path)
     if reader.has("backbone.embeddings.weight"):
-        prefix = "backbone"
-    elif reader.has("model.embeddings.weight"):
-        prefix = "model"
-    else:
-        raise ConversionError(f"{path}: missing tensor 'backbone.embeddings.weight' (or 'model.embeddings.weight')")
-    params = from_hf_tensors(cfg, reader, prefix)
-    return cfg, _check_shapes(cfg, params)
+        return cfg, reader, "backbone"
+    if reader.has("model.embeddings.weight"):
+        return cfg, reader, "model"
+    raise ConversionError(f"{path}: missing tensor 'backbone.embeddings.weight' (or 'model.embeddings.weight')")
+
+
+def from_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
+    """(config, float32 params) of a NemotronH directory in NVIDIA's or transformers' layout."""
+    cfg, reader, prefix = _open_hf(Path(path))
+    return cfg, _check_shapes(cfg, from_hf_tensors(cfg, reader, prefix))
+
+
+class _FileBacked(np.memmap):
+    """A file-backed array that Orbax writes from in place: its deepcopy (Orbax's guard against a host array
+    changing while it is saved) is the array itself, not a copy in memory. Nothing changes them while saving."""
+
+    def __deepcopy__(self, memo: dict) -> _FileBacked:
+        return self
+
+
+def import_hf(path: str | os.PathLike, out: str | os.PathLike, metadata: dict | None = None, *,
+              overwrite: bool = False) -> ModelConfig:
+    """Convert a NemotronH directory into an elastic_jax checkpoint at `out` with bounded host memory.
+
+    Tensors are read one at a time (safetensors `safe_open`) and written as float32 into file-backed arrays
+    (numpy memmaps in a scratch directory beside `out`, removed afterwards) that Orbax then writes out; the
+    process holds about one source tensor at a time instead of the whole model (126 GB in fp32 at the Nano
+    shape), at the cost of that much scratch disk while converting.
+    """
+    check_output(out, overwrite)  # before converting anything
+    cfg, reader, prefix = _open_hf(Path(path))
+    parent = Path(out).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.import-", dir=parent))
+    try:
+        def allocate(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            file = scratch / (name.replace("/", ".") + ".npy")
+            return np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=shape).view(_FileBacked)
+
+        params = _check_shapes(cfg, from_hf_tensors(cfg, reader, prefix, allocate))
+        save_model(out, cfg, params, metadata, overwrite=overwrite)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return cfg
 
 
 def _shards(tensors: list[tuple[str, np.ndarray]], max_shard_bytes: int) -> list[list[tuple[str, np.ndarray]]]:

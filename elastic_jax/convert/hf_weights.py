@@ -61,9 +61,27 @@ def to_hf_tensors(cfg: ModelConfig, params: dict, layout: str = "nvidia") -> Ite
                 yield _per_expert(name, j), T(arrays[0][j])
 
 
-def from_hf_tensors(cfg: ModelConfig, get: Callable[[str], np.ndarray], prefix: str) -> dict:
-    """Our parameter pytree from a tensor getter (`get(name)`, `get.has(name)`) of either layout."""
+def _allocate_float32(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, np.float32)
+
+
+def from_hf_tensors(cfg: ModelConfig, get: Callable[[str], np.ndarray], prefix: str,
+                    allocate: Callable[[str, tuple[int, ...]], np.ndarray] = _allocate_float32) -> dict:
+    """Our float32 parameter pytree from a tensor getter (`get(name)`, `get.has(name)`) of either layout.
+
+    Each parameter is written into `allocate(name, shape)` (default: a new float32 array; e.g. a file-backed
+    memmap for bounded memory) as its tensor is read, one checkpoint tensor at a time (per expert in NVIDIA's
+    layout), so no more than one source tensor is held besides the destinations.
+    """
     flat: dict[str, np.ndarray] = {}
+
+    def put(decl: ParamDecl, value: np.ndarray) -> None:
+        if tuple(value.shape) != tuple(decl.shape):  # kept as read: the caller's shape check names it
+            flat[decl.name] = np.asarray(value, np.float32)
+            return
+        flat[decl.name] = allocate(decl.name, tuple(decl.shape))
+        flat[decl.name][...] = value
+
     for name, members in hf_groups(cfg, prefix).items():
         first = members[0]
         kind = first.hf.layout
@@ -71,13 +89,17 @@ def from_hf_tensors(cfg: ModelConfig, get: Callable[[str], np.ndarray], prefix: 
             full = get(name).T
             bounds = np.cumsum([d.shape[-1] for d in members])[:-1]
             for decl, part in zip(members, np.split(full, bounds, axis=-1)):
-                flat[decl.name] = part
+                put(decl, part)
         elif kind == "vector":
-            flat[first.name] = get(name)
+            put(first, get(name))
         elif kind == "conv1d":
-            flat[first.name] = get(name)[:, 0, :].T
+            put(first, get(name)[:, 0, :].T)
         elif get.has(name):  # type: ignore[attr-defined]  # transformers' stacked experts
-            flat[first.name] = get(name).transpose(0, 2, 1)
-        else:
-            flat[first.name] = np.stack([get(_per_expert(name, j)).T for j in range(first.shape[0])])
+            put(first, get(name).transpose(0, 2, 1))
+        elif get(_per_expert(name, 0)).T.shape != tuple(first.shape[1:]):
+            put(first, np.stack([get(_per_expert(name, j)).T for j in range(first.shape[0])]))
+        else:  # NVIDIA's one tensor per expert, written into the stacked parameter one at a time
+            flat[first.name] = out = allocate(first.name, tuple(first.shape))
+            for j in range(first.shape[0]):
+                out[j] = get(_per_expert(name, j)).T
     return unflatten(flat)

@@ -1,9 +1,11 @@
 """The joint elastic step: one jit that trains every budget and the router, distilling from the frozen parent.
 
-teacher logits (once per batch) -> for each budget: router(budget) -> masks -> student logits -> forward KL
-(+ optional CE) -> budget-weighted sum + lambda * resource loss -> grads for the shared weights and the router
--> optax with separate learning rates. A budget whose architecture is fixed (`fixed_specs`) trains as a static
-prefix slice instead: its cost is that of the sliced model, and the gradient lands in the parent's prefix.
+teacher forward (once per batch) -> for each budget: router(budget) -> masks -> student forward up to the
+lm_head -> every model's logits a sequence chunk at a time (train/losses.py: sharded by batch rows, never the
+whole [B, L, V] at once) -> forward KL (+ optional CE) -> budget-weighted sum + lambda * resource loss -> grads
+for the shared weights and the router -> optax with separate learning rates. A budget whose architecture is
+fixed (`fixed_specs`) trains as a static prefix slice instead: its cost is that of the sliced model, and the
+gradient lands in the parent's prefix.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticError, ElasticSpec
 from elastic_jax.model.functional import build
 from elastic_jax.train.config import TrainConfig
-from elastic_jax.train.losses import cross_entropy, kl_forward
+from elastic_jax.train.losses import Head, head_losses, head_of, loss_chunk
 from elastic_jax.train.optim import learning_rate_schedule, param_labels
 from elastic_jax.train.state import TrainState
 from elastic_jax.train.step import TraceCounter, batch_for_step
@@ -41,8 +43,11 @@ class JointLossConfig:
     router_weight: float = 1.0
     ce_weight: float = 0.0
     kd_temperature: float = 1.0
+    loss_chunk: int = 0  # sequence positions per chunk of logits; 0: automatic (losses.LOGITS_CHUNK_BYTES)
 
     def __post_init__(self):
+        if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
+            raise ElasticError(f"loss_chunk must be a non-negative integer (0: automatic), got {self.loss_chunk!r}")
         if len(self.weights) != len(self.fixed_specs):
             raise ElasticError(f"weights ({len(self.weights)}) and fixed_specs ({len(self.fixed_specs)}) must have "
                                "one entry per budget")
@@ -68,54 +73,59 @@ def make_elastic_optimizer(train: TrainConfig, router_lr_multiplier: float = 100
     return (tx if train.clip_norm <= 0 else optax.chain(optax.clip_by_global_norm(train.clip_norm), tx)), schedule
 
 
-def _student_logits(cfg: ModelConfig, router: Router, params: dict, spec: ElasticSpec | None, index: int,
-                    key: jax.Array, progress: jax.Array, inputs: jax.Array, mesh: Mesh | None,
-                    segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(logits, resource loss, resource ratio) of one budget: a static slice when its architecture is fixed
+def _student_head(cfg: ModelConfig, router: Router, params: dict, spec: ElasticSpec | None, index: int,
+                  key: jax.Array, progress: jax.Array, inputs: jax.Array, mesh: Mesh | None,
+                  segment_ids: jax.Array | None = None) -> tuple[Head, jax.Array, jax.Array]:
+    """(read-out, resource loss, resource ratio) of one budget: a static slice when its architecture is fixed
     (no resource term), else the parent under the router's sampled masks."""
     if spec is not None:
         sub_params, sub_cfg = slice_params(params["model"], cfg, spec)
         if mesh is not None:  # lay the slice out as a parent of its size would be, not as padded parent shards
             sub_params = jax.lax.with_sharding_constraint(sub_params, distributed.param_shardings(sub_params, mesh))
-        logits = build(sub_cfg).apply({"params": sub_params}, inputs, segment_ids=segment_ids)[0]
-        return logits, jnp.zeros(()), jnp.asarray(-1.0)
+        return head_of(build(sub_cfg), sub_params, inputs, segment_ids=segment_ids), jnp.zeros(()), \
+            jnp.asarray(-1.0)
     masks, resource, ratio, _ = router.sample(params["router"], index, key, progress)
-    logits = build(cfg).apply({"params": params["model"]}, inputs, masks=masks, segment_ids=segment_ids)[0]
-    return logits, resource, ratio
+    head = head_of(build(cfg), params["model"], inputs, masks=masks, segment_ids=segment_ids)
+    return head, resource, ratio
 
 
-def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher_logits: jax.Array,
+def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher: Head | jax.Array,
                   batch: Batch, key: jax.Array, progress: jax.Array, mesh: Mesh | None = None
                   ) -> tuple[list[jax.Array], dict[str, jax.Array]]:
-    """Per-budget loss terms (distillation + CE + lambda * resource) and their metrics."""
-    losses, metrics = [], {}
+    """Per-budget loss terms (distillation + CE + lambda * resource) and their metrics. `teacher` is the
+    teacher's read-out (or its logits); every student's logits are formed chunk by chunk next to the teacher's
+    (losses.head_losses), never all at once."""
     keys = jax.random.split(key, len(lc.weights))
-    for i, (budget, spec) in enumerate(zip(router.rc.budgets, lc.fixed_specs)):
-        if lc.weights[i] == 0:  # a budget with no weight in this stage costs nothing
-            losses.append(jnp.zeros(()))
-            continue
+    live = [i for i, w in enumerate(lc.weights) if w != 0]  # a budget with no weight in this stage costs nothing
+    heads, extras = [], []
+    for i in live:
+        budget = router.rc.budgets[i]
         with jax.named_scope(f"budget_{budget:g}"):  # each budget's ops carry its name in profiles
-            logits, resource, ratio = _student_logits(cfg, router, params, spec, i, keys[i], progress,
-                                                      batch["inputs"], mesh, batch.get("segment_ids"))
-        kd = kl_forward(teacher_logits, logits, batch["loss_mask"], lc.kd_temperature)
-        loss = kd + lc.router_weight * resource
+            head, resource, ratio = _student_head(cfg, router, params, lc.fixed_specs[i], i, keys[i], progress,
+                                                  batch["inputs"], mesh, batch.get("segment_ids"))
+        heads.append(head)
+        extras.append((resource, ratio))
+    chunk = loss_chunk(batch["loss_mask"].shape, cfg.vocab_size, mesh, lc.loss_chunk)
+    kds, ces, _ = head_losses(teacher, heads, batch["targets"], batch["loss_mask"], temperature=lc.kd_temperature,
+                              with_ce=bool(lc.ce_weight), chunk=chunk, mesh=mesh)
+    losses, metrics = [jnp.zeros(())] * len(lc.weights), {}
+    for j, i in enumerate(live):
+        budget, (resource, ratio) = router.rc.budgets[i], extras[j]
+        losses[i] = kds[j] + lc.router_weight * resource
         if lc.ce_weight:
-            ce, _ = cross_entropy(logits, batch["targets"], batch["loss_mask"])
-            loss = loss + lc.ce_weight * ce
-            metrics[f"ce/{budget:g}"] = ce
-        losses.append(loss)
-        metrics.update({f"kd/{budget:g}": kd, f"resource/{budget:g}": resource, f"ratio/{budget:g}": ratio})
+            losses[i] = losses[i] + lc.ce_weight * ces[j]
+            metrics[f"ce/{budget:g}"] = ces[j]
+        metrics.update({f"kd/{budget:g}": kds[j], f"resource/{budget:g}": resource, f"ratio/{budget:g}": ratio})
     return losses, metrics
 
 
 def joint_loss(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher_params: dict,
                batch: Batch, key: jax.Array, progress: jax.Array, mesh: Mesh | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """sum_b w_b * loss_b over budgets, with the teacher's logits computed once."""
-    teacher_logits = build(cfg).apply({"params": teacher_params}, batch["inputs"],
-                                      segment_ids=batch.get("segment_ids"))[0]
-    teacher_logits = jax.lax.stop_gradient(teacher_logits)
-    losses, metrics = budget_losses(cfg, router, lc, params, teacher_logits, batch, key, progress, mesh)
+    """sum_b w_b * loss_b over budgets, with the teacher's forward pass computed once."""
+    teacher_params = jax.lax.stop_gradient(teacher_params)
+    teacher = head_of(build(cfg), teacher_params, batch["inputs"], segment_ids=batch.get("segment_ids"))
+    losses, metrics = budget_losses(cfg, router, lc, params, teacher, batch, key, progress, mesh)
     norm = sum(lc.weights)
     total = sum(w / norm * loss for w, loss in zip(lc.weights, losses))
     return total, metrics

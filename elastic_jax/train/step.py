@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.model.functional import build
-from elastic_jax.train.losses import cross_entropy
+from elastic_jax.train.losses import head_losses, head_of, loss_chunk
 from elastic_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -32,27 +32,33 @@ class TraceCounter:
     count: int = 0
 
 
-def _loss_fn(model, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    logits = model.apply({"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"))[0]
-    return cross_entropy(logits, batch["targets"], batch["loss_mask"])
+def _loss_fn(model, params: Any, batch: Batch, mesh: Any = None, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Masked cross-entropy with the logits formed a sequence chunk at a time (train/losses.py)."""
+    head = head_of(model, params, batch["inputs"], segment_ids=batch.get("segment_ids"))
+    chunk = loss_chunk(batch["loss_mask"].shape, head.kernel.shape[-1], mesh, chunk)
+    _, (ce,), tokens = head_losses(None, [head], batch["targets"], batch["loss_mask"], chunk=chunk, mesh=mesh)
+    return ce, tokens
 
 
 def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     *, state_sharding: Any = None, batch_sharding: NamedSharding | None = None,
-                    donate: bool = True) -> tuple[Callable[[TrainState, Batch], tuple[TrainState, dict]], TraceCounter]:
+                    donate: bool = True, loss_chunk_len: int = 0
+                    ) -> tuple[Callable[[TrainState, Batch], tuple[TrainState, dict]], TraceCounter]:
     """(step_fn, counter): step_fn(state, batch) -> (new state, metrics {loss, grad_norm, lr, tokens}).
 
     `batch` holds inputs/targets [b, L] int32 and loss_mask [b, L] (and segment_ids [b, L] int32 for packed
     documents); the loss is the mean over masked tokens of the whole global batch. With shardings given, the
-    state keeps its layout across steps.
+    state keeps its layout across steps. `loss_chunk_len`: sequence positions per chunk of logits (0: automatic).
     """
     model = build(model_cfg)
     counter = TraceCounter()
+    mesh = batch_sharding.mesh if batch_sharding is not None else None
 
     def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         counter.count += 1
         batch = batch_for_step(batch)
-        (loss, tokens), grads = jax.value_and_grad(lambda p: _loss_fn(model, p, batch), has_aux=True)(state.params)
+        (loss, tokens), grads = jax.value_and_grad(lambda p: _loss_fn(model, p, batch, mesh, loss_chunk_len),
+                                                     has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": jnp.asarray(schedule(state.step)),
@@ -72,10 +78,11 @@ def make_eval_step(model_cfg: ModelConfig, *, param_sharding: Any = None,
     """(eval_fn, counter): eval_fn(params, batch) -> {loss, tokens} with the same masked cross-entropy."""
     model = build(model_cfg)
     counter = TraceCounter()
+    mesh = batch_sharding.mesh if param_sharding is not None and batch_sharding is not None else None
 
     def eval_fn(params: Any, batch: Batch) -> dict[str, jax.Array]:
         counter.count += 1
-        loss, tokens = _loss_fn(model, params, batch_for_step(batch))
+        loss, tokens = _loss_fn(model, params, batch_for_step(batch), mesh)
         return {"loss": loss, "tokens": tokens}
 
     kwargs: dict[str, Any] = {}
