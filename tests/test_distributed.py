@@ -75,11 +75,9 @@ def test_initialize_is_a_noop_for_one_process_and_rejects_partial_settings():
 
 # ---- subprocess parity tests --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One process, one device: the losses every layout must reproduce."""
-    workdir = tmp_path_factory.mktemp("one_device")
-    run_train(workdir, *PARITY, "--config.checkpoint.every_steps=5")
-    return workdir
+def reference(build_once):
+    """One process, one device: the losses every layout must reproduce (one run per test run, not per worker)."""
+    return build_once("one_device", lambda workdir: run_train(workdir, *PARITY, "--config.checkpoint.every_steps=5"))
 
 
 def _assert_close(ref: dict[int, float], got: dict[int, float]) -> None:

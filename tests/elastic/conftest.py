@@ -9,7 +9,9 @@ elastic_jax.train.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -90,9 +92,17 @@ def train_parent(cfg: ModelConfig = PARENT, steps: int = STEPS, seed: int = 0) -
     return TrainedParent(cfg, jax.device_get(params), calibration, evaluation, float(loss), time.time() - start)
 
 
+def _save_trained_parent(path: Path) -> None:
+    parent = train_parent()
+    fields = {f.name: getattr(parent, f.name) for f in dataclasses.fields(parent) if f.name != "cfg"}
+    (path / "parent.pkl").write_bytes(pickle.dumps(fields))
+
+
 @pytest.fixture(scope="session")
-def trained_parent() -> TrainedParent:
-    return train_parent()
+def trained_parent(build_once) -> TrainedParent:
+    """Trained once per test run (the first xdist worker to ask; the other loads its arrays)."""
+    fields = pickle.loads((build_once("trained_parent", _save_trained_parent) / "parent.pkl").read_bytes())
+    return TrainedParent(PARENT, **fields)
 
 
 @dataclasses.dataclass

@@ -3,38 +3,33 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 
 import elastic_jax as ej
 from elastic_jax.cli import main
 from elastic_jax.experiment import load_experiment
-from elastic_jax.model_io import load_model, save_model
+from elastic_jax.model_io import load_model
 from elastic_jax.train.elastify import run_elastify
 
-OVERRIDES = ["model.pattern='M*E-'", "model.hidden_size=32", "elastic.stage1_steps=4", "elastic.stage2_steps=0",
-             "elastic.stage1_seq_len=32", "elastic.importance_batches=1", "elastic.static_after=0.5",
-             "train.global_batch=2", "train.eval_prompts=0", "train.eval_batches=1", "train.log_every=1",
-             "train.warmup_steps=1", "train.progress_bar=False", "checkpoint.every_steps=2"]
 
-
-def test_elastify_then_slice(tmp_path, capsys):
-    config = load_experiment("tiny_elastic", OVERRIDES)
-    cfg = ej.load_config("tiny", OVERRIDES[:2])
-    save_model(tmp_path / "parent", cfg, ej.init_params(cfg, 0))
-    result = run_elastify(config, str(tmp_path / "run"), str(tmp_path / "parent"))
+def test_elastify_then_slice(elastic_run, tmp_path, capsys):
+    result, cfg = elastic_run.result, ej.load_config("tiny", elastic_run.overrides[:2])
     rows = result["budgets"]
     assert [r["budget"] for r in rows] == [1.0, 0.7, 0.4]
     assert rows[0]["total_fraction"] == 1.0 and all(abs(r["ratio_to_target"] - 1) <= 0.05 for r in rows)
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["zero_shot_loss"]) for r in rows)
+    assert result["resumed_from"] is None and result["step"] == 4 and not result["preempted"]
 
-    _, params, meta = load_model(tmp_path / "run" / "checkpoints")
+    _, params, meta = load_model(elastic_run.checkpoints)
     assert set(params) == {"model", "router"}
     assert set(meta["elastic"]["specs"]) == {"1", "0.7", "0.4"} and meta["elastic"]["ranking"]
-    # a second call finds the finished run and does not train again
-    again = run_elastify(config, str(tmp_path / "run"), str(tmp_path / "parent"))
+    # a second call finds the finished run and does not train again (in a copy: the shared run stays as it is)
+    shutil.copytree(elastic_run.root / "run", tmp_path / "run")
+    again = run_elastify(load_experiment("tiny_elastic", elastic_run.overrides), str(tmp_path / "run"),
+                         str(elastic_run.root / "parent"))
     assert again["compilations"] == 0 and again["resumed_from"] == 4 and again["steps_run"] == 0
-    assert result["resumed_from"] is None and result["step"] == 4 and not result["preempted"]
 
     capsys.readouterr()
     assert main(["slice", "--checkpoint", str(tmp_path / "run" / "checkpoints"), "--budget", "0.55",

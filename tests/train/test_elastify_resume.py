@@ -79,15 +79,17 @@ def _checkpoint(workdir: Path) -> tuple[dict, dict]:
     return final_params(workdir), meta
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """A parent and one uninterrupted elastification of it."""
-    root = tmp_path_factory.mktemp("elastify_resume")
+def _reference(root: Path) -> None:
     cfg = ej.load_config("tiny", MODEL)
     save_model(root / "parent", cfg, ej.init_params(cfg, 0))
     result = _finish(_start(root / "whole", root / "parent"))
     assert result["resumed_from"] is None and result["step"] == 8 and not result["preempted"]
-    return root
+
+
+@pytest.fixture(scope="module")
+def reference(build_once):
+    """A parent and one uninterrupted elastification of it (once per test run, whichever worker asks first)."""
+    return build_once("elastify_resume", _reference)
 
 
 @pytest.mark.parametrize("kill_after", [2, 6], ids=["before_fixing", "after_fixing"])
