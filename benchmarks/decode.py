@@ -6,7 +6,9 @@ active parameters (decode speed depends on the architecture, not on training); w
 elastic checkpoint. Ours: the engine (one parent in memory, each budget sliced inside its programs), decode timed
 after a prefill, every row forced to the full count (no stop token). transformers: generate(do_sample=False) with
 min_new_tokens = max_new_tokens, its decode time taken as generate(N) - generate(1). Prints tokens/s of each, their
-ratio, and each budget's decode speed-up over the full model beside its share of active parameters.
+ratio, and each budget's decode speed-up over the full model beside its share of active parameters. The speed-ups
+come from a second, interleaved measurement (the budgets decode in turns, `--repeats` rounds, medians compared), so
+that load from other work on a shared machine hits every budget alike.
 Usage: python benchmarks/decode.py [--config small] [--budgets 1.0,0.7,0.4] [--batches 1,8] [--new 64]
 """
 
@@ -51,21 +53,21 @@ def hf_model(engine: Engine, budget: float, tmp: str, device: str) -> NemotronHF
     return model
 
 
+def decode_seconds(engine: Engine, budget: float, prompts: list[list[int]], new: int) -> float:
+    """Seconds of one decode of `new` tokens per row, after a prefill (programs already compiled)."""
+    state = engine.start(budget, prompts, engine.check_request(prompts, new))
+    jax.block_until_ready(state.logits)
+    start = time.perf_counter()
+    engine.decode(state, new, stop_ids=())
+    return time.perf_counter() - start
+
+
 def measure(engine: Engine, budget: float, prompts: list[list[int]], model, new: int, repeats: int
             ) -> tuple[float, float | None]:
     """Decode tokens/s of ours (median of `repeats`, after a compiling call) and of transformers (None without)."""
     cfg, batch = engine.cfg, len(prompts)
-    capacity = engine.check_request(prompts, new)
-
-    def ours_decode() -> float:
-        state = engine.start(budget, prompts, capacity)
-        jax.block_until_ready(state.logits)
-        start = time.perf_counter()
-        engine.decode(state, new, stop_ids=())
-        return time.perf_counter() - start
-
-    ours_decode()  # compiles
-    ours = batch * new / float(np.median([ours_decode() for _ in range(repeats)]))
+    decode_seconds(engine, budget, prompts, new)  # compiles
+    ours = batch * new / float(np.median([decode_seconds(engine, budget, prompts, new) for _ in range(repeats)]))
     if model is None:
         return ours, None
 
@@ -80,6 +82,16 @@ def measure(engine: Engine, budget: float, prompts: list[list[int]], model, new:
 
     times = interleaved_times({"n": lambda: hf_generate(new), "1": lambda: hf_generate(1)}, 1, repeats)
     return ours, batch * (new - 1) / float(np.median(times["n"]) - np.median(times["1"]))
+
+
+def interleaved_speeds(engine: Engine, budgets: list[float], prompts: list[list[int]], new: int, repeats: int
+                       ) -> dict[float, float]:
+    """Decode tokens/s per budget, the budgets taking turns in each of `repeats` rounds (median per budget)."""
+    times: dict[float, list[float]] = {b: [] for b in budgets}
+    for _ in range(repeats):
+        for b in budgets:
+            times[b].append(decode_seconds(engine, b, prompts, new))
+    return {b: len(prompts) * new / float(np.median(t)) for b, t in times.items()}
 
 
 def main() -> None:
@@ -117,12 +129,18 @@ def main() -> None:
                 line += f", transformers {hf_tps:.1f} tok/s, ratio {ours[budget, batch] / hf_tps:.2f}x"
             print(line, flush=True)
     full = max(budgets)
+    interleaved = {}
+    for batch in (int(b) for b in args.batches.split(",")):
+        prompts = rng.integers(5, cfg.vocab_size, (batch, args.prompt)).tolist()
+        interleaved[batch] = interleaved_speeds(engine, budgets, prompts, args.new, args.repeats)
+        print(f"batch {batch}, budgets in turns: " + ", ".join(f"{b:g} {tps:.1f} tok/s"
+                                                             for b, tps in interleaved[batch].items()), flush=True)
     for budget in budgets:
         if budget == full:
             continue
         share = ej.count_params(engine.arch(budget).cfg)[1] / ej.count_params(engine.arch(full).cfg)[1]
         for batch in (int(b) for b in args.batches.split(",")):
-            speedup = ours[budget, batch] / ours[full, batch]
+            speedup = interleaved[batch][budget] / interleaved[batch][full]
             print(f"budget {budget:g} vs {full:g}, batch {batch}: decode speed-up {speedup:.2f}x; active-parameter "
                   f"ratio {1 / share:.2f}x; speed-up / ratio {speedup * share:.2f} (target >= 0.6)")
 

@@ -33,6 +33,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "easy": dict(min_steps=1, max_steps=2, max_operand=9, ops="+-*", modulus=100),
     "medium": dict(min_steps=2, max_steps=4, max_operand=20, ops="+-*", modulus=100),
     "hard": dict(min_steps=3, max_steps=8, max_operand=99, ops="+-*", modulus=1000),
+    # 4-8 additions/subtractions mod 10: each step is a small lookup, but the answer composes all of them, so a
+    # small model needs the trace (configs/reasoning.py: thinking length changes accuracy).
+    "chain": dict(min_steps=4, max_steps=8, max_operand=9, ops="+-", modulus=10),
 }
 
 

@@ -40,3 +40,40 @@ def test_thinking_cap_errors_before_compiling(engine):
     with pytest.raises(InputError, match="context limit"):
         run_budget_control(engine, PROMPTS, 0.4, 1.0, max_think=engine.cfg.max_position_embeddings)
     assert engine.compilations == before
+
+
+def _row(label, kind, latency, accuracy):
+    return {"label": label, "kind": kind, "latency_s": latency, "accuracy": accuracy}
+
+
+def test_headline_ignores_standard_settings_that_answer_nothing():
+    from elastic_jax.inference.evaluate import headline
+    from elastic_jax.inference.report import headline_sentences
+
+    # a cap too short to think: every budget 0; the only working standard setting is faster than every elastic one
+    rows = [_row("s cap 1", "standard", 1.0, 0.0), _row("s cap 32", "standard", 2.0, 0.9),
+            _row("e cap 1", "elastic", 0.5, 0.0), _row("e cap 32", "elastic", 4.0, 0.9)]
+    head = headline(rows)
+    assert head["latency_ratio"]["value"] == 0.5 and head["latency_ratio"]["standard"] == "s cap 32"
+    assert head["accuracy_gain"]["value"] == 0.0 and head["accuracy_gain"]["elastic"] == "e cap 1"
+    ratio = headline_sentences(head)[1]
+    assert "x lower latency" not in ratio and "2.00x higher latency" in ratio
+
+
+def test_headline_states_a_loss_as_a_loss():
+    from elastic_jax.inference.evaluate import headline
+    from elastic_jax.inference.report import headline_sentences
+
+    rows = [_row("s", "standard", 2.0, 0.8), _row("e fast", "elastic", 1.0, 0.5)]
+    head = headline(rows)
+    assert head["accuracy_gain"]["value"] == pytest.approx(-0.3) and head["latency_ratio"] is None
+    first, second = headline_sentences(head)
+    assert "-30.0 points" in first and "negative" in first and "no latency ratio" in second
+
+
+def test_timed_passes_must_be_positive(engine):
+    from elastic_jax.inference.evaluate import Setting, evaluate_settings, held_out_problems
+
+    for repeats in (0, 1.5, True):
+        with pytest.raises(InputError, match="repeats"):
+            evaluate_settings(engine, [Setting(1.0, 1.0, 2)], held_out_problems(engine, 2), repeats=repeats)
