@@ -1,71 +1,60 @@
-"""Every notebook in notebooks/ runs top to bottom, for real, as a script in a fresh Python process.
+"""Every notebook in notebooks/ runs top to bottom in a fresh Jupyter kernel, and the assertions in its cells hold.
 
-Shell and magic lines (`!...`, `%...`: the Colab install steps) are dropped; the rest of the code cells run in
-a temporary working directory, so the notebook's runs/ outputs stay out of the repository.
+The kernel runs in a temporary working directory (the notebooks' runs/ outputs stay out of the repository) with
+ELASTIC_JAX_NOTEBOOK_FAST=1, which each notebook reads to shrink its step counts, model and problem counts (the
+values a user sees and runs are the notebook's own). Notebooks 02 and 03 start from the tiny elastic checkpoint
+that the inference and conversion tests share (tests/conftest.py), passed as ELASTIC_JAX_NOTEBOOK_CHECKPOINT.
 """
 
+from __future__ import annotations
+
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.train.helpers import subprocess_env
+
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+USES_CHECKPOINT = {"02_budget_control.ipynb", "03_to_pytorch.ipynb"}
+# Skipping the CPU backend's optimisations halves the compile time (as in tests/train/test_elastify_mesh.py).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
-def notebook_script(path: Path) -> str:
-    """The code cells of a notebook as one Python script, without shell (!) and magic (%) lines."""
-    cells = json.loads(path.read_text())["cells"]
-    lines = []
-    for cell in cells:
-        if cell["cell_type"] != "code":
-            continue
-        source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-        lines += [line for line in source.splitlines() if not line.lstrip().startswith(("!", "%"))]
-        lines.append("")
-    return "\n".join(lines)
+def _code(cell: dict) -> str:
+    return cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
 
 
-def check_walkthrough(out: str) -> None:
-    """The table has a row per budget, slices shrink with the budget, and transformers agrees on the logits."""
-    assert re.search(r"permuted vs original parent: max \|logit difference\| (\S+)", out), out
-    assert float(re.search(r"permuted vs original parent: max \|logit difference\| (\S+)", out)[1]) < 1e-4
-    assert re.search(r"eval loss (\d+\.\d+)", out), out
-    rows = {float(m[1]): (float(m[2]), float(m[3])) for m in
-            re.finditer(r"^\s*(\d\.\d\d)\s+\S+K\s+\S+K\s+([\d.]+)%\s+(\d+\.\d+)\s+\d+\.\d+", out, re.M)}
-    assert sorted(rows) == [0.4, 0.7, 1.0], out
-    assert rows[1.0][0] == 100.0 and rows[0.4][0] < rows[0.7][0] < 100.0, rows
-    diff = re.search(r"max \|logits difference\| elastic_jax vs transformers (\S+)", out)
-    assert diff, out
-    assert float(diff[1]) < 1e-4, diff[0]
-
-
-CHECKS = {"walkthrough.ipynb": check_walkthrough}
-
-
-def test_notebooks_are_committed_clean():
-    """Valid nbformat-4 JSON with empty outputs, and every notebook has output checks here."""
-    assert NOTEBOOKS, f"no notebooks in {NOTEBOOK_DIR}"
+def test_notebooks_are_committed_clean_and_listed():
+    """Numbered, valid nbformat-4 JSON with empty outputs; the first code cell installs on Colab only; every
+    notebook asserts something and is listed in notebooks/README.md."""
+    assert [p.name[:3] for p in NOTEBOOKS] == [f"{i:02d}_" for i in range(1, len(NOTEBOOKS) + 1)], NOTEBOOKS
+    readme = (NOTEBOOK_DIR / "README.md").read_text()
     for path in NOTEBOOKS:
         nb = json.loads(path.read_text())
         assert nb["nbformat"] == 4, path
+        code = [_code(c) for c in nb["cells"] if c["cell_type"] == "code"]
         for cell in nb["cells"]:
             assert cell["cell_type"] in ("code", "markdown", "raw"), path
             if cell["cell_type"] == "code":
                 assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path}: commit without outputs"
-        assert path.name in CHECKS, f"{path.name}: add its output checks to CHECKS"
+        assert 'if "google.colab" in sys.modules' in code[0] and "pip" in code[0], f"{path}: Colab install cell"
+        assert any(re.search(r"^\s*assert ", c, re.M) for c in code[1:]), f"{path}: no assertion in its cells"
+        assert f"]({path.name})" in readme, f"{path.name}: not listed in notebooks/README.md"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path: Path, tmp_path: Path):
-    script = tmp_path / f"{path.stem}.py"
-    script.write_text(notebook_script(path))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    CHECKS[path.name](proc.stdout)
+def test_notebook_runs(path: Path, tmp_path: Path, request):
+    import nbformat
+    from nbclient import NotebookClient
+
+    env = subprocess_env(xla_flags=FAST_COMPILE, ELASTIC_JAX_NOTEBOOK_FAST="1")
+    if path.name in USES_CHECKPOINT:
+        env["ELASTIC_JAX_NOTEBOOK_CHECKPOINT"] = str(request.getfixturevalue("elastic_checkpoint"))
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=env)  # raises CellExecutionError (the cell, its traceback) when a cell fails
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert outputs and not [o for o in outputs if o.output_type == "error"], path.name
