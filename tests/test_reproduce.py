@@ -1,0 +1,101 @@
+"""benchmarks/reproduce.py end to end at the smoke scale: every row trains and is scored, the report is written,
+and a rerun after one row's done-marker is removed runs that row alone, resuming it from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "reproduce.py"
+sys.path.insert(0, str(SCRIPT.parent))
+
+from reproduce import SMOKE, estimate  # noqa: E402
+from reproduce_rows import BUDGETS, plan  # noqa: E402
+
+
+def _run(workdir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--workdir", str(workdir), "--scale", "smoke", "--jobs", "2"],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def _executions(workdir: Path) -> list[str]:
+    return [line.split()[1] for line in (workdir / "executions.log").read_text().splitlines()]
+
+
+def _finite(entry: dict) -> bool:
+    return all(isinstance(entry[k], (int, float)) and math.isfinite(entry[k])
+               for k in ("loss", "accuracy", "total_params")) and entry["total_params"] > 0
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("reproduce")
+    proc = _run(workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir
+
+
+def test_every_row_and_budget_has_finite_results(smoke_run: Path):
+    summary = json.loads((smoke_run / "results.json").read_text())
+    rows = [r for r in plan(SMOKE) if not r.unavailable]
+    assert summary["missing"] == []
+    assert sorted(summary["rows"]) == sorted(r.name for r in rows)
+    expected = {"parent": ["1"], "elastic": ["1", "0.7", "0.4"], "twin_TE": ["0.7", "0.4"], "twin_T": ["0.7", "0.4"],
+                "minitron": ["0.7", "0.4"]}
+    for method, budgets in expected.items():
+        got = summary["methods"][method]["budgets"]
+        assert sorted(got) == sorted(budgets), method
+        for b in budgets:
+            assert math.isfinite(got[b]["loss"]["mean"]) and 0 <= got[b]["accuracy"]["mean"] <= 1, (method, b)
+    for row in rows:
+        result = summary["rows"][row.name]
+        assert result["tokens"] > 0 and all(_finite(e) for e in result["budgets"].values()), row.name
+        if row.kind == "elastify":
+            assert sorted(result["budgets"], key=float) == sorted(f"{b:g}" for b in BUDGETS)
+            sizes = [result["budgets"][f"{b:g}"]["total_params"] for b in BUDGETS]
+            assert sizes == sorted(sizes, reverse=True), (row.name, sizes)  # 1.0 > 0.7 > 0.4
+    # twins and the Minitron-style students have exactly the elastic run's deployed architectures
+    elastic = summary["rows"]["elastic_s0"]["budgets"]
+    for name in ("twin_0.4_T_s0", "twin_0.7_TE_s0", "minitron_0.4", "minitron_0.7"):
+        budget, entry = next(iter(summary["rows"][name]["budgets"].items()))
+        assert entry["total_params"] == elastic[budget]["total_params"], name
+    ratios = summary["token_ratios"]
+    assert ratios["total_tokens"]["elastic"] == ratios["T"] + ratios["E"]
+    assert ratios["separately_T_over_elastic"] > 1 and ratios["minitron_over_elastic"] > 1
+
+
+def test_table_and_plots_are_written(smoke_run: Path):
+    table = (smoke_run / "results.md").read_text()
+    for text in ("budget 1", "budget 0.7", "budget 0.4", "elastic (one run)", "Minitron-style", "trained alone",
+                 "Ablations", "vs elastic"):
+        assert text in table, text
+    for name in ("loss_vs_params.png", "accuracy_vs_params.png"):
+        data = (smoke_run / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+def test_rerun_resumes_only_the_unfinished_row(smoke_run: Path):
+    before = _executions(smoke_run)
+    assert sorted(before) == sorted(r.name for r in plan(SMOKE) if not r.unavailable)  # each row ran once
+    (smoke_run / "rows" / "twin_0.4_T_s0" / "DONE").unlink()
+    proc = _run(smoke_run)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _executions(smoke_run)[len(before):] == ["twin_0.4_T_s0"]
+    result = json.loads((smoke_run / "rows" / "twin_0.4_T_s0" / "result.json").read_text())
+    assert result["train"]["resumed_from"] == SMOKE.pretrain_steps and result["train"]["steps_run"] == 0
+    assert "0 to run" not in proc.stdout and "1 to run" in proc.stdout
+
+
+def test_estimate_respects_dependencies_and_jobs():
+    from reproduce import DEFAULT
+
+    rows = plan(DEFAULT)
+    one, many = estimate(DEFAULT, rows, 1, 2), estimate(DEFAULT, rows, 8, 16)
+    assert one > many > 0
+    assert one <= 90 * 60  # the default scale is sized to fit 90 minutes on 2 cores
