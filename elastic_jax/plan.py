@@ -50,6 +50,11 @@ class Target:
     hbm_bytes: int
     topology: str | None = None
 
+    @property
+    def devices_per_process(self) -> int:
+        """One process per host: 4 chips on a TPU host, 8 GPUs on a GPU host (fewer when the target is smaller)."""
+        return min(self.num_devices, 4 if self.platform == "tpu" else 8)
+
 
 def _tpu_grid(kind: str, chips: int) -> str:
     """A topology grid with `chips` chips: 3-D (AxBxC, powers of two, most even) for v4/v5p, 2-D otherwise."""
@@ -364,7 +369,27 @@ def _assemble(exp: Any, ec: Any, tgt: Target, mode: str, results: dict[str, list
                                     "accounting_estimate_bytes_per_device": BYTES_PER_PARAM[program] * total
                                     // tgt.num_devices}
     out["fits"] = all(p["best"] is not None and p["best"]["fits"] for p in out["programs"].values())
+    out["host_memory_per_process"] = host_memory(exp.model, tgt, out["programs"])
     return out
+
+
+def host_memory(model: Any, tgt: Target, programs: dict[str, Any]) -> dict[str, Any]:
+    """Peak host RAM per process (bytes) of getting the parent onto the devices, by path (accounting, exact from
+    the shapes and the compiled plan's shardings):
+    - `import_hf`: `elastic-jax import-hf` holds one tensor at a time (the largest, in fp32, is the bound);
+    - `restore_sharded`: `model_io.load_model(path, mesh=...)` restores the teacher and the student straight into
+      their shardings, each process reading only its devices' shards: these bytes, on their way to device memory
+      (Orbax keeps at most its restore_concurrent_gb of them in host memory at once);
+    - `whole_parent`: the parent in fp32, as `elastify`'s parent loading still holds it on every host (importance
+      and the permutation run on the host arrays)."""
+    from elastic_jax.model.hybrid import model_declarations
+
+    sizes = [math.prod(d.shape) * 4 for d in model_declarations(model)]
+    best = next((p["best"] for p in programs.values() if p.get("best")), None)
+    local = tgt.devices_per_process
+    sharded = None if best is None else (best["bytes"]["parameters"] + best["bytes"]["teacher"]) * local
+    return {"processes": tgt.num_devices // local, "devices_per_process": local, "import_hf": max(sizes),
+            "restore_sharded": sharded, "whole_parent": sum(sizes)}
 
 
 def format_plan(p: dict[str, Any]) -> str:
@@ -392,6 +417,12 @@ def format_plan(p: dict[str, Any]) -> str:
                          f" per device:")
             lines += [f"    {k.replace('_', ' '):30s}{gib(v)}" for k, v in best["bytes"].items()]
             lines.append(f"    {'total':30s}{gib(best['total_bytes'])}  fits: {best['fits']}")
+    host = p.get("host_memory_per_process")
+    if host:
+        lines.append(f"\nhost memory per process ({host['processes']} process(es), {host['devices_per_process']} "
+                     f"devices each): import-hf {gib(host['import_hf'])} (one tensor at a time); teacher + student "
+                     f"restored into their shardings: reads {gib(host['restore_sharded'] or 0)}; the whole fp32 parent "
+                     f"{gib(host['whole_parent'])} (elastify's parent loading today)")
     lines.append(f"\nfits: {p['fits']}")
     return "\n".join(lines)
 

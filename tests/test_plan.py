@@ -67,6 +67,12 @@ def test_gpu_plan_on_fake_devices_prints_json_from_the_cli():
     elastic = p["programs"]["elastic"]["best"]["bytes"]
     assert 0 < elastic["teacher"] <= elastic["parameters"]
     assert p["fits"] is True
+    # host RAM per process: one process for the 8 GPUs; import-hf holds one tensor, the sharded restore the
+    # teacher's and the student's shards of its devices, both less than the whole parent
+    host = p["host_memory_per_process"]
+    assert (host["processes"], host["devices_per_process"]) == (1, 8)
+    assert host["restore_sharded"] == 8 * (elastic["parameters"] + elastic["teacher"])
+    assert 0 < host["import_hf"] < host["whole_parent"] == 4 * p["model"]["total_params"]
 
 
 def test_refuses_a_model_whose_training_state_cannot_fit_before_compiling():
