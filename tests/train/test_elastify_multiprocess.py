@@ -25,7 +25,7 @@ from elastic_jax.train.metrics import read_metrics
 from tests.train.helpers import REPO, subprocess_env
 
 MODEL = ["model.pattern='M*E-'", "model.hidden_size=32"]
-RUN = [*MODEL, "elastic.budgets=(1.0, 0.5)", "elastic.ce_weight=1.0", "elastic.stage2_weights=None",
+RUN = [*MODEL, "elastic.router.budgets=(1.0, 0.5)", "elastic.ce_weight=1.0", "elastic.stage2_weights=None",
        "elastic.stage1_steps=4", "elastic.stage2_steps=0", "elastic.static_after=0.5", "elastic.stage1_seq_len=32",
        "elastic.permute=False", "train.global_batch=2", "train.data_loading='global'",
        "train.warmup_steps=1", "train.eval_prompts=0", "train.eval_batches=1", "train.log_every=1",
