@@ -91,7 +91,7 @@ def _cell(entry: dict[str, Any] | None) -> str:
 
 
 def _tokens(n: int) -> str:
-    return f"{n / 1e6:.2f}M"
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n:,}"
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -106,7 +106,14 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {data['label']} | {len(data['seeds'])} | {cells} | {tokens} |")
         for b, entry in data["budgets"].items():
             params.setdefault(b, entry["total_params"]["mean"])
-    lines += ["", "Parameters per budget: " + ", ".join(f"{b}: {p / 1e3:.0f}K" for b, p in params.items()), ""]
+    lines += ["", "Parameters per budget: " + ", ".join(f"{b}: {p / 1e3:.0f}K" for b, p in params.items())]
+    elastic = summary["methods"].get("elastic", {}).get("budgets", {})
+    nests = [f"{b} in the next larger: " + ", ".join("yes" if v else "NO" for v in e["nests_in"])
+             for b, e in elastic.items() if any(v is not None for v in e["nests_in"])]
+    if nests:
+        lines.append("Elastic run, per seed, whether each budget's architecture nests in the next larger budget's: "
+                     + "; ".join(nests))
+    lines.append("")
     lines += _ablation_lines(summary)
     r = summary["token_ratios"]
     lines += ["", "Training tokens for all three sizes (T = parent pretraining, E = one elastic run):", "",
@@ -133,8 +140,9 @@ def _ablation_lines(summary: dict[str, Any]) -> list[str]:
              "|---|" + "---|" * len(BUDGETS) + "---|"]
     for name, info in summary["ablations"].items():
         label = name.removeprefix("ablation_")
+        note = info["result"]["note"] if info["result"] else info["note"]  # as the row ran
         if info["unavailable"] or not info["result"]:
-            lines.append(f"| {label} | " + " | ".join("-" for _ in BUDGETS) + f" | {info['note'] or 'not run'} |")
+            lines.append(f"| {label} | " + " | ".join("-" for _ in BUDGETS) + f" | {note or 'not run'} |")
             continue
         cells = []
         for b in BUDGETS:
@@ -145,7 +153,7 @@ def _ablation_lines(summary: dict[str, Any]) -> list[str]:
             cells.append(f"{got['loss']:.4f} / {got['accuracy']:.1%}{delta}")
         nests = ", ".join(f"{b}: {'yes' if v['nests_in'] else 'NO'}" for b, v in info["result"]["budgets"].items()
                           if "nests_in" in v)
-        lines.append(f"| {label}: {info['note']} | " + " | ".join(cells) + f" | {nests} |")
+        lines.append(f"| {label}: {note} | " + " | ".join(cells) + f" | {nests} |")
     if base:
         nests = ", ".join(f"{b}: {'yes' if v['nests_in'] else 'NO'}" for b, v in base["budgets"].items()
                           if "nests_in" in v)
