@@ -78,6 +78,21 @@ def _quantize_args(p):
     p.add_argument("--batches", type=int, default=4, help="calibration batches for the static input scales")
 
 
+@verb("qad", "quantisation-aware distillation: train every budget of an elastic checkpoint through fake-quantised "
+             "weights (FP8 or NVFP4) from the frozen unquantised model; resumes from --workdir")
+def _qad_args(p):
+    p.add_argument("--checkpoint", required=True, help="elastic checkpoint directory (float, from elastify)")
+    p.add_argument("--quant", required=True, choices=["fp8", "nvfp4"], help="the format the student is read through")
+    p.add_argument("--workdir", required=True, help="run directory: checkpoints/ (the QAD-trained elastic checkpoint), "
+                                                    "qad.json, metrics")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps (every budget in each)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (warmup, cosine decay)")
+    p.add_argument("--teacher", default="budget", choices=["budget", "parent"],
+                   help="each budget's own unquantised slice, or the unquantised parent")
+    p.add_argument("--eval-batches", type=int, default=8, help="held-out batches for the per-budget figures")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: the experiment's)")
+
+
 @verb("generate", "generate text from a checkpoint, a Hugging Face directory or a random model")
 def _generate_args(p):
     src = p.add_mutually_exclusive_group(required=True)
@@ -309,6 +324,17 @@ def run(args) -> int:
         from elastic_jax.plan import run_plan_verb
 
         return run_plan_verb(args)
+    elif args.verb == "qad":
+        from elastic_jax.train.qad import QADSettings, format_comparison, run_qad
+
+        result = run_qad(args.checkpoint, args.workdir, QADSettings(
+            args.quant, steps=args.steps, lr=args.lr, teacher=args.teacher, eval_batches=args.eval_batches,
+            checkpoint_every=args.checkpoint_every))
+        if "budgets" in result:
+            print(f"{format_comparison(result['budgets'])}\nnext: elastic-jax eval --checkpoint "
+                  f"{Path(args.workdir) / 'checkpoints'} --quant {args.quant}")
+        else:
+            print(f"stopped at step {result['stopped_at']}; run the same command again to resume")
     elif args.verb == "quantize":
         from elastic_jax.convert.deploy import quantize_checkpoint
 

@@ -102,11 +102,15 @@ def _e4m3(s: Array, xp: Any) -> Array:
     return rounded(s.astype(ml_dtypes.float8_e4m3fn if xp is np else jnp.float8_e4m3fn), xp)
 
 
+def scale_from_amax(amax: Array, xp: Any = np) -> Array:
+    """s2 = amax / (6 * 448) in float32, elementwise; 1.0 where amax is 0."""
+    amax = xp.asarray(amax, xp.float32)
+    return xp.where(amax == 0, xp.float32(1.0), div(amax, E2M1_MAX * E4M3_MAX, xp)).astype(xp.float32)
+
+
 def global_scale(x: Array, xp: Any = np) -> Array:
     """s2 = amax(|x|) / (6 * 448) in float32; 1.0 for an all-zero tensor."""
-    amax = xp.max(xp.abs(xp.asarray(x, xp.float32)))
-    s2 = div(amax, E2M1_MAX * E4M3_MAX, xp)
-    return xp.where(amax == 0, xp.float32(1.0), s2).astype(xp.float32)
+    return scale_from_amax(xp.max(xp.abs(xp.asarray(x, xp.float32))), xp)
 
 
 def _blocks(x: Array, axis: int, xp: Any) -> Array:
@@ -115,15 +119,27 @@ def _blocks(x: Array, axis: int, xp: Any) -> Array:
     return x.reshape(x.shape[:-1] + (x.shape[-1] // BLOCK, BLOCK))
 
 
-def _encode(x: Array, axis: int, scale_2: Array | None, xp: Any) -> NVFP4Array:
-    blocks = _blocks(x, axis, xp)
-    s2 = global_scale(x, xp) if scale_2 is None else xp.asarray(scale_2, xp.float32).reshape(())
+def encode_blocks(blocks: Array, s2: Array, xp: Any = np) -> tuple[Array, Array]:
+    """(E2M1 codes [..., n, 16], E4M3 block scales [..., n]) of float32 `blocks` [..., n, 16] under global scale(s)
+    `s2` (a scalar, or one per block [..., n]): rules 2 and 3 of the module docstring."""
     block_amax = xp.max(xp.abs(blocks), axis=-1)
     raw = div(block_amax, xp.float32(E2M1_MAX) * s2, xp)
     raw = xp.where((raw == 0) | (block_amax == 0), xp.float32(1.0), raw)  # zero blocks (0/0 when s2 is 0)
     scale = _e4m3(xp.clip(raw, xp.float32(MIN_BLOCK_SCALE), xp.float32(E4M3_MAX)), xp)
     scaled = div(blocks, (scale.astype(xp.float32) * s2)[..., None], xp)
-    codes = e2m1_codes(scaled.reshape(scaled.shape[:-2] + (-1,)), xp)
+    return e2m1_codes(scaled, xp), scale
+
+
+def decode_blocks(codes: Array, scale: Array, s2: Array, xp: Any = np) -> Array:
+    """float32 values [..., n, 16] of E2M1 `codes` under E4M3 block scales [..., n] and global scale(s) `s2`."""
+    return xp.asarray(E2M1_VALUES)[codes.astype(xp.int32)] * (scale.astype(xp.float32) * s2)[..., None]
+
+
+def _encode(x: Array, axis: int, scale_2: Array | None, xp: Any) -> NVFP4Array:
+    blocks = _blocks(x, axis, xp)
+    s2 = global_scale(x, xp) if scale_2 is None else xp.asarray(scale_2, xp.float32).reshape(())
+    codes, scale = encode_blocks(blocks, s2, xp)
+    codes = codes.reshape(codes.shape[:-2] + (-1,))
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
     return NVFP4Array(xp.moveaxis(packed, -1, axis), xp.moveaxis(scale, -1, axis), s2, axis)
 
@@ -148,10 +164,8 @@ def encode_jax(x: Array, axis: int, scale_2: Array | None = None) -> NVFP4Array:
 
 def _decode(q: NVFP4Array, dtype: Any, xp: Any) -> Array:
     packed = xp.moveaxis(q.packed, q.axis, -1)
-    codes = xp.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[:-1] + (-1,))
-    values = xp.asarray(E2M1_VALUES)[codes.astype(xp.int32)]
-    scale = xp.moveaxis(q.scale, q.axis, -1).astype(xp.float32) * xp.asarray(q.scale_2, xp.float32)
-    values = values.reshape(values.shape[:-1] + (-1, BLOCK)) * scale[..., None]
+    codes = xp.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[:-1] + (-1, BLOCK))
+    values = decode_blocks(codes, xp.moveaxis(q.scale, q.axis, -1), xp.asarray(q.scale_2, xp.float32), xp)
     return xp.moveaxis(values.reshape(packed.shape[:-1] + (-1,)), -1, q.axis).astype(dtype)
 
 
@@ -178,5 +192,6 @@ def pack_codes(codes: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(c[..., 0::2] | (c[..., 1::2] << 4), -1, axis)
 
 
-__all__ = ["BLOCK", "E2M1_MAX", "E2M1_VALUES", "E4M3_MAX", "MIN_BLOCK_SCALE", "NVFP4Array", "decode", "decode_jax",
-           "e2m1_codes", "encode", "encode_jax", "global_scale", "pack_codes", "unpack_codes"]
+__all__ = ["BLOCK", "E2M1_MAX", "E2M1_VALUES", "E4M3_MAX", "MIN_BLOCK_SCALE", "NVFP4Array", "decode", "decode_blocks",
+           "decode_jax", "e2m1_codes", "encode", "encode_blocks", "encode_jax", "global_scale", "pack_codes",
+           "scale_from_amax", "unpack_codes"]

@@ -78,17 +78,23 @@ def _quantise_one(x: Any, decl: ParamDecl, fmt: str, per_channel: bool, scale: A
     return fp8.encode(x, decl.quant_in, per_channel, scale)
 
 
+def shared_scale_groups(cfg: ModelConfig, names: Iterable[str], fmt: str, per_channel: bool = False
+                        ) -> list[list[ParamDecl]]:
+    """The quantised weights (among `names`) stored in one Hugging Face tensor (Mamba's in_proj parts), group by
+    group: each group shares one per-tensor scale (none with per-channel FP8 scales)."""
+    from elastic_jax.convert.hf_weights import hf_groups
+
+    names = set(names)
+    groups = [[d for d in members if d.name in names] for members in hf_groups(cfg, "backbone").values()]
+    return [g for g in groups if len(g) >= 2 and not (fmt == "fp8" and per_channel)]
+
+
 def _fused_scales(leaves: Mapping[str, Any], cfg: ModelConfig, names: set[str], fmt: str,
                   per_channel: bool) -> dict[str, Any]:
     """One per-tensor scale for the weights stored in one Hugging Face tensor (Mamba's in_proj parts): the scale of
     their concatenation (along the output axis), so the fused tensor exports with a single `weight_scale(_2)`."""
-    from elastic_jax.convert.hf_weights import hf_groups
-
     out: dict[str, Any] = {}
-    for members in hf_groups(cfg, "backbone").values():
-        fused = [d for d in members if d.name in names]
-        if len(fused) < 2 or (fmt == "fp8" and per_channel):
-            continue
+    for fused in shared_scale_groups(cfg, names, fmt, per_channel):
         whole = np.concatenate([np.asarray(leaves[d.name], np.float32) for d in fused], axis=-1)
         scale = nvfp4.global_scale(whole) if fmt == "nvfp4" else fp8.weight_scale(whole, fused[0].quant_in)
         out.update({d.name: scale for d in fused})
@@ -165,4 +171,4 @@ def planned_bytes(cfg: ModelConfig, fmt: str, excluded: Iterable[str] | None = N
 
 
 __all__ = ["FORMATS", "checkpoint_bytes", "default_excluded", "dequantize_params", "flat_leaves", "per_tensor_scales",
-           "planned_bytes", "quantised_names", "quantize_params"]
+           "planned_bytes", "quantised_names", "quantize_params", "shared_scale_groups"]
