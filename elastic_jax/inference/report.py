@@ -45,16 +45,16 @@ def headline_sentences(head: dict[str, Any]) -> list[str]:
     out = []
     gain, ratio = head["accuracy_gain"], head["latency_ratio"]
     if gain:
-        worse = (" (negative: every elastic setting as fast as a standard one is less accurate)"
-                 if gain["value"] < 0 else "")
+        worse = (" (negative: within every latency, the best elastic setting is less accurate than the best "
+                 "standard one)" if gain["value"] < 0 else "")
         out.append(f"Best accuracy gain of elastic over standard budget control at equal or lower latency: "
                    f"{gain['value'] * 100:+.1f} points ({gain['elastic']} vs {gain['standard']}){worse}.")
     else:
         out.append("No elastic setting was as fast as a standard one: no accuracy gain at equal or lower latency.")
     if ratio:
         speed = (f"{ratio['value']:.2f}x lower latency" if ratio["value"] >= 1 else
-                 f"{ratio['value']:.2f}x, i.e. {1 / ratio['value']:.2f}x higher latency: every elastic setting as "
-                 f"accurate as a standard one is slower")
+                 f"{ratio['value']:.2f}x, i.e. {1 / ratio['value']:.2f}x higher latency: at every accuracy a standard "
+                 f"setting reaches, the fastest elastic setting reaching it is slower")
         out.append(f"Best latency ratio (standard / elastic) at equal or higher accuracy: {speed} "
                    f"({ratio['elastic']} vs {ratio['standard']}).")
     else:
