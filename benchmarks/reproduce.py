@@ -36,7 +36,7 @@ from reproduce_rows import Row, Scale, plan, run_row  # noqa: E402
 # 41 evaluated models) within 90 minutes on 2 CPU cores: see STEP_SECONDS and estimate().
 DEFAULT = Scale("default", pretrain_steps=1500, stage1_steps=300, stage2_steps=150, seeds=(0, 1, 2), problems=128,
                 eval_batches=8)
-# Seconds-scale: a 4-layer model far below `tiny`, a handful of steps, one seed, architectures fixed from the
+# Smoke: every row, with a 4-layer model far below `tiny`, a handful of steps, one seed, architectures fixed from the
 # first elastic step (no mask-mode compilation): the test's end-to-end run.
 SMOKE = Scale("smoke", pretrain_steps=6, stage1_steps=4, stage2_steps=2, seeds=(0,), problems=4, eval_batches=1,
               overrides=("model.hidden_size=16", "model.pattern=M*E-", "model.mamba_head_dim=8", "model.head_dim=8",
