@@ -98,6 +98,7 @@ def _command(args: argparse.Namespace, row: Row, cpus: list[int] | None) -> tupl
            "--row", row.name]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(Path(args.workdir).absolute() / "jax_cache"))
     if cpus is not None:
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # side-by-side rows on one accelerator share it
         if len(cpus) == 1:  # one core: XLA's Eigen thread pool would only contend with itself
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
         if shutil.which("taskset"):
