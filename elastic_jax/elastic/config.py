@@ -73,6 +73,8 @@ class ElasticConfig(schema.Section):
         if self.importance_order not in IMPORTANCE_ORDERS:
             raise invalid(self, "importance_order", f"must be one of {list(IMPORTANCE_ORDERS)}, got "
                           f"{self.importance_order!r}")
+        if self.importance_order == "random" and not self.permute:
+            raise invalid(self, "importance_order", "'random' permutes the parent; it needs permute=True")
         if not isinstance(self.budget_search, bool):
             raise invalid(self, "budget_search", f"must be True (the router-free search's architectures) or False "
                           f"(the router's), got {self.budget_search!r}")

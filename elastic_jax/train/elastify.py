@@ -142,8 +142,15 @@ def _metadata(spec: RunSpec, ec: ElasticTrainConfig, ranking: Any, current: dict
                                   "experiment": spec.experiment, "elastic": elastic, "run": _run_settings(spec, ec)}))
 
 
+# Fields newer than some checkpoints, at the behaviour those had: left out of the run settings at that value, so
+# such a run resumes; at another value (nested=True, the default now) its resume names the field instead.
+LEGACY_RUN_VALUES = {"elastic.router.nested": False, "elastic.importance_order": "importance",
+                     "elastic.budget_search": False}
+
+
 def _run_settings(spec: RunSpec, ec: ElasticTrainConfig) -> dict[str, Any]:
-    return resume_settings({"train": spec.train.to_dict(), "data": spec.data.to_dict(), "elastic": ec.to_dict()})
+    flat = resume_settings({"train": spec.train.to_dict(), "data": spec.data.to_dict(), "elastic": ec.to_dict()})
+    return {k: v for k, v in flat.items() if k not in LEGACY_RUN_VALUES or v != LEGACY_RUN_VALUES[k]}
 
 
 class _Feeds:

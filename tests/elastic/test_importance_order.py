@@ -64,3 +64,5 @@ def test_importance_order_names_the_allowed_values():
         ElasticConfig(importance_order="rand")
     with pytest.raises(ConfigError, match=r"elastic\.importance_order: must be one of \['importance', 'random'\]"):
         ExperimentConfig.from_dict(load_experiment("tiny_elastic", ["elastic.importance_order='sorted'"]))
+    with pytest.raises(ConfigError, match=r"importance_order: 'random' permutes the parent; it needs permute=True"):
+        ElasticConfig(importance_order="random", permute=False)

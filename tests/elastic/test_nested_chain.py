@@ -14,6 +14,7 @@ from elastic_jax.elastic.search import router_free_specs
 from elastic_jax.elastic.spec import Budget
 from elastic_jax.experiment import ExperimentConfig, load_experiment
 from elastic_jax.quickstart import nests_in
+from elastic_jax.train.loop import parse_experiment
 
 CFG = ej.load_config("tiny")
 BUDGETS = (1.0, 0.7, 0.4)
@@ -121,3 +122,18 @@ def test_budget_search_fixes_every_budget_from_the_first_step(tmp_path):
     assert nests_in(run.specs[0.4], run.specs[0.7], cfg) and run.start == 0
     with pytest.raises(ConfigError, match=r"elastic\.budget_search: expected True or False"):
         ExperimentConfig.from_dict(load_experiment("tiny_elastic", ["elastic.budget_search='yes'"]))
+
+
+def test_runs_from_before_the_new_knobs_resume_and_a_changed_chain_is_named():
+    """Checkpoints written before nested / importance_order / budget_search lack them: at the behaviour those
+    runs had the fields are left out of the settings a resume compares; nested=True (the default) is compared."""
+    from elastic_jax.train.elastify import _run_settings
+
+    def settings(*overrides):
+        experiment = load_experiment("tiny_elastic", list(overrides))
+        return _run_settings(parse_experiment(experiment), ExperimentConfig.from_dict(experiment).require_elastic())
+
+    old = settings("elastic.router.nested=False")
+    assert not {"elastic.router.nested", "elastic.importance_order", "elastic.budget_search"} & set(old)
+    assert settings()["elastic.router.nested"] is True
+    assert settings("elastic.importance_order='random'")["elastic.importance_order"] == "random"

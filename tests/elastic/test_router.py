@@ -21,6 +21,7 @@ from elastic_jax.elastic.router import (
     router_logits,
     width_multiple,
 )
+from elastic_jax.elastic.router.chain import training_floors
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import Budget, ElasticError
 
@@ -108,7 +109,8 @@ def test_hard_router_masks_equal_the_sliced_model():
     tokens = np.random.default_rng(0).integers(3, CFG.vocab_size, (2, 40))
     masks, _, _, _ = router.sample(params, 2, None, jnp.asarray(1.0))  # no noise, low temperature: the argmax
     logits = router_logits(params, jnp.asarray(router.codes[2]), router.axes)
-    spec = argmax_spec(CFG, router.rc, router.axes, logits)
+    floor = training_floors(params, router.rc, router.axes, router.codes, 2)  # the nested chain's bound
+    spec = argmax_spec(CFG, router.rc, router.axes, logits, floor=floor)
     sub_params, sub_cfg = slice_params(model, CFG, spec)
     np.testing.assert_allclose(np.asarray(ej.apply(CFG, model, tokens, masks=masks)),
                                np.asarray(ej.apply(sub_cfg, sub_params, tokens)), atol=1e-5, rtol=0)
