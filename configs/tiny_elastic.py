@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
         budgets=(1.0, 0.7, 0.4), metric="total_params",
         axes=("hidden", "mamba_heads", "attention_heads", "ffn", "experts", "expert_ffn", "shared_ffn"),
         num_choices=8, min_fraction=0.25, heterogeneous=False, tolerance=0.05,
-        nested=True,  # each budget's widths within the next larger budget's (0.4 a slice of 0.7 too); False: free
+        nested=False,  # True: each budget's widths within the next larger budget's (0.4 a slice of 0.7 too)
         width_multiple=None,  # candidate widths' multiple; None: the coarsest power of two <= 128 that keeps 8 choices
         hidden_dim=128, tau_start=1.0, tau_end=0.05, scale_start=1.0, scale_end=10.0, hard=True,
         attention_mode="kv_groups", loss_weight=1.0, lr_multiplier=100.0,

@@ -143,7 +143,7 @@ def _metadata(spec: RunSpec, ec: ElasticTrainConfig, ranking: Any, current: dict
 
 
 # Fields newer than some checkpoints, at the behaviour those had: left out of the run settings at that value, so
-# such a run resumes; at another value (nested=True, the default now) its resume names the field instead.
+# such a run resumes; at another value (e.g. nested=True) its resume names the field instead.
 LEGACY_RUN_VALUES = {"elastic.router.nested": False, "elastic.importance_order": "importance",
                      "elastic.budget_search": False}
 

@@ -126,7 +126,7 @@ def test_budget_search_fixes_every_budget_from_the_first_step(tmp_path):
 
 def test_runs_from_before_the_new_knobs_resume_and_a_changed_chain_is_named():
     """Checkpoints written before nested / importance_order / budget_search lack them: at the behaviour those
-    runs had the fields are left out of the settings a resume compares; nested=True (the default) is compared."""
+    runs had the fields are left out of the settings a resume compares; nested=True is compared."""
     from elastic_jax.train.elastify import _run_settings
 
     def settings(*overrides):
@@ -135,5 +135,5 @@ def test_runs_from_before_the_new_knobs_resume_and_a_changed_chain_is_named():
 
     old = settings("elastic.router.nested=False")
     assert not {"elastic.router.nested", "elastic.importance_order", "elastic.budget_search"} & set(old)
-    assert settings()["elastic.router.nested"] is True
+    assert settings("elastic.router.nested=True")["elastic.router.nested"] is True
     assert settings("elastic.importance_order='random'")["elastic.importance_order"] == "random"

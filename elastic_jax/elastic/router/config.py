@@ -41,7 +41,7 @@ class RouterConfig(schema.Section):
     min_fraction: float = 0.25  #: smallest candidate over the parent's width
     width_multiple: int | None = None  #: channel widths are multiples of this (None: auto)
     heterogeneous: bool = False  #: one choice per layer (True) or per axis (False)
-    nested: bool = True  #: every budget's widths within the next larger budget's (a nested chain)
+    nested: bool = False  #: every budget's widths within the next larger budget's (a nested chain)
     hidden_dim: int = 128
     tau_start: float = 1.0
     tau_end: float = 0.05
