@@ -6,7 +6,7 @@ benchmarks/decode.py), or `--checkpoint` (an elastic checkpoint). llama.cpp cann
 MoE `E` layers, so the random parent's pattern is `--pattern` (default: small's with its `-` layer made `E`).
 Ours: the engine's decode after a prefill, no stop token. llama.cpp: `eval` of one token at a time after the
 prompt, `--threads` threads (default 2), the two measured in turns so background load hits both alike.
-Usage: python benchmarks/decode_llamacpp.py [--config small] [--budgets 1.0,0.7,0.4] [--new 64] [--threads 2]
+Usage: python benchmarks/decode_llamacpp.py [--config small] [--budgets 1.0,0.7,0.4] [--new 64] [--batch 8]
 Measured (2-core shared CPU, load average ~4-6, llama-cpp-python 0.3.36, small with pattern MEM*EMEM*EME, 58.1M
 total / 26.6M active, --repeats 5): budget 1.0 ours 158 vs llama.cpp 330 tok/s (0.48x), 0.7: 241 vs 540 (0.45x),
 0.4: 354 vs 781 (0.45x).
@@ -38,9 +38,9 @@ def llama_for(engine: Engine, budget: float, path: Path, n_ctx: int, threads: in
                  verbose=False)  # logits_all: llama-cpp-python fills `scores` only then (a 1-token row when decoding)
 
 
-def ours_seconds(engine: Engine, budget: float, prompt: list[int], new: int) -> float:
-    """Seconds of the engine's decode of `new` tokens after a prefill (no stop token)."""
-    state = engine.start(budget, [prompt], engine.check_request([prompt], new))
+def ours_seconds(engine: Engine, budget: float, prompts: list[list[int]], new: int) -> float:
+    """Seconds of the engine's decode of `new` tokens per row after a prefill (no stop token)."""
+    state = engine.start(budget, prompts, engine.check_request(prompts, new))
     jax.block_until_ready(state.logits)
     start = time.perf_counter()
     engine.decode(state, new, stop_ids=())
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=64, help="tokens decoded")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    parser.add_argument("--batch", type=int, default=8, help="also ours at this batch (0: skip)")
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
     engine = (Engine.load(args.checkpoint) if args.checkpoint
@@ -83,8 +84,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for budget in budgets:
             llm = llama_for(engine, budget, Path(tmp) / f"{budget:g}.gguf", args.prompt + args.new + 8, args.threads)
-            timed = {"ours": lambda b=budget: ours_seconds(engine, b, prompt, args.new),
+            timed = {"ours": lambda b=budget: ours_seconds(engine, b, [prompt], args.new),
                      "llama.cpp": lambda m=llm: llama_seconds(m, prompt, args.new)}
+            if args.batch:
+                timed[f"ours batch {args.batch}"] = lambda b=budget: ours_seconds(engine, b, [prompt] * args.batch,
+                                                                                  args.new) / args.batch
             seconds: dict[str, list[float]] = {name: [] for name in timed}
             for fn in timed.values():
                 fn()  # compile / warm up
@@ -93,7 +97,9 @@ def main() -> None:
                     seconds[name].append(fn())
             tps = {name: args.new / float(np.median(s)) for name, s in seconds.items()}
             print(f"budget {budget:g}: ours {tps['ours']:.1f} tok/s, llama.cpp {tps['llama.cpp']:.1f} tok/s, "
-                  f"ratio {tps['ours'] / tps['llama.cpp']:.2f}x", flush=True)
+                  f"ratio {tps['ours'] / tps['llama.cpp']:.2f}x"
+                  + "".join(f"; {name} {v:.1f} tok/s" for name, v in tps.items() if name.startswith("ours batch")),
+                  flush=True)
             del llm
 
 

@@ -31,6 +31,7 @@ from elastic_jax.model.cache import cache_bytes, init_cache
 from elastic_jax.model.functional import InputError
 
 CAPACITY_MULTIPLE = 64  # cache lengths are rounded up to this, so requests of similar length share programs
+VIEWS_MIN_TOKENS = 16  # batch-1 decode calls of at least this many tokens copy each expert once, then read in place
 FEED_BASE = 4  # prompts are fed in pieces of 1, 4, 16, ... tokens: few programs per architecture, few calls each
 
 
@@ -212,10 +213,12 @@ class Engine:
         if max_new_tokens > room:
             raise InputError(f"max_new_tokens {max_new_tokens} exceeds the room left in the cache ({room} tokens)")
         stops = tuple(int(s) for s in stop_ids)
-        key = ("decode", self.cfg, batch.arch.spec, len(batch.tokens), batch.capacity, float(temperature), int(top_k),
-               float(top_p), stops)
+        rows, views = len(batch.tokens), len(batch.tokens) == 1 and max_new_tokens >= VIEWS_MIN_TOKENS
+        key = ("decode", self.cfg, batch.arch.spec, rows, batch.capacity, float(temperature), int(top_k),
+               float(top_p), stops, views)
         fn = self.programs.get(key, lambda: make_decode(self.cfg, batch.arch.spec, batch.capacity, float(temperature),
-                                                        int(top_k), float(top_p), stops, self.cfg.pad_token_id))
+                                                        int(top_k), float(top_p), stops, self.cfg.pad_token_id,
+                                                        rows, views))
         done0 = jnp.zeros(len(batch.tokens), bool) if done is None else jnp.asarray(np.asarray(done, bool))
         out, count, batch.logits, batch.caches, _ = fn(self.params, batch.caches, batch.logits, batch.keys,
                                                        jnp.asarray(batch.emitted), done0,

@@ -25,6 +25,8 @@ from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.inference.generate import sample_next
 from elastic_jax.model.functional import build
+from elastic_jax.model.hybrid import compute_dtype
+from elastic_jax.model.moe import EXPERT_VIEWS, expert_views
 from elastic_jax.quant.params import dequantize_params
 
 log = logging.getLogger(__name__)
@@ -66,20 +68,47 @@ def _hold(done: jax.Array, new: dict, old: dict) -> dict:
     return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
-def _sequence_step(cfg: ModelConfig, spec: ElasticSpec):
+def _cut(cfg: ModelConfig, spec: ElasticSpec) -> Callable:
+    """parent params -> the budget's sliced params; a quantised parent (NVFP4 / FP8 leaves) is dequantised here,
+    inside the jit, before the budget is cut."""
+    return lambda parent: slice_params(dequantize_params(parent, jnp.float32), cfg, spec)[0]
+
+
+def _sequence_step(cfg: ModelConfig, spec: ElasticSpec, moe_impl: str | None = None):
     """(parent params) -> f(sliced params, tokens [L], one sequence's cache) -> (last logits [V], cache)."""
     sub_cfg = spec.apply_to(cfg)
     # vmap has no rule for ragged_dot with shared weights, so off the CPU (where MoE defaults to ragged_dot) the
     # experts take the blocked grouped product; on the CPU the default (looped) batches under vmap as it is
-    model = build(sub_cfg, moe_impl="auto" if jax.default_backend() == "cpu" else "blocked")
+    if moe_impl is None:
+        moe_impl = "auto" if jax.default_backend() == "cpu" else "blocked"
+    model = build(sub_cfg, moe_impl=moe_impl)
 
     def one(params, tokens, cache):
         logits, cache = model.apply({"params": params}, tokens[None], cache)
         return logits[0, -1], cache
 
-    # a quantised parent (NVFP4 / FP8 leaves) is dequantised here, inside the jit, before the budget is cut
-    return (lambda parent: slice_params(dequantize_params(parent, jnp.float32), cfg, spec)[0],
-            jax.vmap(one, in_axes=(None, 0, 0)))
+    return _cut(cfg, spec), jax.vmap(one, in_axes=(None, 0, 0))
+
+
+def _single_step(cfg: ModelConfig, spec: ElasticSpec, views: bool):
+    """Batch 1 without vmap: (parent) -> variables, and f(variables, token [], cache of the one row) -> (logits [V],
+    cache). With `views` on the CPU the variables carry expert views (moe.expert_views): one copy of every expert
+    per call, after which each step reads its routed experts' weights in place (lax.switch; under vmap the switch
+    would run every expert) instead of copying them out of the stacked weights."""
+    sub_cfg = spec.apply_to(cfg)
+    model, cut = build(sub_cfg), _cut(cfg, spec)
+
+    def variables(parent):
+        params = cut(parent)
+        if not views or jax.default_backend() != "cpu":
+            return {"params": params}
+        return {"params": params, EXPERT_VIEWS: expert_views(params, compute_dtype(sub_cfg))}
+
+    def step(variables, token, cache):
+        logits, cache = model.apply(variables, token.reshape(1, 1), cache)
+        return logits[0, -1], cache
+
+    return variables, step
 
 
 def make_feed(cfg: ModelConfig, spec: ElasticSpec) -> Callable:
@@ -94,7 +123,7 @@ def make_feed(cfg: ModelConfig, spec: ElasticSpec) -> Callable:
 
 
 def make_decode(cfg: ModelConfig, spec: ElasticSpec, width: int, temperature: float, top_k: int, top_p: float,
-                stop_ids: tuple[int, ...], pad_id: int) -> Callable:
+                stop_ids: tuple[int, ...], pad_id: int, batch: int = 0, views: bool = False) -> Callable:
     """jit(parent, caches, logits, keys [B], emitted [B], done [B], max_new) -> (tokens [B, width], counts [B],
     logits, caches, done): up to `max_new` (<= width, traced: one program serves every count) tokens per row in one
     `lax.while_loop`, a row stopping at any of `stop_ids`.
@@ -102,19 +131,51 @@ def make_decode(cfg: ModelConfig, spec: ElasticSpec, width: int, temperature: fl
     Every emitted token (a stop token included) is fed, so the caches end holding each row's whole text and
     `logits` are those after its last token: a later call continues where this one ended. Row r's sample at its
     n-th emitted token uses fold_in(keys[r], n), so decoding in several calls samples what one call would.
+
+    `batch` 1 takes a program without vmap (`_single_step`, expert `views` for long calls): the loop runs only
+    while its row is not done, so nothing needs holding. Other batches run the per-sequence step under vmap; once
+    the rows' experts would cover every expert (batch * top_k >= experts), every expert is computed once for the
+    whole batch (moe.experts_dense) instead of gathering each row's experts' weights.
     """
-    cut, step = _sequence_step(cfg, spec)
     stops = jnp.asarray(stop_ids, jnp.int32)
 
     def sample(logits, key):
         return sample_next(logits[None], key, temperature, top_k, top_p)[0]
 
-    def run(parent, caches, logits, keys, emitted, done, max_new):
-        params = cut(parent)
-        batch = logits.shape[0]
-
+    def loop(max_new, done, carry0, body):
         def cond(carry):
             return (carry[0] < max_new) & ~jnp.all(carry[3])
+        return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), *carry0[:2], done, *carry0[2:]))
+
+    if batch == 1:
+        variables_of, single = _single_step(cfg, spec, views)
+
+        def run_one(parent, caches, logits, keys, emitted, done, max_new):
+            variables = variables_of(parent)
+
+            def body(carry):
+                t, logits, cache, done, out, count = carry
+                tok = sample(logits, jax.random.fold_in(keys[0], emitted[0] + count[0]))
+                logits, cache = single(variables, tok, cache)
+                done = done | jnp.isin(tok, stops)
+                return t + 1, logits, cache, done, out.at[0, t].set(tok), count + 1
+
+            out = jnp.full((1, width), pad_id, jnp.int32)
+            init = (logits[0], jax.tree.map(lambda x: x[0], caches), out, jnp.zeros((1,), jnp.int32))
+            _, logits, cache, done, out, count = loop(max_new, done, init, body)
+            return out, count, logits[None], jax.tree.map(lambda x: x[None], cache), done
+
+        return jax.jit(run_one, donate_argnums=(1,))
+
+    sub_cfg = spec.apply_to(cfg)
+    dense = batch * sub_cfg.num_experts_per_tok >= min((sub_cfg.width("n_routed_experts", layer)
+                                                        for layer, kind in enumerate(sub_cfg.pattern) if kind == "E"),
+                                                       default=0)
+    cut, step = _sequence_step(cfg, spec, moe_impl="dense" if dense and "E" in sub_cfg.pattern else None)
+
+    def run(parent, caches, logits, keys, emitted, done, max_new):
+        params = cut(parent)
+        rows = logits.shape[0]
 
         def body(carry):
             t, logits, caches, done, out, count = carry
@@ -128,9 +189,9 @@ def make_decode(cfg: ModelConfig, spec: ElasticSpec, width: int, temperature: fl
             done = done | jnp.isin(tok, stops)
             return t + 1, logits, caches, done, out, count
 
-        out = jnp.full((batch, width), pad_id, jnp.int32)
-        init = (jnp.zeros((), jnp.int32), logits, caches, done, out, jnp.zeros((batch,), jnp.int32))
-        _, logits, caches, done, out, count = jax.lax.while_loop(cond, body, init)
+        out = jnp.full((rows, width), pad_id, jnp.int32)
+        _, logits, caches, done, out, count = loop(max_new, done, (logits, caches, out, jnp.zeros((rows,), jnp.int32)),
+                                                   body)
         return out, count, logits, caches, done
 
     return jax.jit(run, donate_argnums=(1,))

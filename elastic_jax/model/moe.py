@@ -26,7 +26,7 @@ from elastic_jax.model.experts_looped import experts_looped
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 from elastic_jax.model.mlp import MLP, mlp_declarations, relu2
 
-MOE_IMPLS = ("auto", "ragged", "blocked", "windowed", "looped")
+MOE_IMPLS = ("auto", "ragged", "blocked", "windowed", "looped", "dense")
 EXPERT_VIEWS = "expert_views"  # the variable collection of per-expert weight arrays used by cached decoding
 ROUTED_ROWS = "routed_rows"  # what a MoE layer sows when "intermediates" is mutable: each routed (token, expert)
 # row's expert hidden activations and output (before weighting), its routing weight, expert and token
@@ -70,6 +70,25 @@ def experts_switched(x_rows: jax.Array, group_sizes: jax.Array, ups: tuple, down
 
     branches = [branch(e) for e in range(num_experts)]
     return jnp.concatenate([jax.lax.switch(expert_of_row[r], branches, x_rows[r:r + 1]) for r in range(rows)])
+
+
+def experts_dense(tokens: jax.Array, idx: jax.Array, weights: jax.Array, up: jax.Array, down: jax.Array,
+                  ffn_mask: jax.Array | None = None) -> jax.Array:
+    """Routed output [T, D] (float32) computed by every expert for every token, the unchosen ones dropped.
+
+    For batched decode under `vmap` (a token per sequence): the per-row paths gather each row's experts' weights
+    (a copy of k expert matrices per sequence and step), while here every expert's weights are read once for the
+    whole batch, the work of one [B, D] x [D, E*F] product."""
+    # experts as the dots' batch axis: each product reads its expert's [in, out] weights as stored (a [T, D] x
+    # [E, D, F] product without it transposes every weight on each call)
+    x = jnp.broadcast_to(tokens, (up.shape[0], *tokens.shape))
+    h = relu2(jnp.einsum("etd,edf->etf", x, up))
+    if ffn_mask is not None:
+        h = h * ffn_mask.astype(h.dtype)
+    y = jnp.einsum("etf,efd->etd", h.astype(tokens.dtype), down).astype(jnp.float32)
+    chosen = jnp.arange(up.shape[0])[:, None, None] == idx[None]  # [E, T, k]
+    scale = jnp.sum(jnp.where(chosen, weights[None], 0.0), axis=2)  # [E, T]
+    return jnp.sum(jnp.where(jnp.any(chosen, axis=2)[:, :, None], y * scale[:, :, None], 0.0), axis=0)
 
 
 def route(x: jax.Array, gate_w: jax.Array, bias: jax.Array, *, top_k: int, n_group: int, topk_group: int,
@@ -253,6 +272,10 @@ class MoE(nn.Module):
         idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
                              topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
                              scaling=self.routed_scaling_factor, expert_mask=masks.experts)
+        if self.impl == "dense" and not self.is_mutable_collection("intermediates"):
+            routed = experts_dense(tokens.astype(self.dtype), idx, weights, up.astype(self.dtype),
+                                   down.astype(self.dtype), masks.expert_ffn)
+            return self._with_shared(x, routed, masks)
         order, token_of_row, group_sizes = _sort_assignments(idx, self.num_experts)
         x_rows = tokens[token_of_row].astype(self.dtype)
         impl = self.impl
@@ -279,6 +302,9 @@ class MoE(nn.Module):
                                ffn_mask=masks.expert_ffn)
         y_rows = y_rows.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
         routed = jnp.zeros((tokens.shape[0], self.hidden_size), jnp.float32).at[token_of_row].add(y_rows)
+        return self._with_shared(x, routed, masks)
+
+    def _with_shared(self, x: jax.Array, routed: jax.Array, masks: LayerMasks) -> tuple[jax.Array, None]:
         shared, _ = MLP(hidden_size=self.hidden_size, intermediate_size=self.shared_size, dtype=self.dtype,
                         init_std=self.init_std, width_axis="shared_mlp", name="shared_experts")(x, masks=masks)
         return (routed.reshape(x.shape).astype(self.dtype) + shared).astype(self.dtype), None

@@ -14,7 +14,7 @@ from elastic_jax.data import ByteTokenizer
 from elastic_jax.elastic.accounting import cache_bytes, weight_bytes
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticError
-from elastic_jax.inference.engine import Engine
+from elastic_jax.inference.engine import VIEWS_MIN_TOKENS, Engine
 from elastic_jax.model.functional import InputError
 
 TOKENIZER = ByteTokenizer()
@@ -76,6 +76,20 @@ def test_decoding_in_pieces_continues_exactly(engine):
     batch = engine.start(1.0, [p[:3] for p in PROMPTS], 128)
     engine.feed(batch, [p[3:] for p in PROMPTS])
     assert engine.decode(batch, 4, stop_ids=()) == [w[:4] for w in engine.generate(PROMPTS, 1.0, 4, eos_id=-1)]
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.4])
+def test_each_decode_program_gives_a_row_the_same_tokens(engine, budget):
+    """Batch 1 runs without vmap (expert views in calls of >= VIEWS_MIN_TOKENS tokens, gathered experts in shorter
+    ones); a batch whose rows cover the experts computes every expert once (dense): one row's tokens are the same."""
+    prompts = PROMPTS + [PROMPTS[0][:3]]  # 4 rows x top-k 2 >= 8 experts: the dense program
+    assert len(prompts) * engine.cfg.num_experts_per_tok >= engine.cfg.n_routed_experts
+    new = max(VIEWS_MIN_TOKENS, 16)
+    batched = engine.generate(prompts, budget, max_new_tokens=new, eos_id=-1)
+    for prompt, row in zip(prompts, batched):
+        assert engine.generate([prompt], budget, max_new_tokens=new, eos_id=-1)[0] == row  # views
+    streamed = list(engine.stream(prompts[1], budget, max_new_tokens=new, chunk=4))  # gathered experts
+    assert streamed == batched[1][:len(streamed)] and len(streamed) >= 4
 
 
 def test_memory_report_holds_the_parent_once(engine):

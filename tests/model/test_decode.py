@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import elastic_jax as ej
+from elastic_jax.model.moe import experts_dense
 from tests.model.helpers import PARITY_CONFIGS, random_params, random_tokens
 
 
@@ -73,3 +75,25 @@ def test_generate_with_expert_views_equals_step_by_step_decoding():
         want.append(int(tok[0, 0]))
         logits, cache = ej.decode_step(cfg, params, tok, cache)
     assert got[0, prompt.shape[1]:].tolist() == want  # generate returns prompt + new tokens
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_dense_experts_equal_the_routed_sum(with_mask):
+    """Batched decode's form (every expert for every token, the unchosen dropped) against each token's chosen
+    experts alone, weighted and summed."""
+    rng = np.random.default_rng(5)
+    tokens, experts, dim, ffn, k = 6, 5, 12, 16, 2
+    x = jnp.asarray(rng.standard_normal((tokens, dim)), jnp.float32)
+    up = jnp.asarray(rng.standard_normal((experts, dim, ffn)) * 0.3, jnp.float32)
+    down = jnp.asarray(rng.standard_normal((experts, ffn, dim)) * 0.3, jnp.float32)
+    idx = jnp.asarray(np.stack([rng.choice(experts, k, replace=False) for _ in range(tokens)]), jnp.int32)
+    weights = jnp.asarray(rng.uniform(0.1, 1.0, (tokens, k)), jnp.float32)
+    mask = jnp.asarray(rng.uniform(0.2, 1.0, ffn), jnp.float32) if with_mask else None
+    got = jax.jit(experts_dense)(x, idx, weights, up, down, mask)
+    want = np.zeros((tokens, dim), np.float32)
+    for t in range(tokens):
+        for j in range(k):
+            e = int(idx[t, j])
+            h = np.square(np.maximum(np.asarray(x[t]) @ np.asarray(up[e]), 0)) * (1.0 if mask is None else mask)
+            want[t] += float(weights[t, j]) * (h @ np.asarray(down[e]))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
