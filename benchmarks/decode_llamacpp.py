@@ -21,7 +21,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from decode import random_engine  # noqa: E402  (a sibling script, like timing.py for the others)
+from decode import decode_seconds, random_engine  # noqa: E402  (a sibling script, like timing.py for the others)
 from llama_cpp import Llama
 
 import elastic_jax as ej
@@ -36,15 +36,6 @@ def llama_for(engine: Engine, budget: float, path: Path, n_ctx: int, threads: in
     to_gguf(cfg, params, engine.tokenizer, path, "f32", overwrite=True)
     return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, logits_all=True,
                  verbose=False)  # logits_all: llama-cpp-python fills `scores` only then (a 1-token row when decoding)
-
-
-def ours_seconds(engine: Engine, budget: float, prompts: list[list[int]], new: int) -> float:
-    """Seconds of the engine's decode of `new` tokens per row after a prefill (no stop token)."""
-    state = engine.start(budget, prompts, engine.check_request(prompts, new))
-    jax.block_until_ready(state.logits)
-    start = time.perf_counter()
-    engine.decode(state, new, stop_ids=())
-    return time.perf_counter() - start
 
 
 def llama_seconds(llm: Llama, prompt: list[int], new: int) -> float:
@@ -84,10 +75,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for budget in budgets:
             llm = llama_for(engine, budget, Path(tmp) / f"{budget:g}.gguf", args.prompt + args.new + 8, args.threads)
-            timed = {"ours": lambda b=budget: ours_seconds(engine, b, [prompt], args.new),
+            timed = {"ours": lambda b=budget: decode_seconds(engine, b, [prompt], args.new),
                      "llama.cpp": lambda m=llm: llama_seconds(m, prompt, args.new)}
             if args.batch:
-                timed[f"ours batch {args.batch}"] = lambda b=budget: ours_seconds(engine, b, [prompt] * args.batch,
+                timed[f"ours batch {args.batch}"] = lambda b=budget: decode_seconds(engine, b, [prompt] * args.batch,
                                                                                   args.new) / args.batch
             seconds: dict[str, list[float]] = {name: [] for name in timed}
             for fn in timed.values():
