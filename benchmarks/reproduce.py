@@ -36,16 +36,18 @@ from reproduce_rows import Row, Scale, plan, run_row  # noqa: E402
 # 41 evaluated models) within 90 minutes on 2 CPU cores: see STEP_SECONDS and estimate().
 DEFAULT = Scale("default", pretrain_steps=1500, stage1_steps=300, stage2_steps=150, seeds=(0, 1, 2), problems=128,
                 eval_batches=8)
-# Smoke: every row, with a 4-layer model far below `tiny`, a handful of steps, one seed, architectures fixed from the
-# first elastic step (no mask-mode compilation): the test's end-to-end run.
+# Smoke: every kind of row, with a 4-layer model far below `tiny`, a handful of steps, one seed, both elastic stages at
+# one length and architectures fixed from the first elastic step (one joint-step compilation, no mask mode), and one
+# ablation (the router-free budget search, the ablation furthest from the default path; the other knobs have their
+# own tests): the test's end-to-end run.
 SMOKE = Scale("smoke", pretrain_steps=6, stage1_steps=4, stage2_steps=2, seeds=(0,), problems=4, eval_batches=1,
               overrides=("model.hidden_size=16", "model.pattern=M*E-", "model.mamba_head_dim=8", "model.head_dim=8",
                          "model.ssm_state_size=8", "model.intermediate_size=32", "model.n_routed_experts=4",
                          "model.moe_intermediate_size=16", "model.moe_shared_expert_intermediate_size=16",
                          "train.global_batch=2", "train.seq_len=64", "train.eval_max_new_tokens=4",
                          "train.warmup_steps=1", "checkpoint.every_steps=1000"),
-              elastic_overrides=("elastic.stage1_seq_len=64", "elastic.stage2_seq_len=128", "elastic.static_after=0.0",
-                                 "elastic.importance_batches=1"))
+              elastic_overrides=("elastic.stage1_seq_len=64", "elastic.stage2_seq_len=64", "elastic.static_after=0.0",
+                                 "elastic.importance_batches=1"), ablations=("router_free",))
 SCALES = {"default": DEFAULT, "smoke": SMOKE}
 
 # Measured on 2 CPU cores (default scale; busy-machine timings divided by the load factor, docs/results.md):

@@ -46,6 +46,7 @@ class Scale:
     eval_batches: int  # held-out loss batches per evaluation
     overrides: tuple[str, ...] = ()  # applied to configs/reproduce.py (parent and elastic)
     elastic_overrides: tuple[str, ...] = ()  # applied to the elastic experiment only
+    ablations: tuple[str, ...] | None = None  # the ABLATIONS rows this scale runs (None: every one)
 
 
 def load_reproduce(kind: str, overrides: tuple[str, ...] | list[str]) -> ml_collections.ConfigDict:
@@ -132,7 +133,7 @@ def plan(scale: Scale) -> list[Row]:
             rows.append(Row(f"twin_{b:g}_TE_s{k}", "pretrain", "twin_TE", k, b, (f"elastic_s{first}",)))
             rows.append(Row(f"twin_{b:g}_T_s{k}", "pretrain", "twin_T", k, b, (f"elastic_s{first}",)))
         rows.append(Row(f"minitron_{b:g}", "distill", "minitron", first, b, (f"parent_s{first}", f"elastic_s{first}")))
-    for name in ABLATIONS:
+    for name in ABLATIONS if scale.ablations is None else scale.ablations:
         override, note = ablation_override(name)
         rows.append(Row(f"ablation_{name}", "elastify", "ablation", first, None, (f"parent_s{first}",),
                         (override,) if override else (), note, override is None))
