@@ -15,7 +15,7 @@ import numpy as np
 from elastic_jax.config import ModelConfig
 from elastic_jax.model.cache import init_cache
 from elastic_jax.model.functional import InputError, build, check_tokens
-from elastic_jax.model.moe import EXPERT_VIEWS, expert_views
+from elastic_jax.model.decode_views import DECODE_VIEWS, decode_views
 
 
 def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
@@ -67,8 +67,8 @@ def _generate_fn(cfg: ModelConfig, max_new: int, temperature: float, top_k: int,
         logits, cache = model.apply({"params": params}, prompt, cache)
         out = jnp.full((batch, max_new), pad_id, jnp.int32)
         variables = {"params": params}
-        if jax.default_backend() == "cpu":  # built once, outside the loop: each step reads its experts in place
-            variables[EXPERT_VIEWS] = expert_views(params, jnp.dtype(cfg.compute_dtype))
+        if jax.default_backend() == "cpu":  # built once, outside the loop (model/decode_views.py)
+            variables[DECODE_VIEWS] = decode_views(params, jnp.dtype(cfg.compute_dtype))
 
         def cond(carry):
             step, _, _, done, _, _ = carry

@@ -26,7 +26,7 @@ from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.inference.generate import sample_next
 from elastic_jax.model.functional import build
 from elastic_jax.model.hybrid import compute_dtype
-from elastic_jax.model.moe import EXPERT_VIEWS, expert_views
+from elastic_jax.model.decode_views import DECODE_VIEWS, decode_views
 from elastic_jax.quant.params import dequantize_params
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,10 @@ def _sequence_step(cfg: ModelConfig, spec: ElasticSpec, moe_impl: str | None = N
 
 def _single_step(cfg: ModelConfig, spec: ElasticSpec, views: bool):
     """Batch 1 without vmap: (parent) -> variables, and f(variables, token [], cache of the one row) -> (logits [V],
-    cache). With `views` on the CPU the variables carry expert views (moe.expert_views): one copy of every expert
-    per call, after which each step reads its routed experts' weights in place (lax.switch; under vmap the switch
-    would run every expert) instead of copying them out of the stacked weights."""
+    cache). With `views` on the CPU the variables carry decode views (model/decode_views.py): one copy of every
+    expert and of each Mamba input projection per call, after which each step reads its routed experts' weights in
+    place (lax.switch; under vmap the switch would run every expert) instead of copying them out of the stacked
+    weights, and makes one Mamba input product instead of five."""
     sub_cfg = spec.apply_to(cfg)
     model, cut = build(sub_cfg), _cut(cfg, spec)
 
@@ -102,7 +103,7 @@ def _single_step(cfg: ModelConfig, spec: ElasticSpec, views: bool):
         params = cut(parent)
         if not views or jax.default_backend() != "cpu":
             return {"params": params}
-        return {"params": params, EXPERT_VIEWS: expert_views(params, compute_dtype(sub_cfg))}
+        return {"params": params, DECODE_VIEWS: decode_views(params, compute_dtype(sub_cfg))}
 
     def step(variables, token, cache):
         logits, cache = model.apply(variables, token.reshape(1, 1), cache)
@@ -132,7 +133,7 @@ def make_decode(cfg: ModelConfig, spec: ElasticSpec, width: int, temperature: fl
     `logits` are those after its last token: a later call continues where this one ended. Row r's sample at its
     n-th emitted token uses fold_in(keys[r], n), so decoding in several calls samples what one call would.
 
-    `batch` 1 takes a program without vmap (`_single_step`, expert `views` for long calls): the loop runs only
+    `batch` 1 takes a program without vmap (`_single_step`, decode `views` for long calls): the loop runs only
     while its row is not done, so nothing needs holding. Other batches run the per-sequence step under vmap; once
     the rows' experts would cover every expert (batch * top_k >= experts), every expert is computed once for the
     whole batch (moe.experts_dense) instead of gathering each row's experts' weights.

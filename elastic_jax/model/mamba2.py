@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.kernels.ssd import ssd, ssd_decode_step
+from elastic_jax.model.decode_views import DECODE_VIEWS
 from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, concat, declare, declared_param, dim, kernel, linear
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 from elastic_jax.model.norms import GatedGroupRMSNorm
@@ -136,11 +137,16 @@ class Mamba2Mixer(nn.Module):
         conv_dim = d_inner + 2 * g * n
         decl, init = by_name(self.declarations()), nn.initializers.normal(self.init_std)
 
-        z = linear(decl["in_z/kernel"], self.dtype, init)(h)
-        xbc = jnp.concatenate([linear(decl["in_x/kernel"], self.dtype, init)(h),
-                               linear(decl["in_B/kernel"], self.dtype, init)(h),
-                               linear(decl["in_C/kernel"], self.dtype, init)(h)], axis=-1)
-        dt_raw = linear(decl["in_dt/kernel"], self.dtype, init)(h)
+        if cache is not None and length == 1 and self.has_variable(DECODE_VIEWS, "in_proj"):
+            # cached decoding: the five input products as one, over the fused view (decode_views.py)
+            fused = self.get_variable(DECODE_VIEWS, "in_proj")
+            z, xbc, dt_raw = jnp.split(h.astype(fused.dtype) @ fused, [d_inner, 2 * d_inner + 2 * g * n], axis=-1)
+        else:
+            z = linear(decl["in_z/kernel"], self.dtype, init)(h)
+            xbc = jnp.concatenate([linear(decl["in_x/kernel"], self.dtype, init)(h),
+                                   linear(decl["in_B/kernel"], self.dtype, init)(h),
+                                   linear(decl["in_C/kernel"], self.dtype, init)(h)], axis=-1)
+            dt_raw = linear(decl["in_dt/kernel"], self.dtype, init)(h)
 
         bound = 1.0 / math.sqrt(self.conv_kernel)  # PyTorch's default Conv1d init for a depthwise conv
         conv_w = declared_param(self, decl["conv_kernel"], _uniform_init(bound))

@@ -21,13 +21,13 @@ import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.kernels.ssd._target import backend as compile_target
+from elastic_jax.model.decode_views import DECODE_VIEWS
 from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, declare, declared_param, dim, prefixed
 from elastic_jax.model.experts_looped import experts_looped
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 from elastic_jax.model.mlp import MLP, mlp_declarations, relu2
 
 MOE_IMPLS = ("auto", "ragged", "blocked", "windowed", "looped", "dense")
-EXPERT_VIEWS = "expert_views"  # the variable collection of per-expert weight arrays used by cached decoding
 ROUTED_ROWS = "routed_rows"  # what a MoE layer sows when "intermediates" is mutable: each routed (token, expert)
 # row's expert hidden activations and output (before weighting), its routing weight, expert and token
 
@@ -35,27 +35,6 @@ ROUTED_ROWS = "routed_rows"  # what a MoE layer sows when "intermediates" is mut
 def _expert_of_row(group_sizes: jax.Array, rows: int) -> jax.Array:
     """The expert of each expert-sorted row [rows]."""
     return jnp.repeat(jnp.arange(group_sizes.shape[0]), group_sizes, total_repeat_length=rows)
-
-
-def expert_views(params: dict, dtype) -> dict:
-    """Every MoE layer's experts as separate arrays, {path: {"up_proj": (E x [D, F]), "down_proj": (E x [F, D])}}.
-
-    Cached decoding builds these once, before its loop, and passes them as the `expert_views` collection: a
-    decode step then multiplies each routed row by its expert's own array, chosen with `lax.switch`, instead of
-    gathering (copying) the routed experts out of the stacked weights on every step. XLA:CPU cannot feed a
-    product from a slice without a copy, and those copies were a fifth of a `small` decode step's op time.
-    The views are one more copy of every expert for the length of the call.
-    """
-    def walk(tree):
-        if not isinstance(tree, dict):
-            return {}
-        up, down = tree.get("up_proj"), tree.get("down_proj")
-        if getattr(up, "ndim", 0) == 3 and getattr(down, "ndim", 0) == 3:
-            return {name: tuple(w[e].astype(dtype) for e in range(w.shape[0]))
-                    for name, w in (("up_proj", up), ("down_proj", down))}
-        return {key: sub for key, sub in ((k, walk(v)) for k, v in tree.items()) if sub}
-
-    return walk(params)
 
 
 def experts_switched(x_rows: jax.Array, group_sizes: jax.Array, ups: tuple, downs: tuple,
@@ -286,9 +265,9 @@ class MoE(nn.Module):
             impl = "blocked"  # decode: a row or two per expert, gather just the routed experts' weights
         expert_fn = {"ragged": experts_ragged, "blocked": experts_blocked, "windowed": experts_windowed,
                      "looped": experts_looped}[impl]
-        if decode_sized and self.has_variable(EXPERT_VIEWS, "up_proj"):  # no copies: see `expert_views`
-            y_rows = experts_switched(x_rows, group_sizes, self.get_variable(EXPERT_VIEWS, "up_proj"),
-                                      self.get_variable(EXPERT_VIEWS, "down_proj"), masks.expert_ffn)
+        if decode_sized and self.has_variable(DECODE_VIEWS, "up_proj"):  # no copies: see decode_views.py
+            y_rows = experts_switched(x_rows, group_sizes, self.get_variable(DECODE_VIEWS, "up_proj"),
+                                      self.get_variable(DECODE_VIEWS, "down_proj"), masks.expert_ffn)
         elif self.is_mutable_collection("intermediates"):  # importance (elastic/importance.py) reads every row
             y_rows, hidden = experts_ragged_parts(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype),
                                                   masks.expert_ffn)

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 import elastic_jax as ej
+from elastic_jax.convert.hf_weights import to_hf_tensors
+from elastic_jax.model.decode_views import DECODE_VIEWS, MAMBA_INPUTS, decode_views
+from elastic_jax.model.functional import build
 from elastic_jax.model.moe import experts_dense
 from tests.model.helpers import PARITY_CONFIGS, random_params, random_tokens
 
@@ -61,8 +64,9 @@ def test_bf16_compute_stays_close_to_fp32():
     assert jnp.isfinite(half).all()
 
 
-def test_generate_with_expert_views_equals_step_by_step_decoding():
-    """`generate` reads each routed expert in place (expert views); `decode_step` gathers: same tokens."""
+def test_generate_with_decode_views_equals_step_by_step_decoding():
+    """`generate` decodes over decode views (experts read in place, Mamba's fused input projection);
+    `decode_step` over the parameters alone: same tokens."""
     cfg = PARITY_CONFIGS["grouped_routing"]
     params = random_params(cfg, seed=21)
     prompt = random_tokens(cfg, batch=1, length=6, seed=22)
@@ -75,6 +79,29 @@ def test_generate_with_expert_views_equals_step_by_step_decoding():
         want.append(int(tok[0, 0]))
         logits, cache = ej.decode_step(cfg, params, tok, cache)
     assert got[0, prompt.shape[1]:].tolist() == want  # generate returns prompt + new tokens
+
+
+def test_decode_step_over_decode_views_equals_the_parameters_alone():
+    """Both views change how a decode step reads its weights, not what it computes: logits equal to 1e-5 at every
+    step; the fused Mamba view is transformers' in_proj layout [z | x | B | C | dt]."""
+    cfg = PARITY_CONFIGS["grouped_routing"]
+    params = random_params(cfg, seed=23)
+    views = decode_views(params, jnp.float32)
+    mamba = params["layers_0"]["mixer"]
+    fused = views["layers_0"]["mixer"]["in_proj"]
+    assert fused.shape[1] == sum(mamba[name]["kernel"].shape[1] for name in MAMBA_INPUTS)
+    assert "in_proj" not in views["layers_1"]["mixer"] and len(views["layers_1"]["mixer"]["up_proj"]) == 8
+    hf_in_proj = dict(to_hf_tensors(cfg, jax.device_get(params)))["backbone.layers.0.mixer.in_proj.weight"]
+    np.testing.assert_array_equal(np.asarray(fused).T, np.asarray(hf_in_proj))
+    model = build(cfg)
+    prompt = random_tokens(cfg, batch=1, length=5, seed=24)
+    _, cache = ej.prefill(cfg, params, prompt, max_len=12)
+    step = jax.jit(lambda variables, tok, cache: model.apply(variables, tok, cache))
+    plain, viewed = cache, cache
+    for tok in random_tokens(cfg, batch=1, length=6, seed=25).T:
+        want, plain = step({"params": params}, tok[:, None], plain)
+        got, viewed = step({"params": params, DECODE_VIEWS: views}, tok[:, None], viewed)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("with_mask", [False, True])

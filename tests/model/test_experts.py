@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from elastic_jax.model.experts_looped import experts_looped
-from elastic_jax.model.moe import expert_views, experts_blocked, experts_ragged, experts_switched, experts_windowed
+from elastic_jax.model.decode_views import decode_views
+from elastic_jax.model.moe import experts_blocked, experts_ragged, experts_switched, experts_windowed
 
 NUM_EXPERTS, DIM, FFN = 5, 12, 16
 
@@ -82,9 +83,9 @@ def test_looped_default_block_on_heavy_loads():
 
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_switched_experts_on_decode_rows_match_reference(with_mask):
-    """Cached decoding's form: per-expert arrays from `expert_views`, one `lax.switch` per routed row."""
+    """Cached decoding's form: per-expert arrays from `decode_views`, one `lax.switch` per routed row."""
     x, sizes, up, down, mask, _ = make_case(11, CASES["decode_sized"])
-    views = expert_views({"layers_1": {"mixer": {"up_proj": up, "down_proj": down}}}, jnp.float32)
+    views = decode_views({"layers_1": {"mixer": {"up_proj": up, "down_proj": down}}}, jnp.float32)
     mixer = views["layers_1"]["mixer"]
     assert len(mixer["up_proj"]) == NUM_EXPERTS and mixer["down_proj"][2].shape == (FFN, DIM)
     ffn_mask = mask if with_mask else None
