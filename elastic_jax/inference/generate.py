@@ -14,8 +14,8 @@ import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.model.cache import init_cache
-from elastic_jax.model.functional import InputError, build, check_tokens
 from elastic_jax.model.decode_views import DECODE_VIEWS, decode_views
+from elastic_jax.model.functional import InputError, build, check_tokens
 
 
 def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:

@@ -24,9 +24,9 @@ from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.inference.generate import sample_next
+from elastic_jax.model.decode_views import DECODE_VIEWS, decode_views
 from elastic_jax.model.functional import build
 from elastic_jax.model.hybrid import compute_dtype
-from elastic_jax.model.decode_views import DECODE_VIEWS, decode_views
 from elastic_jax.quant.params import dequantize_params
 
 log = logging.getLogger(__name__)

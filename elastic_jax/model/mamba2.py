@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.kernels.ssd import ssd, ssd_decode_step
-from elastic_jax.model.decode_views import DECODE_VIEWS
 from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, concat, declare, declared_param, dim, kernel, linear
+from elastic_jax.model.decode_views import DECODE_VIEWS
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 from elastic_jax.model.norms import GatedGroupRMSNorm
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.kernels.ssd._target import backend as compile_target
-from elastic_jax.model.decode_views import DECODE_VIEWS
 from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, declare, declared_param, dim, prefixed
+from elastic_jax.model.decode_views import DECODE_VIEWS
 from elastic_jax.model.experts_looped import experts_looped
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 from elastic_jax.model.mlp import MLP, mlp_declarations, relu2

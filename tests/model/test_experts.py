@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from elastic_jax.model.experts_looped import experts_looped
 from elastic_jax.model.decode_views import decode_views
+from elastic_jax.model.experts_looped import experts_looped
 from elastic_jax.model.moe import experts_blocked, experts_ragged, experts_switched, experts_windowed
 
 NUM_EXPERTS, DIM, FFN = 5, 12, 16
