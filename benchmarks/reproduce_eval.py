@@ -21,7 +21,7 @@ from elastic_jax.data import encode_prompt, eval_prompts, make_eval_batches, sco
 from elastic_jax.elastic.accounting import count_params
 from elastic_jax.elastic.router import Router, RouterConfig
 from elastic_jax.elastic.slicing import slice_params
-from elastic_jax.elastic.spec import ElasticSpec
+from elastic_jax.elastic.spec import ElasticError, ElasticSpec
 from elastic_jax.inference.engine import Engine
 from elastic_jax.train.evaluation import eval_loss
 from elastic_jax.train.loop import RunSpec
@@ -62,7 +62,10 @@ class Evaluator:
         loss = eval_loss(make_eval_step(sub_cfg)[0], sub_params, self.batches)
         # served as a plain model of its own shape: a slice and a model trained alone at that shape run the same
         # programs, which the rows' shared compilation cache then compiles once
-        acc = accuracy(serving_engine(sub_cfg, sub_params, ElasticSpec(), self.spec.tokenizer), self.examples,
-                       self.spec.tokenizer, self.spec.train.eval_max_new_tokens)
+        try:
+            engine = serving_engine(sub_cfg, sub_params, ElasticSpec(), self.spec.tokenizer)
+        except ElasticError:  # per-layer widths (heterogeneous choices): a router needs one width per axis, so the
+            engine = serving_engine(cfg, params, spec, self.spec.tokenizer)  # slice is served from the parent
+        acc = accuracy(engine, self.examples, self.spec.tokenizer, self.spec.train.eval_max_new_tokens)
         return {"loss": loss, "accuracy": acc, "total_params": total, "active_params": active,
                 "spec": spec.to_dict(), "problems": len(self.examples)}
