@@ -62,7 +62,33 @@ def aggregate(root: Path, scale: Scale, rows: list[Row]) -> dict[str, Any]:
                  for r in rows if r.method == "ablation"}
     missing = [r.name for r in rows if not r.unavailable and results.get(r.name) is None]
     return {"scale": scale.name, "methods": methods, "ablations": ablations, "missing": missing,
-            "token_ratios": token_ratios(scale, rows), "rows": {k: v for k, v in results.items() if v}}
+            "gaps": gaps(methods), "token_ratios": token_ratios(scale, rows),
+            "rows": {k: v for k, v in results.items() if v}}
+
+
+# (reference method, label): what the nested model is compared with, per budget
+GAP_REFERENCES = (("parent", "the parent (budget 1)"), ("twin_TE", "trained alone, T + E"),
+                  ("twin_T", "trained alone, T"), ("minitron", "Minitron-style"))
+
+
+def _difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """a - b of two means, with the spread of that difference: the standard error of a difference of independent
+    means, sqrt(sa^2 / na + sb^2 / nb) (a one-seed side contributes its own spread, 0)."""
+    spread = math.sqrt(a["spread"] ** 2 / a["n"] + b["spread"] ** 2 / b["n"])
+    return {"gap": a["mean"] - b["mean"], "spread": spread}
+
+
+def gaps(methods: dict[str, Any]) -> dict[str, Any]:
+    """Per budget, the elastic slice minus each reference trained for that size: eval loss (positive: the slice
+    is worse) and accuracy (negative: the slice is worse), each with the spread of the difference."""
+    elastic = methods.get("elastic", {}).get("budgets", {})
+    out: dict[str, Any] = {}
+    for budget, mine in elastic.items():
+        for ref, _ in GAP_REFERENCES:
+            theirs = methods.get(ref, {}).get("budgets", {}).get(budget)
+            if theirs and mine["loss"]["n"] and theirs["loss"]["n"]:
+                out.setdefault(budget, {})[ref] = {k: _difference(mine[k], theirs[k]) for k in ("loss", "accuracy")}
+    return out
 
 
 def token_ratios(scale: Scale, rows: list[Row]) -> dict[str, Any]:
@@ -114,6 +140,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append("Elastic run, per seed, whether each budget's architecture nests in the next larger budget's: "
                      + "; ".join(nests))
     lines.append("")
+    lines += _gap_lines(summary)
     lines += _ablation_lines(summary)
     r = summary["token_ratios"]
     lines += ["", "Training tokens for all three sizes (T = parent pretraining, E = one elastic run):", "",
@@ -131,6 +158,21 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary["missing"]:
         lines += ["", f"Missing (not finished): {', '.join(summary['missing'])}"]
     return "\n".join(lines) + "\n"
+
+
+def _gap_lines(summary: dict[str, Any]) -> list[str]:
+    if not summary["gaps"]:
+        return []
+    labels = dict(GAP_REFERENCES)
+    lines = ["Elastic slice minus each model trained for that size (loss: positive = the slice is worse; accuracy: "
+             "negative = the slice is worse), ± the spread of the difference over seeds:", "",
+             "| budget | against | eval loss | accuracy |", "|---|---|---|---|"]
+    for budget, refs in summary["gaps"].items():
+        for ref, g in refs.items():
+            loss, acc = g["loss"], g["accuracy"]
+            lines.append(f"| {budget} | {labels[ref]} | {loss['gap']:+.4f} ± {loss['spread']:.4f} | "
+                         f"{acc['gap'] * 100:+.1f} ± {acc['spread'] * 100:.1f} pts |")
+    return [*lines, ""]
 
 
 def _ablation_lines(summary: dict[str, Any]) -> list[str]:

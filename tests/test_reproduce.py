@@ -57,6 +57,12 @@ def _check_results(workdir: Path) -> None:
     for name in ("twin_0.4_T_s0", "twin_0.7_TE_s0", "minitron_0.4", "minitron_0.7"):
         budget, entry = next(iter(summary["rows"][name]["budgets"].items()))
         assert entry["total_params"] == elastic[budget]["total_params"], name
+    assert sorted(summary["gaps"]) == ["0.4", "0.7", "1"]  # the slice minus each model trained for its size
+    assert sorted(summary["gaps"]["0.4"]) == ["minitron", "twin_T", "twin_TE"]
+    assert list(summary["gaps"]["1"]) == ["parent"]
+    twin = summary["methods"]["twin_T"]["budgets"]["0.4"]["loss"]["mean"]
+    gap = summary["gaps"]["0.4"]["twin_T"]["loss"]["gap"]
+    assert math.isclose(gap, summary["methods"]["elastic"]["budgets"]["0.4"]["loss"]["mean"] - twin)
     ratios = summary["token_ratios"]
     assert ratios["total_tokens"]["elastic"] == ratios["T"] + ratios["E"]
     assert ratios["separately_T_over_elastic"] > 1 and ratios["minitron_over_elastic"] > 1
@@ -65,7 +71,7 @@ def _check_results(workdir: Path) -> None:
 def _check_report(workdir: Path) -> None:
     table = (workdir / "results.md").read_text()
     for text in ("budget 1", "budget 0.7", "budget 0.4", "elastic (one run)", "Minitron-style", "trained alone",
-                 "Ablations", "vs elastic"):
+                 "Ablations", "vs elastic", "minus each model trained for that size"):
         assert text in table, text
     for name in ("loss_vs_params.png", "accuracy_vs_params.png"):
         data = (workdir / name).read_bytes()
