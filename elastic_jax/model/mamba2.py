@@ -139,8 +139,9 @@ class Mamba2Mixer(nn.Module):
 
         if cache is not None and length == 1 and self.has_variable(DECODE_VIEWS, "in_proj"):
             # cached decoding: the five input products as one, over the fused view (decode_views.py)
-            fused = self.get_variable(DECODE_VIEWS, "in_proj")
-            z, xbc, dt_raw = jnp.split(h.astype(fused.dtype) @ fused, [d_inner, 2 * d_inner + 2 * g * n], axis=-1)
+            blocks = self.get_variable(DECODE_VIEWS, "in_proj")
+            fused = jnp.concatenate([h.astype(w.dtype) @ w for w in blocks], axis=-1)
+            z, xbc, dt_raw = jnp.split(fused, [d_inner, 2 * d_inner + 2 * g * n], axis=-1)
         else:
             z = linear(decl["in_z/kernel"], self.dtype, init)(h)
             xbc = jnp.concatenate([linear(decl["in_x/kernel"], self.dtype, init)(h),

@@ -9,7 +9,7 @@ import pytest
 
 import elastic_jax as ej
 from elastic_jax.convert.hf_weights import to_hf_tensors
-from elastic_jax.model.decode_views import DECODE_VIEWS, MAMBA_INPUTS, decode_views
+from elastic_jax.model.decode_views import DECODE_VIEWS, GEMV_BLOCK_ELEMENTS, MAMBA_INPUTS, column_blocks, decode_views
 from elastic_jax.model.functional import build
 from elastic_jax.model.moe import experts_dense
 from tests.model.helpers import PARITY_CONFIGS, random_params, random_tokens
@@ -88,7 +88,7 @@ def test_decode_step_over_decode_views_equals_the_parameters_alone():
     params = random_params(cfg, seed=23)
     views = decode_views(params, jnp.float32)
     mamba = params["layers_0"]["mixer"]
-    fused = views["layers_0"]["mixer"]["in_proj"]
+    fused = jnp.concatenate(views["layers_0"]["mixer"]["in_proj"], axis=1)
     assert fused.shape[1] == sum(mamba[name]["kernel"].shape[1] for name in MAMBA_INPUTS)
     assert "in_proj" not in views["layers_1"]["mixer"] and len(views["layers_1"]["mixer"]["up_proj"]) == 8
     hf_in_proj = dict(to_hf_tensors(cfg, jax.device_get(params)))["backbone.layers.0.mixer.in_proj.weight"]
@@ -124,3 +124,14 @@ def test_dense_experts_equal_the_routed_sum(with_mask):
             h = np.square(np.maximum(np.asarray(x[t]) @ np.asarray(up[e]), 0)) * (1.0 if mask is None else mask)
             want[t] += float(weights[t, j]) * (h @ np.asarray(down[e]))
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_column_blocks_cover_the_matrix_in_blocks_of_about_the_gemv_size():
+    """A decode view's column blocks concatenate back to the matrix; a matrix at most ~1.5x the block size stays
+    whole, `small`'s Mamba in_proj [512, 2576] is two blocks."""
+    w = jnp.arange(512 * 2576, dtype=jnp.float32).reshape(512, 2576)
+    blocks = column_blocks(w)
+    assert [b.shape for b in blocks] == [(512, 1288), (512, 1288)]
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), np.asarray(w))
+    assert len(column_blocks(w[:, :1024])) == 1 and len(column_blocks(w[:64, :40])) == 1
+    assert all(b.shape[0] * b.shape[1] <= 1.5 * GEMV_BLOCK_ELEMENTS for b in column_blocks(jnp.ones((512, 9000))))
