@@ -380,8 +380,8 @@ def host_memory(model: Any, tgt: Target, programs: dict[str, Any]) -> dict[str, 
     - `restore_sharded`: `model_io.load_model(path, mesh=...)` restores the teacher and the student straight into
       their shardings, each process reading only its devices' shards: these bytes, on their way to device memory
       (Orbax keeps at most its restore_concurrent_gb of them in host memory at once);
-    - `whole_parent`: the parent in fp32, as `elastify`'s parent loading still holds it on every host (importance
-      and the permutation run on the host arrays)."""
+    - `whole_parent`: the parent in fp32, what `elastify` holds on every host when its --parent is a Hugging Face
+      directory (a checkpoint, e.g. import-hf's output, is restored sharded and ranked and permuted on the mesh)."""
     from elastic_jax.model.hybrid import model_declarations
 
     sizes = [math.prod(d.shape) * 4 for d in model_declarations(model)]
@@ -422,7 +422,7 @@ def format_plan(p: dict[str, Any]) -> str:
         lines.append(f"\nhost memory per process ({host['processes']} process(es), {host['devices_per_process']} "
                      f"devices each): import-hf {gib(host['import_hf'])} (one tensor at a time); teacher + student "
                      f"restored into their shardings: reads {gib(host['restore_sharded'] or 0)}; the whole fp32 parent "
-                     f"{gib(host['whole_parent'])} (elastify's parent loading today)")
+                     f"{gib(host['whole_parent'])} (elastify from a Hugging Face directory; import-hf it first)")
     lines.append(f"\nfits: {p['fits']}")
     return "\n".join(lines)
 

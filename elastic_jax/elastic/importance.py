@@ -170,6 +170,15 @@ def _finalize(cfg: ModelConfig, total: dict) -> dict:
     return {"hidden": total["hidden"], "layers": layers, "depth": depth}
 
 
+def _on_host(a: jax.Array) -> np.ndarray:
+    """A statistic's whole value in this process, also when the parent is sharded over several processes."""
+    if a.is_fully_addressable or a.is_fully_replicated:
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+
 def compute_scores(cfg: ModelConfig, params: dict, batches: Iterable[Any]) -> dict:
     """Per-axis importance scores summed over a stream of [batch, length] token arrays (or {"inputs": ...,
     "segment_ids": ...} batches)."""
@@ -177,7 +186,7 @@ def compute_scores(cfg: ModelConfig, params: dict, batches: Iterable[Any]) -> di
     total = None
     for batch in batches:
         stats = fn(params, token_batch(cfg, batch), segment_batch(batch))
-        stats = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), stats)
+        stats = jax.tree_util.tree_map(lambda a: np.asarray(_on_host(a), np.float64), stats)
         total = stats if total is None else jax.tree_util.tree_map(np.add, total, stats)
     if total is None:
         raise ElasticError("importance needs at least one calibration batch; got none")

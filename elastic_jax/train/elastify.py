@@ -27,7 +27,7 @@ import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
 
 from elastic_jax import distributed
-from elastic_jax.checkpoint import Checkpointer, config_diff
+from elastic_jax.checkpoint import Checkpointer, config_diff, load_params
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.data.calibration import calibration_batches
 from elastic_jax.elastic.config import ElasticConfig
@@ -37,6 +37,7 @@ from elastic_jax.elastic.router import Router
 from elastic_jax.elastic.search import router_free_specs
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.experiment import ExperimentConfig
+from elastic_jax.model.functional import param_shapes
 from elastic_jax.train.elastic_eval import evaluate_budgets
 from elastic_jax.train.elastic_step import (
     JointLossConfig,
@@ -65,23 +66,51 @@ log = logging.getLogger("elastic_jax.elastify")
 ElasticTrainConfig = ElasticConfig  # the `elastic` section's schema lives in the config tree
 
 
-def load_parent(path: str | Path, expected: ModelConfig) -> tuple[dict, dict[str, Any]]:
-    """Parent params (+ its metadata) from a Hugging Face directory or our checkpoint; the config must match."""
+def load_parent(path: str | Path, expected: ModelConfig, shardings: Any = None) -> tuple[dict, dict[str, Any]]:
+    """Parent params (+ its metadata) from a Hugging Face directory or our checkpoint; the config must match.
+
+    With `shardings` (the teacher's: distributed.param_shardings on the run's mesh) a checkpoint is restored
+    straight into them, each process reading only its own devices' shards, and the config is checked before any
+    tensor is read. A Hugging Face directory is read whole into host memory (`elastic-jax import-hf` converts
+    one tensor at a time; elastify from its output to keep the parent off the hosts) and placed afterwards.
+    """
     from elastic_jax.convert.hf import from_hf
-    from elastic_jax.model_io import load_model
+    from elastic_jax.model_io import model_config_of, read_metadata
 
     path = Path(path)
-    if (path / "config.json").exists():
+    hf = (path / "config.json").exists()
+    if hf:
         cfg, params = from_hf(path)
         meta: dict[str, Any] = {}
     else:
-        cfg, params, meta = load_model(path)
-        params = params.get("model", params) if "router" in params else params
+        meta = read_metadata(path)
+        cfg = model_config_of(path, meta)
     diff = config_diff(cfg.to_dict(), expected.to_dict())
     if diff:
         raise ConfigError(f"--parent {path}: its model config does not match the experiment's model section; "
                           "differing fields: " + "; ".join(diff))
-    return params, meta
+    if hf:
+        return (params if shardings is None else distributed.global_from_host(params, shardings)), meta
+    layout = None if shardings is None else (lambda abstract: _parent_layout(abstract, shardings))
+    params = load_params(path, shardings=layout)
+    return (params.get("model", params) if "router" in params else params), meta
+
+
+def _parent_layout(abstract: dict, model_shardings: Any) -> Any:
+    """Shardings for a stored parent: a model checkpoint's are the model's; a run checkpoint's {"model", "router"}
+    put the model there and replicate its router (which the new run does not use)."""
+    if "router" in abstract and "model" in abstract:
+        mesh = jax.tree.leaves(model_shardings)[0].mesh
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return {**{k: jax.tree.map(lambda _: replicated, v) for k, v in abstract.items() if k != "model"},
+                "model": model_shardings}
+    return model_shardings
+
+
+def permuted_on_mesh(params: dict, cfg: ModelConfig, ranking: Any, shardings: Any) -> dict:
+    """`permute_params` of sharded parameters, compiled once so that every process computes its own shards
+    (no array is gathered on a host); the result is laid out as `shardings`."""
+    return jax.jit(lambda p: permute_params(p, cfg, ranking), out_shardings=shardings)(params)
 
 
 def permutes_parent(ec: ElasticTrainConfig, meta: dict) -> bool:
@@ -90,19 +119,27 @@ def permutes_parent(ec: ElasticTrainConfig, meta: dict) -> bool:
     return ec.permute and (ec.importance_order == "random" or meta.get("elastic", {}).get("ranking") is None)
 
 
-def rank_and_permute(spec: RunSpec, ec: ElasticTrainConfig, params: dict, meta: dict) -> tuple[dict, Any]:
+def rank_and_permute(spec: RunSpec, ec: ElasticTrainConfig, params: dict, meta: dict,
+                     shardings: Any = None) -> tuple[dict, Any]:
     """Importance on calibration batches (or a random order seeded by train.seed), then permute so nested models
-    are prefixes (skipped if done before)."""
+    are prefixes (skipped if done before). With `shardings`, `params` are sharded jax Arrays and the permuted
+    parent comes out laid out by them (permuted_on_mesh)."""
     if not permutes_parent(ec, meta):
         return params, meta.get("elastic", {}).get("ranking")
+
+    def permute(ranking):
+        if shardings is None:
+            return permute_params(params, spec.model, ranking)
+        return permuted_on_mesh(params, spec.model, ranking, shardings)
+
     if ec.importance_order == "random":
         ranking = random_ranking(spec.model, spec.train.seed)
         log.info("permuted the parent in a random order (seed %d), not by importance", spec.train.seed)
-        return permute_params(params, spec.model, ranking), ranking_to_json(ranking)
+        return permute(ranking), ranking_to_json(ranking)
     batches = _calibration(spec, ec, ec.importance_batches)
     _, ranking = run_importance(spec.model, params, batches)
     log.info("ranked and permuted the parent on %d calibration batches", len(batches))
-    return permute_params(params, spec.model, ranking), ranking_to_json(ranking)
+    return permute(ranking), ranking_to_json(ranking)
 
 
 def _calibration(spec: RunSpec, ec: ElasticTrainConfig, count: int) -> list:
@@ -169,13 +206,12 @@ class _Feeds:
         return {stage: feed.state() for stage, feed in self.feeds.items()}
 
 
-def elastic_layout(spec: RunSpec, ec: ElasticTrainConfig, router: Router, parent_params: dict) -> Layout:
+def elastic_layout(spec: RunSpec, ec: ElasticTrainConfig, router: Router) -> Layout:
     """The pretraining mesh and shardings for the elastic state {"model", "router"}: the student's (and the
     teacher's) weights sharded like a parent's, the small router replicated."""
     mesh = distributed.make_mesh(spec.mesh)
     optimizer, schedule = make_elastic_optimizer(spec.train, ec.router.lr_multiplier)
-    abstract = {"model": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), parent_params),
-                "router": jax.eval_shape(router.init, jax.random.PRNGKey(0))}
+    abstract = {"model": param_shapes(spec.model), "router": jax.eval_shape(router.init, jax.random.PRNGKey(0))}
     replicated = NamedSharding(mesh, PartitionSpec())
     params_sharding = {"model": distributed.param_shardings(abstract["model"], mesh),
                        "router": jax.tree.map(lambda _: replicated, abstract["router"])}
@@ -224,20 +260,20 @@ def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str,
     advice = gpu_gemm_advice(jax.default_backend(), os.environ.get("XLA_FLAGS", ""))
     if advice:
         log.warning(advice)
-    parent_params, parent_meta = load_parent(parent, spec.model)
     router = Router(spec.model, ec.router)
-    layout = elastic_layout(spec, ec, router, parent_params)
+    layout = elastic_layout(spec, ec, router)
     teacher_sharding = layout.state_sharding.params["model"]
+    # the parent goes straight into the teacher's shardings: each process reads only its devices' shards
+    parent_params, parent_meta = load_parent(parent, spec.model, teacher_sharding)
     workdir_path = Path(workdir).absolute()
     ckpt = Checkpointer(workdir_path / "checkpoints", spec.checkpoint)
     found = restore_sharded(layout, ckpt, {"model": spec.model.to_dict(), "run": _run_settings(spec, ec)})
     if found is None:
-        teacher_host, ranking = rank_and_permute(spec, ec, parent_params, parent_meta)
-        teacher = distributed.global_from_host(teacher_host, teacher_sharding)
+        teacher, ranking = rank_and_permute(spec, ec, parent_params, parent_meta, teacher_sharding)
         # the student starts as a copy of the teacher (a copy: the step donates the student's buffers)
         state = create_state(layout, lambda t: {"model": jax.tree.map(jnp.copy, t),
                                                 "router": router.init(jax.random.PRNGKey(spec.train.seed))}, teacher)
-        specs = searched_specs(spec, ec, teacher_host) if ec.budget_search else {}
+        specs = searched_specs(spec, ec, teacher) if ec.budget_search else {}
         start, data_states, resumed = 0, [], None
     else:
         start, state, data_states, meta = found
@@ -245,8 +281,7 @@ def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str,
         specs = _restored_fixed_specs(meta["elastic"], start, ec)
         # the stored ranking is the one this run applied, or the one a ranked parent came with (applied before)
         permuted = ranking is not None and permutes_parent(ec, parent_meta)
-        teacher_host = permute_params(parent_params, spec.model, ranking) if permuted else parent_params
-        teacher = distributed.global_from_host(teacher_host, teacher_sharding)
+        teacher = permuted_on_mesh(parent_params, spec.model, ranking, teacher_sharding) if permuted else parent_params
         resumed = start
     feeds = _Feeds(spec, ec, layout, data_states)
     return ElasticRun(spec, ec, router, layout, workdir_path, ckpt, state, teacher, feeds, specs, start, ranking,
