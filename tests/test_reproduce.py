@@ -105,3 +105,28 @@ def test_estimate_respects_dependencies_and_jobs():
     one, many = estimate(DEFAULT, rows, 1, 2), estimate(DEFAULT, rows, 8, 16)
     assert one > many > 0
     assert one <= 90 * 60  # the default scale is sized to fit 90 minutes on 2 cores
+
+
+def test_a_heterogeneous_slice_is_scored_through_the_parent():
+    """Per-layer widths (elastic.router.heterogeneous) give a sliced config no router can serve (one width per axis);
+    the evaluation then serves the slice from the parent, and scores it like any other row."""
+    import jax
+    from reproduce_eval import Evaluator, serving_engine
+    from reproduce_rows import load_reproduce
+
+    import elastic_jax as ej
+    from elastic_jax.elastic.router import Router, RouterConfig
+    from elastic_jax.elastic.slicing import slice_params
+    from elastic_jax.elastic.spec import ElasticError, ElasticSpec
+    from elastic_jax.train.loop import parse_experiment
+
+    spec = parse_experiment(load_reproduce("", [*SMOKE.overrides, "model.pattern=ME*E-"]))  # two MoE layers
+    cfg, params = spec.model, ej.init_params(spec.model, 0)
+    router = Router(cfg, RouterConfig(budgets=(1.0, 0.5), heterogeneous=True))
+    het = router.spec_for(router.init(jax.random.PRNGKey(3)), 0.5)
+    sub_params, sub_cfg = slice_params(params, cfg, het)
+    with pytest.raises(ElasticError, match="differs between layers"):
+        serving_engine(sub_cfg, sub_params, ElasticSpec(), spec.tokenizer)
+    scored = Evaluator(spec, 2, 1)(cfg, params, het)
+    assert math.isfinite(scored["loss"]) and 0.0 <= scored["accuracy"] <= 1.0
+    assert scored["total_params"] == ej.count_params(sub_cfg)[0] < ej.count_params(cfg)[0]
