@@ -27,7 +27,7 @@ import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
 
 from elastic_jax import distributed
-from elastic_jax.checkpoint import Checkpointer, config_diff, load_params
+from elastic_jax.checkpoint import Checkpointer, config_diff
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.data.calibration import calibration_batches
 from elastic_jax.elastic.config import ElasticConfig
@@ -66,16 +66,17 @@ log = logging.getLogger("elastic_jax.elastify")
 ElasticTrainConfig = ElasticConfig  # the `elastic` section's schema lives in the config tree
 
 
-def load_parent(path: str | Path, expected: ModelConfig, shardings: Any = None) -> tuple[dict, dict[str, Any]]:
+def load_parent(path: str | Path, expected: ModelConfig, mesh: jax.sharding.Mesh | None = None
+                ) -> tuple[dict, dict[str, Any]]:
     """Parent params (+ its metadata) from a Hugging Face directory or our checkpoint; the config must match.
 
-    With `shardings` (the teacher's: distributed.param_shardings on the run's mesh) a checkpoint is restored
-    straight into them, each process reading only its own devices' shards, and the config is checked before any
-    tensor is read. A Hugging Face directory is read whole into host memory (`elastic-jax import-hf` converts
-    one tensor at a time; elastify from its output to keep the parent off the hosts) and placed afterwards.
+    With `mesh`, a checkpoint is restored straight into the declared shardings on it (the teacher's), each process
+    reading only its own devices' shards, and the config is checked before any tensor is read. A Hugging Face
+    directory is read whole into host memory (`elastic-jax import-hf` converts one tensor at a time; elastify
+    from its output to keep the parent off the hosts) and placed afterwards.
     """
     from elastic_jax.convert.hf import from_hf
-    from elastic_jax.model_io import model_config_of, read_metadata
+    from elastic_jax.model_io import load_model, model_config_of, read_metadata
 
     path = Path(path)
     hf = (path / "config.json").exists()
@@ -90,21 +91,11 @@ def load_parent(path: str | Path, expected: ModelConfig, shardings: Any = None) 
         raise ConfigError(f"--parent {path}: its model config does not match the experiment's model section; "
                           "differing fields: " + "; ".join(diff))
     if hf:
-        return (params if shardings is None else distributed.global_from_host(params, shardings)), meta
-    layout = None if shardings is None else (lambda abstract: _parent_layout(abstract, shardings))
-    params = load_params(path, shardings=layout)
+        placed = params if mesh is None else distributed.global_from_host(params,
+                                                                          distributed.param_shardings(params, mesh))
+        return placed, meta
+    _, params, _ = load_model(path, mesh=mesh)  # a run checkpoint's router comes replicated and is dropped
     return (params.get("model", params) if "router" in params else params), meta
-
-
-def _parent_layout(abstract: dict, model_shardings: Any) -> Any:
-    """Shardings for a stored parent: a model checkpoint's are the model's; a run checkpoint's {"model", "router"}
-    put the model there and replicate its router (which the new run does not use)."""
-    if "router" in abstract and "model" in abstract:
-        mesh = jax.tree.leaves(model_shardings)[0].mesh
-        replicated = NamedSharding(mesh, PartitionSpec())
-        return {**{k: jax.tree.map(lambda _: replicated, v) for k, v in abstract.items() if k != "model"},
-                "model": model_shardings}
-    return model_shardings
 
 
 def permuted_on_mesh(params: dict, cfg: ModelConfig, ranking: Any, shardings: Any) -> dict:
@@ -264,7 +255,7 @@ def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str,
     layout = elastic_layout(spec, ec, router)
     teacher_sharding = layout.state_sharding.params["model"]
     # the parent goes straight into the teacher's shardings: each process reads only its devices' shards
-    parent_params, parent_meta = load_parent(parent, spec.model, teacher_sharding)
+    parent_params, parent_meta = load_parent(parent, spec.model, layout.mesh)
     workdir_path = Path(workdir).absolute()
     ckpt = Checkpointer(workdir_path / "checkpoints", spec.checkpoint)
     found = restore_sharded(layout, ckpt, {"model": spec.model.to_dict(), "run": _run_settings(spec, ec)})

@@ -29,7 +29,7 @@ spec = parse_experiment(load_experiment("tiny_elastic", ["model.pattern='M*E-'",
                                                           "mesh.data=1", "mesh.fsdp=4"]))
 mesh = distributed.make_mesh(spec.mesh)
 shardings = distributed.param_shardings(param_shapes(spec.model), mesh)
-params, _ = load_parent(parent, spec.model, shardings)
+params, _ = load_parent(parent, spec.model, mesh)
 leaves, want = jax.tree.leaves(params), jax.tree.leaves(shardings)
 placed = all(isinstance(x, jax.Array) and x.sharding == s for x, s in zip(leaves, want))
 split = sum(len({str(s.index) for s in x.addressable_shards}) > 1 for x in leaves)
