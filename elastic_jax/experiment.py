@@ -116,6 +116,8 @@ def resolve_config_path(path_or_name: str) -> Path:
 
 
 def _parse_value(text: str):
+    if text.lower() in ("true", "false"):  # as a shell user writes them (Python's True / False also work)
+        return text.lower() == "true"
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

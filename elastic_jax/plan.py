@@ -199,7 +199,7 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
         fixed = tuple(router.spec_for(router_init, b) if mode == "static" else None for b in ec.budgets)
         lc = JointLossConfig(weights=tuple([1.0] * len(ec.budgets)), fixed_specs=fixed,
                              router_weight=ec.router.loss_weight, ce_weight=ec.ce_weight,
-                             kd_temperature=ec.kd_temperature)
+                             kd_temperature=ec.kd_temperature, execution=train.execution)
         optimizer, schedule = make_elastic_optimizer(train, ec.router.lr_multiplier)
         params = {"model": model_params, "router": jax.eval_shape(lambda: router_init)}
         params_sh = {"model": distributed.param_shardings(model_params, mesh),
@@ -213,7 +213,8 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
         optimizer, schedule = make_optimizer(train, model_params)
         params_sh = distributed.param_shardings(model_params, mesh)
         state, state_sh = state_layout(mesh, model_params, params_sh, optimizer)
-        step, _ = make_train_step(cfg, optimizer, schedule, state_sharding=state_sh, batch_sharding=batch_sh)
+        step, _ = make_train_step(cfg, optimizer, schedule, state_sharding=state_sh, batch_sharding=batch_sh,
+                                  execution=train.execution)
         args, teacher = (state, batch), 0
     params_b = _shard_bytes(state.params, state_sh.params)
     opt_b = _shard_bytes(state.opt_state, state_sh.opt_state)
@@ -292,18 +293,31 @@ def _fit_advice(result: dict[str, Any], hbm: int) -> str:
 def _compile_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
                         budgets: Sequence[float] | None, meshes: Sequence[dict[str, int]] | None,
                         programs: Sequence[str], devices: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every mesh of every program; when none fits without rematerialisation, the best mesh again with
+    train.remat=block and train.scan_layers=true (each block's activations recomputed in the backward pass, the
+    repeated layers scanned: without the scan the CPU compiler standing in for GPUs schedules every recomputation
+    at once and saves nothing)."""
     exp, ec = _experiment(config, overrides, budgets)
     meshes = list(meshes) if meshes else candidate_meshes(exp.mesh.to_dict(), target.num_devices)
     out: dict[str, list[dict[str, Any]]] = {}
     for program in programs:
-        results = []
-        for sizes in meshes:
-            try:
-                results.append(compile_program(exp, ec, program, mode, sizes, devices, target.platform))
-            except ConfigError as err:  # e.g. the batch does not split over this mesh
-                results.append({"mesh": sizes, "mesh_name": _mesh_name(sizes), "error": str(err)})
+        results = [_compile_or_error(exp, ec, program, mode, sizes, devices, target) for sizes in meshes]
+        ok = [r for r in results if "error" not in r]
+        if ok and exp.train.remat == "none" and not any(r["total_bytes"] <= target.hbm_bytes for r in ok):
+            best = min(ok, key=lambda r: r["total_bytes"])
+            remat, _ = _experiment(config, [*overrides, "train.remat=block", "train.scan_layers=true"], budgets)
+            results.append(_compile_or_error(remat, ec, program, mode, best["mesh"], devices, target))
         out[program] = results
     return out
+
+
+def _compile_or_error(exp: Any, ec: Any, program: str, mode: str, sizes: dict[str, int], devices: list[Any],
+                      target: Target) -> dict[str, Any]:
+    execution = {"remat": exp.train.remat, "scan_layers": exp.train.scan_layers}
+    try:
+        return {**compile_program(exp, ec, program, mode, sizes, devices, target.platform), **execution}
+    except ConfigError as err:  # e.g. the batch does not split over this mesh
+        return {"mesh": sizes, "mesh_name": _mesh_name(sizes), "error": str(err), **execution}
 
 
 def _gpu_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
@@ -357,7 +371,9 @@ def _assemble(exp: Any, ec: Any, tgt: Target, mode: str, results: dict[str, list
         "target": tgt.name, "platform": tgt.platform, "topology": tgt.topology, "device_count": tgt.num_devices,
         "hbm_bytes_per_device": tgt.hbm_bytes, "mode": mode, "budgets": list(ec.budgets),
         "model": {"total_params": total, "active_params": active}, "figures": compiled,
-        "rematerialisation": "none (the model has no rematerialisation option; all activations are kept)",
+        "rematerialisation": f"train.remat={exp.train.remat}, train.scan_layers={exp.train.scan_layers} as "
+                             "configured; when no mesh fits without it, the best mesh is also compiled with "
+                             "train.remat=block and train.scan_layers=true",
         "programs": {}}
     for program, tried in results.items():
         ok = [r for r in tried if "error" not in r]
@@ -392,6 +408,12 @@ def host_memory(model: Any, tgt: Target, programs: dict[str, Any]) -> dict[str, 
             "restore_sharded": sharded, "whole_parent": sum(sizes)}
 
 
+def _execution_name(r: dict[str, Any]) -> str:
+    parts = ([f"remat {r['remat']}"] if r.get("remat", "none") != "none" else []) + \
+        (["layer scan"] if r.get("scan_layers") else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def format_plan(p: dict[str, Any]) -> str:
     """The plan as a human-readable table."""
     gib = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
@@ -408,13 +430,13 @@ def format_plan(p: dict[str, Any]) -> str:
             if "error" in r:
                 lines.append(f"  mesh {r['mesh_name']}: not possible: {r['error']}")
                 continue
-            lines.append(f"  mesh {r['mesh_name']}: total {gib(r['total_bytes'])} per device, "
+            lines.append(f"  mesh {r['mesh_name']}{_execution_name(r)}: total {gib(r['total_bytes'])} per device, "
                          f"{r['flops_per_step'] / 1e12:.3f} TFLOP per device per step, compiled in "
                          f"{r['compile_seconds']} s; {r['advice']}")
         best = entry["best"]
         if best:
-            lines.append(f"  best: mesh {best['mesh_name']} (global batch {best['global_batch']} x {best['seq_len']}),"
-                         f" per device:")
+            lines.append(f"  best: mesh {best['mesh_name']}{_execution_name(best)} (global batch "
+                         f"{best['global_batch']} x {best['seq_len']}), per device:")
             lines += [f"    {k.replace('_', ' '):30s}{gib(v)}" for k, v in best["bytes"].items()]
             lines.append(f"    {'total':30s}{gib(best['total_bytes'])}  fits: {best['fits']}")
     host = p.get("host_memory_per_process")

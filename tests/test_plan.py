@@ -80,3 +80,21 @@ def test_refuses_a_model_whose_training_state_cannot_fit_before_compiling():
     with pytest.raises(ConfigError, match=r"31\.58B parameters need at least 471 GiB"):
         plan.check_fits_locally(nano, "pretrain")
     plan.check_fits_locally(load_config("tiny"), "elastify")  # fits: no error
+
+
+def test_a_plan_that_does_not_fit_is_compiled_again_with_rematerialisation():
+    import jax
+
+    # one CPU device standing in for a GPU far too small for the activations of four Mamba layers: the plan
+    # compiles the best mesh again with the blocks rematerialised and the repeated layers scanned
+    tight = plan.Target(name="1xTiny", platform="gpu", num_devices=1, hbm_bytes=1)
+    overrides = [*SMALL, "--config.model.pattern=MMMM", "--config.train.seq_len=256", "--config.train.global_batch=16"]
+    out = plan._compile_candidates("tiny_elastic", overrides, tight, "mask", None, [{"data": 1}], ("pretrain",),
+                                   jax.devices()[:1])
+    plain, remat = out["pretrain"]
+    assert (plain["remat"], remat["remat"], remat["scan_layers"]) == ("none", "block", True)
+    assert plain["mesh"] == remat["mesh"]
+    assert remat["bytes"]["parameters"] == plain["bytes"]["parameters"]
+    assert remat["bytes"]["activations_and_temporaries"] < 0.5 * plain["bytes"]["activations_and_temporaries"]
+    assert "(remat block, layer scan)" in plan.format_plan(
+        plan._assemble(*plan._experiment("tiny_elastic", overrides, None), tight, "mask", out))

@@ -10,6 +10,7 @@ import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.model.hybrid import NemotronH
+from elastic_jax.model.layer_groups import PLAIN, LayerExecution
 from elastic_jax.model.masks import Masks
 
 
@@ -17,8 +18,10 @@ class InputError(ValueError):
     """Bad model input (e.g. a token id outside the vocabulary); the message says what is allowed."""
 
 
-def build(cfg: ModelConfig, *, ssd_impl: str = "auto", moe_impl: str = "auto") -> NemotronH:
-    return NemotronH(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
+def build(cfg: ModelConfig, *, ssd_impl: str = "auto", moe_impl: str = "auto",
+          execution: LayerExecution = PLAIN) -> NemotronH:
+    """The model; `execution` sets rematerialisation and the layer scan of training passes (same values)."""
+    return NemotronH(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl, execution=execution)
 
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> dict:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from elastic_jax.config import ModelConfig
 from elastic_jax.model.attention import Attention
 from elastic_jax.model.declare import HF, ParamDecl, axis, declare, dim, linear, prefixed
+from elastic_jax.model.layer_groups import PLAIN, LayerExecution, run_layers
 from elastic_jax.model.mamba2 import Mamba2Mixer
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks, Masks
 from elastic_jax.model.mlp import MLP
@@ -98,11 +99,14 @@ class NemotronH(nn.Module):
     `masks` (optional, the elastic masked forward): a `Masks` (elastic_jax/model/masks.py); its None fields
     compute the plain model. `segment_ids` [batch, length] int (optional, no cache): packed documents numbered
     within each row; no token sees another document (attention masks it, the Mamba conv and state restart).
+    `execution`: rematerialisation and the scan over repeated layers of a pass without a cache
+    (model/layer_groups.py); the parameters and the values are the same either way.
     """
 
     cfg: ModelConfig
     ssd_impl: str = "auto"
     moe_impl: str = "auto"
+    execution: LayerExecution = PLAIN
 
     @nn.compact
     def __call__(self, tokens: jax.Array, cache: dict | None = None, masks: Masks | None = None,
@@ -120,11 +124,16 @@ class NemotronH(nn.Module):
             h = h * masks.hidden.astype(h.dtype)
         pos = None if cache is None else cache["pos"]
         new_layers = []
-        for layer in range(cfg.num_layers):
-            layer_cache = None if cache is None else cache["layers"][layer]
-            block = Block(cfg=cfg, layer=layer, ssd_impl=self.ssd_impl, moe_impl=self.moe_impl, name=f"layers_{layer}")
-            h, layer_cache = block(h, layer_cache, pos, masks.layer(layer), masks.hidden, segment_ids)
-            new_layers.append(layer_cache)
+        if cache is None and not self.execution.plain and not self.is_initializing():
+            h = run_layers(cfg, self.variables["params"], h, masks, segment_ids, self.execution, self.ssd_impl,
+                           self.moe_impl)
+        else:
+            for layer in range(cfg.num_layers):
+                layer_cache = None if cache is None else cache["layers"][layer]
+                block = Block(cfg=cfg, layer=layer, ssd_impl=self.ssd_impl, moe_impl=self.moe_impl,
+                              name=f"layers_{layer}")
+                h, layer_cache = block(h, layer_cache, pos, masks.layer(layer), masks.hidden, segment_ids)
+                new_layers.append(layer_cache)
         norm_f = RMSNorm(dim=decl["norm_f"].shape[0], eps=cfg.layer_norm_epsilon, dtype=compute_dtype(cfg),
                          name="norm_f")
         h = norm_f(h, masks.hidden)

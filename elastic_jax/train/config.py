@@ -6,6 +6,7 @@ import dataclasses
 
 from elastic_jax import schema
 from elastic_jax.config import ModelConfig
+from elastic_jax.model.layer_groups import REMAT_POLICIES, LayerExecution
 from elastic_jax.schema import ConfigError, invalid
 
 DATA_LOADING = ("per_process", "global")
@@ -45,6 +46,8 @@ class TrainConfig(schema.Section):
     eval_max_new_tokens: int = 32  #: generation cap per evaluation problem
     data_loading: str = "per_process"  #: per_process: one stream per process; global: rows of one global batch
     progress_bar: bool = True  #: show a progress bar on the terminal
+    remat: str = "none"  #: recompute activations in the backward pass: none, block (keep block inputs only), dots
+    scan_layers: bool = False  #: run repeated layer groups as one scan (compile time independent of depth)
 
     def __post_init__(self):
         ints = ("seed", "seq_len", "global_batch", "total_steps", "schedule_steps", "warmup_steps", "log_every",
@@ -65,8 +68,17 @@ class TrainConfig(schema.Section):
         if self.warmup_steps > self.decay_steps:
             raise invalid(self, "warmup_steps", f"{self.warmup_steps} exceeds the schedule length {self.decay_steps} "
                           "(train.schedule_steps, or train.total_steps when that is 0)")
+        if self.remat not in REMAT_POLICIES:
+            raise invalid(self, "remat", f"must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
+        if not isinstance(self.scan_layers, bool):
+            raise invalid(self, "scan_layers", f"must be true or false, got {self.scan_layers!r}")
         if self.data_loading not in DATA_LOADING:
             raise invalid(self, "data_loading", f"must be one of {DATA_LOADING}, got {self.data_loading!r}")
+
+    @property
+    def execution(self) -> LayerExecution:
+        """How the training passes run the layer stack (rematerialisation, layer scan); values are unchanged."""
+        return LayerExecution(remat=self.remat, scan_layers=self.scan_layers)
 
     @property
     def decay_steps(self) -> int:

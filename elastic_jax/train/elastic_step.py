@@ -25,6 +25,7 @@ from elastic_jax.elastic.router import Router
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticError, ElasticSpec
 from elastic_jax.model.functional import build
+from elastic_jax.model.layer_groups import PLAIN, LayerExecution
 from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.losses import Head, head_losses, head_of, loss_chunk
 from elastic_jax.train.optim import learning_rate_schedule, param_labels
@@ -44,6 +45,7 @@ class JointLossConfig:
     ce_weight: float = 0.0
     kd_temperature: float = 1.0
     loss_chunk: int = 0  # sequence positions per chunk of logits; 0: automatic (losses.LOGITS_CHUNK_BYTES)
+    execution: LayerExecution = PLAIN  # rematerialisation and the layer scan of every forward pass (same values)
 
     def __post_init__(self):
         if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
@@ -75,17 +77,18 @@ def make_elastic_optimizer(train: TrainConfig, router_lr_multiplier: float = 100
 
 def _student_head(cfg: ModelConfig, router: Router, params: dict, spec: ElasticSpec | None, index: int,
                   key: jax.Array, progress: jax.Array, inputs: jax.Array, mesh: Mesh | None,
-                  segment_ids: jax.Array | None = None) -> tuple[Head, jax.Array, jax.Array]:
+                  segment_ids: jax.Array | None = None, execution: LayerExecution = PLAIN
+                  ) -> tuple[Head, jax.Array, jax.Array]:
     """(read-out, resource loss, resource ratio) of one budget: a static slice when its architecture is fixed
     (no resource term), else the parent under the router's sampled masks."""
     if spec is not None:
         sub_params, sub_cfg = slice_params(params["model"], cfg, spec)
         if mesh is not None:  # lay the slice out as a parent of its size would be, not as padded parent shards
             sub_params = jax.lax.with_sharding_constraint(sub_params, distributed.param_shardings(sub_params, mesh))
-        return head_of(build(sub_cfg), sub_params, inputs, segment_ids=segment_ids), jnp.zeros(()), \
-            jnp.asarray(-1.0)
+        return head_of(build(sub_cfg, execution=execution), sub_params, inputs, segment_ids=segment_ids), \
+            jnp.zeros(()), jnp.asarray(-1.0)
     masks, resource, ratio, _ = router.sample(params["router"], index, key, progress)
-    head = head_of(build(cfg), params["model"], inputs, masks=masks, segment_ids=segment_ids)
+    head = head_of(build(cfg, execution=execution), params["model"], inputs, masks=masks, segment_ids=segment_ids)
     return head, resource, ratio
 
 
@@ -102,7 +105,7 @@ def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params:
         budget = router.rc.budgets[i]
         with jax.named_scope(f"budget_{budget:g}"):  # each budget's ops carry its name in profiles
             head, resource, ratio = _student_head(cfg, router, params, lc.fixed_specs[i], i, keys[i], progress,
-                                                  batch["inputs"], mesh, batch.get("segment_ids"))
+                                                  batch["inputs"], mesh, batch.get("segment_ids"), lc.execution)
         heads.append(head)
         extras.append((resource, ratio))
     chunk = loss_chunk(batch["loss_mask"].shape, cfg.vocab_size, mesh, lc.loss_chunk)
@@ -124,7 +127,8 @@ def joint_loss(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: di
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """sum_b w_b * loss_b over budgets, with the teacher's forward pass computed once."""
     teacher_params = jax.lax.stop_gradient(teacher_params)
-    teacher = head_of(build(cfg), teacher_params, batch["inputs"], segment_ids=batch.get("segment_ids"))
+    teacher = head_of(build(cfg, execution=lc.execution), teacher_params, batch["inputs"],
+                      segment_ids=batch.get("segment_ids"))
     losses, metrics = budget_losses(cfg, router, lc, params, teacher, batch, key, progress, mesh)
     norm = sum(lc.weights)
     total = sum(w / norm * loss for w, loss in zip(lc.weights, losses))

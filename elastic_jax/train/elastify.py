@@ -344,7 +344,8 @@ def elastify_task(run: ElasticRun, steps: StepCache) -> LoopTask:
         lc = JointLossConfig(weights=stage_weights(len(ec.budgets), ec.stage2_weights, stage),
                              fixed_specs=tuple(run.specs.get(b) for b in ec.budgets),
                              router_weight=ec.router.loss_weight,
-                             ce_weight=ec.ce_weight, kd_temperature=ec.kd_temperature)
+                             ce_weight=ec.ce_weight, kd_temperature=ec.kd_temperature,
+                             execution=spec.train.execution)
         state, metrics = steps.get(lc)(state, run.teacher, run.feeds.next(stage), jax.random.fold_in(key, index))
         return state, {**metrics, "stage": stage}
 

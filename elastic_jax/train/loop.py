@@ -277,7 +277,8 @@ def pretrain_task(spec: RunSpec, layout: Layout, feed: DataFeed, metadata: dict[
     """Next-token cross-entropy on the experiment's data, evaluated every train.eval_every steps and at the end."""
     cfg = spec.train
     train_step, counter = make_train_step(spec.model, layout.optimizer, layout.schedule,
-                                          state_sharding=layout.state_sharding, batch_sharding=layout.batch_sharding)
+                                          state_sharding=layout.state_sharding, batch_sharding=layout.batch_sharding,
+                                          execution=cfg.execution)
     eval_fn, eval_batches = _eval_setup(spec, layout, feed)
     evaluates = eval_fn is not None or cfg.eval_prompts > 0
     return LoopTask(

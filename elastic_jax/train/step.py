@@ -17,6 +17,7 @@ from jax.sharding import NamedSharding
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.model.functional import build
+from elastic_jax.model.layer_groups import PLAIN, LayerExecution
 from elastic_jax.train.losses import head_losses, head_of, loss_chunk
 from elastic_jax.train.state import TrainState
 
@@ -42,15 +43,16 @@ def _loss_fn(model, params: Any, batch: Batch, mesh: Any = None, chunk: int = 0)
 
 def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     *, state_sharding: Any = None, batch_sharding: NamedSharding | None = None,
-                    donate: bool = True, loss_chunk_len: int = 0
+                    donate: bool = True, loss_chunk_len: int = 0, execution: LayerExecution = PLAIN
                     ) -> tuple[Callable[[TrainState, Batch], tuple[TrainState, dict]], TraceCounter]:
     """(step_fn, counter): step_fn(state, batch) -> (new state, metrics {loss, grad_norm, lr, tokens}).
 
     `batch` holds inputs/targets [b, L] int32 and loss_mask [b, L] (and segment_ids [b, L] int32 for packed
     documents); the loss is the mean over masked tokens of the whole global batch. With shardings given, the
     state keeps its layout across steps. `loss_chunk_len`: sequence positions per chunk of logits (0: automatic).
+    `execution`: rematerialisation and the layer scan (model/layer_groups.py; the same values).
     """
-    model = build(model_cfg)
+    model = build(model_cfg, execution=execution)
     counter = TraceCounter()
     mesh = batch_sharding.mesh if batch_sharding is not None else None
 
