@@ -7,11 +7,12 @@ to mesh axes, as data, so a different parallelism layout is a different rule tab
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -109,6 +110,17 @@ def make_mesh(mesh_cfg: Mapping[str, int] | None = None, devices: Sequence[jax.D
     except (ValueError, AssertionError, NotImplementedError):
         grid = np.asarray(devices, dtype=object).reshape(shape)
     return Mesh(grid, MESH_AXES)
+
+
+@contextlib.contextmanager
+def tracing_on(mesh: Mesh | None) -> Iterator[None]:
+    """Inside a traced step: `mesh` as the current abstract mesh, so the layers that run a `shard_map` under a mesh
+    (the Pallas TPU SSD kernel, MoE routing on each device's own rows: model/local_rows.py) see it."""
+    if mesh is None:
+        yield
+        return
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        yield
 
 
 def _key_name(entry: Any) -> str:

@@ -220,7 +220,7 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
     opt_b = _shard_bytes(state.opt_state, state_sh.opt_state)
     batch_b = _shard_bytes(batch, jax.tree.map(lambda _: batch_sh, batch))
     t0 = time.perf_counter()
-    with jax.set_mesh(mesh), compiling_for(platform):
+    with jax.set_mesh(mesh), compiling_for(platform, on_host_devices=platform == "gpu"):
         lowered = step.lower(*args)
         kernels = lowered.as_text().count("ssd_chunk_scan_tpu")  # Pallas TPU SSD calls in the program
         try:

@@ -21,9 +21,11 @@ import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.kernels.ssd._target import backend as compile_target
+from elastic_jax.kernels.ssd._target import host_experts
 from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, declare, declared_param, dim, prefixed
 from elastic_jax.model.decode_views import DECODE_VIEWS
 from elastic_jax.model.experts_looped import experts_looped
+from elastic_jax.model.local_rows import on_local_rows
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 from elastic_jax.model.mlp import MLP, mlp_declarations, relu2
 
@@ -248,40 +250,59 @@ class MoE(nn.Module):
         down = declared_param(self, decl["down_proj"], init)
 
         tokens = x.reshape(-1, self.hidden_size)
-        idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
-                             topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
-                             scaling=self.routed_scaling_factor, expert_mask=masks.experts)
-        if self.impl == "dense" and not self.is_mutable_collection("intermediates"):
-            routed = experts_dense(tokens.astype(self.dtype), idx, weights, up.astype(self.dtype),
-                                   down.astype(self.dtype), masks.expert_ffn)
-            return self._with_shared(x, routed, masks)
-        order, token_of_row, group_sizes = _sort_assignments(idx, self.num_experts)
-        x_rows = tokens[token_of_row].astype(self.dtype)
         impl = self.impl
         if impl == "auto":
-            impl = "looped" if compile_target() == "cpu" else "ragged"  # a plan's target, else this host
+            # a plan's target, else this host; a GPU plan compiled on CPU devices sizes the CPU loop's rows
+            impl = "looped" if compile_target() == "cpu" or host_experts() else "ragged"
         decode_sized = tokens.shape[0] * self.top_k <= self.num_experts
         if impl == "looped" and decode_sized:
             impl = "blocked"  # decode: a row or two per expert, gather just the routed experts' weights
-        expert_fn = {"ragged": experts_ragged, "blocked": experts_blocked, "windowed": experts_windowed,
-                     "looped": experts_looped}[impl]
-        if decode_sized and self.has_variable(DECODE_VIEWS, "up_proj"):  # no copies: see decode_views.py
+        views = decode_sized and self.has_variable(DECODE_VIEWS, "up_proj")
+        if not views and not self.is_mutable_collection("intermediates"):  # training, prefill, evaluation
+            routed = on_local_rows(self._routed, x, (gate_w, bias, up, down, masks.experts, masks.expert_ffn),
+                                   impl=impl)
+            return self._with_shared(x, routed.reshape(tokens.shape), masks)
+        idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
+                             topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
+                             scaling=self.routed_scaling_factor, expert_mask=masks.experts)
+        order, token_of_row, group_sizes = _sort_assignments(idx, self.num_experts)
+        x_rows = tokens[token_of_row].astype(self.dtype)
+        if views:  # no copies: see decode_views.py
             y_rows = experts_switched(x_rows, group_sizes, self.get_variable(DECODE_VIEWS, "up_proj"),
                                       self.get_variable(DECODE_VIEWS, "down_proj"), masks.expert_ffn)
-        elif self.is_mutable_collection("intermediates"):  # importance (elastic/importance.py) reads every row
+        else:  # importance (elastic/importance.py) reads every row
             y_rows, hidden = experts_ragged_parts(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype),
                                                   masks.expert_ffn)
             self.sow("intermediates", ROUTED_ROWS, {"hidden": hidden, "outputs": y_rows, "tokens": token_of_row,
                                                     "weights": weights.reshape(-1)[order],
                                                     "experts": idx.reshape(-1)[order]})
-        elif masks.expert_ffn is None:
-            y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype))
-        else:
-            y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype),
-                               ffn_mask=masks.expert_ffn)
         y_rows = y_rows.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
         routed = jnp.zeros((tokens.shape[0], self.hidden_size), jnp.float32).at[token_of_row].add(y_rows)
         return self._with_shared(x, routed, masks)
+
+    def _routed(self, x: jax.Array, gate_w: jax.Array, bias: jax.Array, up: jax.Array, down: jax.Array,
+                expert_mask: jax.Array | None, ffn_mask: jax.Array | None, *, impl: str) -> jax.Array:
+        """The routed experts' weighted output [..., D] (float32) for tokens x [..., D]: route, sort the
+        (token, expert) rows by expert, the grouped FFN (`impl`), weight, and add back to the tokens."""
+        tokens = x.reshape(-1, self.hidden_size)
+        idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
+                             topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
+                             scaling=self.routed_scaling_factor, expert_mask=expert_mask)
+        if impl == "dense":
+            routed = experts_dense(tokens.astype(self.dtype), idx, weights, up.astype(self.dtype),
+                                   down.astype(self.dtype), ffn_mask)
+            return routed.reshape(x.shape)
+        order, token_of_row, group_sizes = _sort_assignments(idx, self.num_experts)
+        x_rows = tokens[token_of_row].astype(self.dtype)
+        expert_fn = {"ragged": experts_ragged, "blocked": experts_blocked, "windowed": experts_windowed,
+                     "looped": experts_looped}[impl]
+        if ffn_mask is None:
+            y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype))
+        else:
+            y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype), ffn_mask=ffn_mask)
+        y_rows = y_rows.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
+        routed = jnp.zeros((tokens.shape[0], self.hidden_size), jnp.float32).at[token_of_row].add(y_rows)
+        return routed.reshape(x.shape)
 
     def _with_shared(self, x: jax.Array, routed: jax.Array, masks: LayerMasks) -> tuple[jax.Array, None]:
         shared, _ = MLP(hidden_size=self.hidden_size, intermediate_size=self.shared_size, dtype=self.dtype,

@@ -162,9 +162,10 @@ def make_elastic_step(cfg: ModelConfig, router: Router, lc: JointLossConfig, opt
         counter.count += 1
         progress = state.step.astype(jnp.float32) / max(total_steps - 1, 1)
         batch = batch_for_step(batch)
-        (loss, metrics), grads = jax.value_and_grad(
-            lambda p: joint_loss(cfg, router, lc, p, teacher_params, batch, key, progress, mesh),
-            has_aux=True)(state.params)
+        with distributed.tracing_on(mesh):
+            (loss, metrics), grads = jax.value_and_grad(
+                lambda p: joint_loss(cfg, router, lc, p, teacher_params, batch, key, progress, mesh),
+                has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         if all(spec is not None for spec in lc.fixed_specs):  # architectures fixed: the router stays put
             updates = {"model": updates["model"], "router": jax.tree.map(jnp.zeros_like, updates["router"])}

@@ -16,6 +16,7 @@ import optax
 from jax.sharding import NamedSharding
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.distributed import tracing_on
 from elastic_jax.model.functional import build
 from elastic_jax.model.layer_groups import PLAIN, LayerExecution
 from elastic_jax.train.losses import head_losses, head_of, loss_chunk
@@ -59,8 +60,9 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
     def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         counter.count += 1
         batch = batch_for_step(batch)
-        (loss, tokens), grads = jax.value_and_grad(lambda p: _loss_fn(model, p, batch, mesh, loss_chunk_len),
-                                                     has_aux=True)(state.params)
+        with tracing_on(mesh):
+            (loss, tokens), grads = jax.value_and_grad(lambda p: _loss_fn(model, p, batch, mesh, loss_chunk_len),
+                                                         has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": jnp.asarray(schedule(state.step)),
@@ -84,7 +86,8 @@ def make_eval_step(model_cfg: ModelConfig, *, param_sharding: Any = None,
 
     def eval_fn(params: Any, batch: Batch) -> dict[str, jax.Array]:
         counter.count += 1
-        loss, tokens = _loss_fn(model, params, batch_for_step(batch), mesh)
+        with tracing_on(mesh):
+            loss, tokens = _loss_fn(model, params, batch_for_step(batch), mesh)
         return {"loss": loss, "tokens": tokens}
 
     kwargs: dict[str, Any] = {}
