@@ -199,7 +199,8 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
         fixed = tuple(router.spec_for(router_init, b) if mode == "static" else None for b in ec.budgets)
         lc = JointLossConfig(weights=tuple([1.0] * len(ec.budgets)), fixed_specs=fixed,
                              router_weight=ec.router.loss_weight, ce_weight=ec.ce_weight,
-                             kd_temperature=ec.kd_temperature, execution=train.execution)
+                             kd_temperature=ec.kd_temperature, execution=train.execution,
+                             micro_batches=train.micro_batches)
         optimizer, schedule = make_elastic_optimizer(train, ec.router.lr_multiplier)
         params = {"model": model_params, "router": jax.eval_shape(lambda: router_init)}
         params_sh = {"model": distributed.param_shardings(model_params, mesh),
@@ -214,7 +215,7 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
         params_sh = distributed.param_shardings(model_params, mesh)
         state, state_sh = state_layout(mesh, model_params, params_sh, optimizer)
         step, _ = make_train_step(cfg, optimizer, schedule, state_sharding=state_sh, batch_sharding=batch_sh,
-                                  execution=train.execution)
+                                  execution=train.execution, micro_batches=train.micro_batches)
         args, teacher = (state, batch), 0
     params_b = _shard_bytes(state.params, state_sh.params)
     opt_b = _shard_bytes(state.opt_state, state_sh.opt_state)
@@ -274,7 +275,8 @@ def candidate_meshes(configured: dict[str, int], num_devices: int) -> list[dict[
 
 
 def _fit_advice(result: dict[str, Any], hbm: int) -> str:
-    """Fits as compiled, or the micro-batch (rows per step) that would, scaling temporaries with rows (estimated)."""
+    """Fits as compiled, or the gradient-accumulation count (train.micro_batches) that would, scaling the compiled
+    temporaries down with the rows alive at once (an estimate; compile with it to check)."""
     if result["total_bytes"] <= hbm:
         return "fits as compiled"
     said = f"XLA refused to compile it: {result['compiler_refusal']}; " if "compiler_refusal" in result else ""
@@ -282,38 +284,51 @@ def _fit_advice(result: dict[str, Any], hbm: int) -> str:
     if fixed > hbm:
         return (f"{said}does not fit: parameters, optimizer state and teacher alone need {fixed / GiB:.1f} GiB per "
                 "device; use more devices or a mesh that shards them further")
-    gb = result["global_batch"]
-    for rows in sorted((d for d in range(1, gb) if gb % d == 0), reverse=True):
-        if fixed + result["bytes"]["activations_and_temporaries"] * rows / gb <= hbm:
-            return (f"{said}estimated to fit with train.global_batch={rows} per step (temporaries scaled from the "
-                    f"compiled {gb}; the steps do not accumulate gradients, so this is the batch per optimizer step)")
-    return f"{said}does not fit even at one row per step"
+    compiled = result.get("micro_batches", 1)
+    local_rows = result["global_batch"] // (result["mesh"].get("data", 1) * result["mesh"].get("fsdp", 1))
+    per_micro = local_rows // compiled
+    for k in (d for d in range(2, per_micro + 1) if per_micro % d == 0):
+        if fixed + result["bytes"]["activations_and_temporaries"] / k <= hbm:
+            return (f"{said}estimated to fit with train.micro_batches={k * compiled} (the same global batch, "
+                    f"gradients accumulated over {k * compiled} slices; temporaries scaled from the compiled "
+                    f"{compiled}, so compile with it to check)")
+    return f"{said}does not fit even with one row per device at a time"
 
 
 def _compile_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
                         budgets: Sequence[float] | None, meshes: Sequence[dict[str, int]] | None,
                         programs: Sequence[str], devices: list[Any]) -> dict[str, list[dict[str, Any]]]:
-    """Every mesh of every program; when none fits without rematerialisation, the best mesh again with
-    train.remat=block and train.scan_layers=true (each block's activations recomputed in the backward pass, the
-    repeated layers scanned: without the scan the CPU compiler standing in for GPUs schedules every recomputation
-    at once and saves nothing)."""
+    """Every mesh of every program. When none fits: the best mesh again with train.remat=block and
+    train.scan_layers=true (each block's activations recomputed in the backward pass, the repeated layers scanned:
+    without the scan the CPU compiler standing in for GPUs schedules every recomputation at once and saves
+    nothing), then, if that does not fit either, with the micro-batch count that `_fit_advice` estimates."""
     exp, ec = _experiment(config, overrides, budgets)
     meshes = list(meshes) if meshes else candidate_meshes(exp.mesh.to_dict(), target.num_devices)
     out: dict[str, list[dict[str, Any]]] = {}
     for program in programs:
         results = [_compile_or_error(exp, ec, program, mode, sizes, devices, target) for sizes in meshes]
-        ok = [r for r in results if "error" not in r]
-        if ok and exp.train.remat == "none" and not any(r["total_bytes"] <= target.hbm_bytes for r in ok):
+        retries = [] if exp.train.remat != "none" else [["train.remat=block", "train.scan_layers=true"]]
+        for retry in [*retries, "micro_batches"]:
+            ok = [r for r in results if "error" not in r]
+            if not ok or any(r["total_bytes"] <= target.hbm_bytes for r in ok):
+                break
             best = min(ok, key=lambda r: r["total_bytes"])
-            remat, _ = _experiment(config, [*overrides, "train.remat=block", "train.scan_layers=true"], budgets)
-            results.append(_compile_or_error(remat, ec, program, mode, best["mesh"], devices, target))
+            if retry == "micro_batches":  # check the estimate of _fit_advice by compiling it
+                found = re.search(r"train\.micro_batches=(\d+)", _fit_advice(best, target.hbm_bytes))
+                if not found:
+                    break
+                retry = [f"train.micro_batches={found.group(1)}"]
+            current = [f"train.remat={best['remat']}", f"train.scan_layers={best['scan_layers']}"]
+            again, _ = _experiment(config, [*overrides, *current, *retry], budgets)
+            results.append(_compile_or_error(again, ec, program, mode, best["mesh"], devices, target))
         out[program] = results
     return out
 
 
 def _compile_or_error(exp: Any, ec: Any, program: str, mode: str, sizes: dict[str, int], devices: list[Any],
                       target: Target) -> dict[str, Any]:
-    execution = {"remat": exp.train.remat, "scan_layers": exp.train.scan_layers}
+    execution = {"remat": exp.train.remat, "scan_layers": exp.train.scan_layers,
+                 "micro_batches": exp.train.micro_batches}
     try:
         return {**compile_program(exp, ec, program, mode, sizes, devices, target.platform), **execution}
     except ConfigError as err:  # e.g. the batch does not split over this mesh
@@ -366,14 +381,17 @@ def _assemble(exp: Any, ec: Any, tgt: Target, mode: str, results: dict[str, list
     total, active = count_params(exp.model)
     compiled = ("every figure compiled by XLA for the TPU topology" if tgt.platform == "tpu" else
                 "parameters / optimizer state / teacher: exact from the shardings; activations, temporaries and FLOPs:"
-                " compiled for CPU devices standing in for the GPUs (an estimate of the GPU compiler's)")
+                " compiled for CPU devices standing in for the GPUs (an estimate of the GPU compiler's; MoE layers as "
+                "the CPU expert loop, which holds the routed rows as a grouped GEMM does; FLOPs count a loop body "
+                "once)")
     out: dict[str, Any] = {
         "target": tgt.name, "platform": tgt.platform, "topology": tgt.topology, "device_count": tgt.num_devices,
         "hbm_bytes_per_device": tgt.hbm_bytes, "mode": mode, "budgets": list(ec.budgets),
         "model": {"total_params": total, "active_params": active}, "figures": compiled,
         "rematerialisation": f"train.remat={exp.train.remat}, train.scan_layers={exp.train.scan_layers} as "
-                             "configured; when no mesh fits without it, the best mesh is also compiled with "
-                             "train.remat=block and train.scan_layers=true",
+                             "configured; when no mesh fits, the best mesh is compiled again with "
+                             "train.remat=block and train.scan_layers=true, then with the estimated "
+                             "train.micro_batches",
         "programs": {}}
     for program, tried in results.items():
         ok = [r for r in tried if "error" not in r]
@@ -410,7 +428,8 @@ def host_memory(model: Any, tgt: Target, programs: dict[str, Any]) -> dict[str, 
 
 def _execution_name(r: dict[str, Any]) -> str:
     parts = ([f"remat {r['remat']}"] if r.get("remat", "none") != "none" else []) + \
-        (["layer scan"] if r.get("scan_layers") else [])
+        (["layer scan"] if r.get("scan_layers") else []) + \
+        ([f"{r['micro_batches']} micro-batches"] if r.get("micro_batches", 1) > 1 else [])
     return f" ({', '.join(parts)})" if parts else ""
 
 

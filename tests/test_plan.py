@@ -98,3 +98,12 @@ def test_a_plan_that_does_not_fit_is_compiled_again_with_rematerialisation():
     assert remat["bytes"]["activations_and_temporaries"] < 0.5 * plain["bytes"]["activations_and_temporaries"]
     assert "(remat block, layer scan)" in plan.format_plan(
         plan._assemble(*plan._experiment("tiny_elastic", overrides, None), tight, "mask", out))
+    # a device that holds the state and half the rematerialised temporaries: the plan estimates two micro-batches
+    # and compiles them to check
+    fixed = remat["total_bytes"] - remat["bytes"]["activations_and_temporaries"]
+    half = plan.Target(name="1xHalf", platform="gpu", num_devices=1,
+                       hbm_bytes=fixed + int(0.6 * remat["bytes"]["activations_and_temporaries"]))
+    tried = plan._compile_candidates("tiny_elastic", overrides, half, "mask", None, [{"data": 1}], ("pretrain",),
+                                     jax.devices()[:1])["pretrain"]
+    assert [(r["remat"], r["micro_batches"]) for r in tried] == [("none", 1), ("block", 1), ("block", 2)]
+    assert tried[2]["bytes"]["activations_and_temporaries"] < remat["bytes"]["activations_and_temporaries"]

@@ -48,13 +48,14 @@ class TrainConfig(schema.Section):
     progress_bar: bool = True  #: show a progress bar on the terminal
     remat: str = "none"  #: recompute activations in the backward pass: none, block (keep block inputs only), dots
     scan_layers: bool = False  #: run repeated layer groups as one scan (compile time independent of depth)
+    micro_batches: int = 1  #: accumulate gradients over this many slices of each global batch (same step)
 
     def __post_init__(self):
-        ints = ("seed", "seq_len", "global_batch", "total_steps", "schedule_steps", "warmup_steps", "log_every",
+        ints = ("seed", "seq_len", "global_batch", "micro_batches", "total_steps", "schedule_steps", "warmup_steps", "log_every",
                 "eval_every", "eval_batches", "eval_prompts", "eval_max_new_tokens")
         for name in ints:
             value = getattr(self, name)
-            positive = name in ("seq_len", "global_batch", "total_steps", "log_every")
+            positive = name in ("seq_len", "global_batch", "micro_batches", "total_steps", "log_every")
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if positive else 0):
                 raise invalid(self, name, f"must be an integer {'>= 1' if positive else '>= 0'}, got {value!r}")
         for name in ("lr", "weight_decay", "eps", "clip_norm"):

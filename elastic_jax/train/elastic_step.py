@@ -28,6 +28,7 @@ from elastic_jax.model.functional import build
 from elastic_jax.model.layer_groups import PLAIN, LayerExecution
 from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.losses import Head, head_losses, head_of, loss_chunk
+from elastic_jax.train.micro_batches import value_and_grad_accumulated
 from elastic_jax.train.optim import learning_rate_schedule, param_labels
 from elastic_jax.train.state import TrainState
 from elastic_jax.train.step import TraceCounter, batch_for_step
@@ -46,6 +47,7 @@ class JointLossConfig:
     kd_temperature: float = 1.0
     loss_chunk: int = 0  # sequence positions per chunk of logits; 0: automatic (losses.LOGITS_CHUNK_BYTES)
     execution: LayerExecution = PLAIN  # rematerialisation and the layer scan of every forward pass (same values)
+    micro_batches: int = 1  # gradients accumulated over this many slices of the batch (train/micro_batches.py)
 
     def __post_init__(self):
         if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
@@ -163,9 +165,9 @@ def make_elastic_step(cfg: ModelConfig, router: Router, lc: JointLossConfig, opt
         progress = state.step.astype(jnp.float32) / max(total_steps - 1, 1)
         batch = batch_for_step(batch)
         with distributed.tracing_on(mesh):
-            (loss, metrics), grads = jax.value_and_grad(
-                lambda p: joint_loss(cfg, router, lc, p, teacher_params, batch, key, progress, mesh),
-                has_aux=True)(state.params)
+            (loss, metrics), grads = value_and_grad_accumulated(
+                lambda p, b: joint_loss(cfg, router, lc, p, teacher_params, b, key, progress, mesh), state.params,
+                batch, lc.micro_batches)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         if all(spec is not None for spec in lc.fixed_specs):  # architectures fixed: the router stays put
             updates = {"model": updates["model"], "router": jax.tree.map(jnp.zeros_like, updates["router"])}

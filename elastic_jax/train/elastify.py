@@ -345,7 +345,7 @@ def elastify_task(run: ElasticRun, steps: StepCache) -> LoopTask:
                              fixed_specs=tuple(run.specs.get(b) for b in ec.budgets),
                              router_weight=ec.router.loss_weight,
                              ce_weight=ec.ce_weight, kd_temperature=ec.kd_temperature,
-                             execution=spec.train.execution)
+                             execution=spec.train.execution, micro_batches=spec.train.micro_batches)
         state, metrics = steps.get(lc)(state, run.teacher, run.feeds.next(stage), jax.random.fold_in(key, index))
         return state, {**metrics, "stage": stage}
 

@@ -32,6 +32,7 @@ from elastic_jax.plan import check_fits_locally
 from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.evaluation import eval_loss, reasoning_accuracy
 from elastic_jax.train.metrics import MetricsWriter
+from elastic_jax.train.micro_batches import MicroBatchError, check_micro_batches
 from elastic_jax.train.optim import make_optimizer
 from elastic_jax.train.run_loop import LoopSettings, LoopTask, resume_settings, run_loop
 from elastic_jax.train.state import TrainState
@@ -112,6 +113,10 @@ def global_batch_sharding(train: TrainConfig, mesh: jax.sharding.Mesh) -> NamedS
     if train.global_batch % data_shards or train.global_batch % jax.process_count():
         raise ConfigError(f"train.global_batch: {train.global_batch} rows cannot be split evenly over the "
                           f"mesh's data x fsdp = {data_shards} batch shards and {jax.process_count()} process(es)")
+    try:
+        check_micro_batches(train.micro_batches, train.global_batch, data_shards)
+    except MicroBatchError as err:
+        raise ConfigError(str(err)) from None
     return distributed.batch_sharding(mesh, global_batch=train.global_batch)
 
 
@@ -278,7 +283,7 @@ def pretrain_task(spec: RunSpec, layout: Layout, feed: DataFeed, metadata: dict[
     cfg = spec.train
     train_step, counter = make_train_step(spec.model, layout.optimizer, layout.schedule,
                                           state_sharding=layout.state_sharding, batch_sharding=layout.batch_sharding,
-                                          execution=cfg.execution)
+                                          execution=cfg.execution, micro_batches=cfg.micro_batches)
     eval_fn, eval_batches = _eval_setup(spec, layout, feed)
     evaluates = eval_fn is not None or cfg.eval_prompts > 0
     return LoopTask(

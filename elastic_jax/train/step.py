@@ -20,6 +20,7 @@ from elastic_jax.distributed import tracing_on
 from elastic_jax.model.functional import build
 from elastic_jax.model.layer_groups import PLAIN, LayerExecution
 from elastic_jax.train.losses import head_losses, head_of, loss_chunk
+from elastic_jax.train.micro_batches import value_and_grad_accumulated
 from elastic_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -44,7 +45,8 @@ def _loss_fn(model, params: Any, batch: Batch, mesh: Any = None, chunk: int = 0)
 
 def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     *, state_sharding: Any = None, batch_sharding: NamedSharding | None = None,
-                    donate: bool = True, loss_chunk_len: int = 0, execution: LayerExecution = PLAIN
+                    donate: bool = True, loss_chunk_len: int = 0, execution: LayerExecution = PLAIN,
+                    micro_batches: int = 1
                     ) -> tuple[Callable[[TrainState, Batch], tuple[TrainState, dict]], TraceCounter]:
     """(step_fn, counter): step_fn(state, batch) -> (new state, metrics {loss, grad_norm, lr, tokens}).
 
@@ -52,6 +54,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
     documents); the loss is the mean over masked tokens of the whole global batch. With shardings given, the
     state keeps its layout across steps. `loss_chunk_len`: sequence positions per chunk of logits (0: automatic).
     `execution`: rematerialisation and the layer scan (model/layer_groups.py; the same values).
+    `micro_batches`: gradients accumulated over that many slices of the batch (train/micro_batches.py).
     """
     model = build(model_cfg, execution=execution)
     counter = TraceCounter()
@@ -61,8 +64,9 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
         counter.count += 1
         batch = batch_for_step(batch)
         with tracing_on(mesh):
-            (loss, tokens), grads = jax.value_and_grad(lambda p: _loss_fn(model, p, batch, mesh, loss_chunk_len),
-                                                         has_aux=True)(state.params)
+            (loss, _), grads = value_and_grad_accumulated(
+                lambda p, b: _loss_fn(model, p, b, mesh, loss_chunk_len), state.params, batch, micro_batches)
+        tokens = batch["loss_mask"].astype(jnp.float32).sum()
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": jnp.asarray(schedule(state.step)),
