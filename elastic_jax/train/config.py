@@ -51,8 +51,8 @@ class TrainConfig(schema.Section):
     micro_batches: int = 1  #: accumulate gradients over this many slices of each global batch (same step)
 
     def __post_init__(self):
-        ints = ("seed", "seq_len", "global_batch", "micro_batches", "total_steps", "schedule_steps", "warmup_steps", "log_every",
-                "eval_every", "eval_batches", "eval_prompts", "eval_max_new_tokens")
+        ints = ("seed", "seq_len", "global_batch", "micro_batches", "total_steps", "schedule_steps", "warmup_steps",
+                "log_every", "eval_every", "eval_batches", "eval_prompts", "eval_max_new_tokens")
         for name in ints:
             value = getattr(self, name)
             positive = name in ("seq_len", "global_batch", "micro_batches", "total_steps", "log_every")
