@@ -17,4 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
         norm_topk_prob=True, max_position_embeddings=262144, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         compute_dtype="bfloat16",
     ))
+    # At this size every block is recomputed in the backward pass and the repeated layer groups run as scans
+    # (14 layer bodies compiled instead of 52); neither changes the values (docs/training.md, docs/plan.md).
+    config.train = ml_collections.ConfigDict(dict(remat="block", scan_layers=True))
     return config

@@ -57,13 +57,17 @@ def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path
 
 @pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has made its factory
 def pytest_configure(config):
-    """One persistent compilation cache per test run: a program that one test (or xdist worker) compiled is loaded,
-    not compiled again, by another with the same shapes, also where each builds its own jitted function. Set here,
-    before anything compiles: JAX decides once per process whether it uses the cache."""
+    """One persistent compilation cache per test run: a program that one test (or xdist worker, or a process a
+    test starts) compiled is loaded, not compiled again, by another with the same shapes, also where each builds
+    its own jitted function. Set here, before anything compiles: JAX decides once per process whether it uses
+    the cache."""
     cache = run_root(config._tmp_path_factory) / "xla_cache"
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # the processes the tests start (CLI runs, the reproduce rows, notebook kernels) share it too
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 @dataclasses.dataclass(frozen=True)
