@@ -106,6 +106,18 @@ def _scoped_env(**values: str) -> Iterator[None]:
             os.environ.pop(name, None)
 
 
+# libtpu, started on a host that is no TPU worker, sets these in the C environment (not in os.environ) to warnings
+# such as "WARNING: could not determine TPU worker number"; every process started afterwards would inherit them and
+# look like a TPU pod worker (distributed.detect_cluster), e.g. a pretraining run started from the same process.
+LIBTPU_GUESSES = ("TPU_WORKER_ID", "CLOUD_TPU_TASK_ID", "CLOUD_TPU_ACCELERATOR_TYPE", "TPU_ACCELERATOR_TYPE")
+
+
+def _unset_libtpu_guesses() -> None:
+    for name in LIBTPU_GUESSES:
+        if name not in os.environ:  # set by libtpu, not by the user
+            os.unsetenv(name)
+
+
 def tpu_devices(target: Target) -> list[Any]:
     """The devices of a TPU topology, from libtpu's compile-only client (no TPU needed)."""
     try:
@@ -114,7 +126,9 @@ def tpu_devices(target: Target) -> list[Any]:
         # Only while libtpu starts: left set, TPU_WORKER_HOSTNAMES would make this process (and every process it
         # starts) look like a TPU pod worker to distributed.detect_cluster.
         with _scoped_env(ALLOW_MULTIPLE_LIBTPU_LOAD="1", TPU_WORKER_HOSTNAMES="localhost"):
-            return list(topologies.get_topology_desc(target.topology, "tpu").devices)
+            devices = list(topologies.get_topology_desc(target.topology, "tpu").devices)
+        _unset_libtpu_guesses()
+        return devices
     except ImportError as err:  # pragma: no cover - depends on the install
         raise ConfigError("--target: TPU plans need libtpu; pip install 'elastic_jax[tpu-plan]'",
                           section="target") from err

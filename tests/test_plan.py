@@ -48,6 +48,11 @@ def test_tpu_plan_on_four_v5p_chips_has_the_pallas_kernel_in_the_sharded_program
     assert best["bytes"]["parameters"] > 0 and best["bytes"]["teacher"] > 0 and best["bytes"]["optimizer_state"] > 0
     assert best["total_bytes"] >= best["bytes"]["activations_and_temporaries"] > 0
     assert best["flops_per_step"] > 0 and best["fits"] and p["fits"]
+    # libtpu's guesses ("WARNING: could not determine TPU worker number") must not reach the processes started
+    # afterwards, or a training run started from here would take itself for a TPU pod worker
+    child = subprocess.run([sys.executable, "-c", "from elastic_jax.distributed import detect_cluster; "
+                            "print(detect_cluster())"], capture_output=True, text=True)
+    assert child.stdout.strip() == "single", child.stderr[-2000:]
 
 
 def test_gpu_plan_on_fake_devices_prints_json_from_the_cli():

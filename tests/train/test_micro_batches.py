@@ -1,5 +1,6 @@
 """Gradient accumulation over micro-batches gives the whole batch's step: the pretraining step and the joint
-elastic loss (masked and sliced students, router resource term), values and gradients."""
+elastic loss (masked and sliced students, router resource term), values and gradients; the joint loss also with
+every forward pass rematerialised and its repeated layers scanned."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from elastic_jax import distributed
 from elastic_jax.config import ConfigError
 from elastic_jax.elastic.router import Router, RouterConfig
 from elastic_jax.experiment import load_config
+from elastic_jax.model.layer_groups import LayerExecution
 from elastic_jax.train import TrainConfig, TrainState, make_optimizer, make_train_step
 from elastic_jax.train.elastic_step import JointLossConfig, joint_loss
 from elastic_jax.train.loop import global_batch_sharding
 from elastic_jax.train.micro_batches import split_rows, value_and_grad_accumulated
 
-CFG = load_config("tiny").replace(pattern="*E", hidden_size=32)
+CFG = load_config("tiny").replace(pattern="*E*E", hidden_size=32)  # "*E" twice: one scanned pair
 
 
 def _close(a, b, tol=2e-6):
@@ -65,11 +67,12 @@ def test_joint_loss_with_micro_batches_equals_one_pass(batch):
                          fixed_specs=(None, None, router.spec_for(params["router"], 0.4)))
     key, progress = jax.random.PRNGKey(7), jnp.asarray(0.3)
 
-    def loss(p, b):
-        return joint_loss(CFG, router, lc, p, teacher, b, key, progress)
+    def loss(lc):
+        return lambda p, b: joint_loss(CFG, router, lc, p, teacher, b, key, progress)
 
-    want = jax.jit(lambda p: value_and_grad_accumulated(loss, p, batch, 1))(params)
-    got = jax.jit(lambda p: value_and_grad_accumulated(loss, p, batch, 2))(params)
+    want = jax.jit(lambda p: value_and_grad_accumulated(loss(lc), p, batch, 1))(params)
+    scanned = dataclasses.replace(lc, execution=LayerExecution(remat="block", scan_layers=True))
+    got = jax.jit(lambda p: value_and_grad_accumulated(loss(scanned), p, batch, 2))(params)
     _close(got, want, tol=2e-5)  # gradients of order 10-100, summed in another order
 
 
