@@ -53,18 +53,17 @@ def test_pretraining_step_with_micro_batches_equals_one_pass(batch):
     optimizer, schedule = make_optimizer(train, params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
     outs = [make_train_step(CFG, optimizer, schedule, donate=False, micro_batches=k)[0](state, batch)
-            for k in (1, 2, 4)]
+            for k in (1, 4)]  # four micro-batches: one row each
     for new_state, metrics in outs[1:]:
         _close(metrics, outs[0][1])
         _close(new_state.params, outs[0][0].params)
 
 
 def test_joint_loss_with_micro_batches_equals_one_pass(batch):
-    router = Router(CFG, RouterConfig(budgets=(1.0, 0.7, 0.4)))
+    router = Router(CFG, RouterConfig(budgets=(1.0, 0.4)))  # a masked student and a static slice
     params = {"model": ej.init_params(CFG, 1), "router": router.init(jax.random.PRNGKey(2))}
     teacher = jax.tree.map(lambda x: x * 1.01, params["model"])
-    lc = JointLossConfig(weights=(1.0, 1.0, 1.0), ce_weight=0.1,
-                         fixed_specs=(None, None, router.spec_for(params["router"], 0.4)))
+    lc = JointLossConfig(weights=(1.0, 1.0), ce_weight=0.1, fixed_specs=(None, router.spec_for(params["router"], 0.4)))
     key, progress = jax.random.PRNGKey(7), jnp.asarray(0.3)
 
     def loss(lc):
