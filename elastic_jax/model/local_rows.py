@@ -3,9 +3,9 @@
 Routing sorts a layer's (token, expert) rows by expert. Traced over the global batch, XLA's partitioner cannot
 split that sort by devices, so every device would sort, gather and multiply the whole global batch's rows (on 16
 devices at the Nano shape, 23 GiB per MoE layer instead of about 1.5). Wrapped in a `shard_map` over the batch
-axes, each device routes its own rows: the weights enter whole (XLA gathers the FSDP-sharded ones first, as it
-does for any layer) and their gradients are summed over the devices. Without a mesh, or on one device, the
-function runs as is.
+axes, each device routes its own rows: the weights enter whole over the FSDP axis (XLA gathers them first, as it
+does for any layer), split over `tensor` where the caller says so, and their gradients are summed over the
+devices. Without a mesh, or on one device, the function runs as is.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from jax.sharding import PartitionSpec as P
 from elastic_jax.kernels.ssd._shard import parallel_axes
 
 
-def on_local_rows(fn: Callable, x: jax.Array, replicated: Sequence[Any], **static: Any) -> jax.Array:
+def on_local_rows(fn: Callable, x: jax.Array, replicated: Sequence[Any], specs: Sequence[P] | None = None,
+                  **static: Any) -> jax.Array:
     """fn(x, *replicated, **static) -> an array shaped like x, computed row by row of x's leading (batch) axis;
-    entries of `replicated` may be None."""
+    entries of `replicated` may be None. `specs` (optional, one per entry): how an entry enters instead of whole,
+    e.g. split over `tensor` (fn then reduces over that axis itself)."""
     mesh = jax.sharding.get_abstract_mesh()
     auto = () if mesh.empty else tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)
     if not auto or math.prod(mesh.shape[a] for a in auto) == 1:
@@ -39,5 +41,6 @@ def on_local_rows(fn: Callable, x: jax.Array, replicated: Sequence[Any], **stati
         return fn(x_local, *full, **static)
 
     rows = P(batch_axes)
-    return jax.shard_map(local, mesh=mesh, in_specs=(rows, *(P() for _ in present)), out_specs=rows,
+    specs = [P()] * len(replicated) if specs is None else list(specs)
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, *(specs[i] for i in present)), out_specs=rows,
                          axis_names=set(auto), check_vma=False)(x, *(replicated[i] for i in present))

@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.kernels.ssd._target import backend as compile_target
@@ -190,6 +191,20 @@ def experts_windowed(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, d
     return jax.lax.cond(jnp.max(group_sizes) <= capacity, windows, blocked, x_rows, group_sizes, up, down, ffn_mask)
 
 
+def _tensor_axis(expert_size: int) -> str | None:
+    """The mesh axis that splits the expert width inside the per-device routing (as the weights are sharded,
+    `expert_mlp` -> `tensor`), when the current mesh has one that divides it."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "tensor" not in mesh.axis_names or "tensor" in mesh.manual_axes:
+        return None
+    size = mesh.shape["tensor"]
+    return "tensor" if size > 1 and expert_size % size == 0 else None
+
+
+def _sum_over(partial: jax.Array, axis: str | None) -> jax.Array:
+    return partial if axis is None else jax.lax.psum(partial, axis)
+
+
 EXPERTS = ("routing_groups", "group_experts")  # experts are routing-group major
 
 
@@ -259,8 +274,11 @@ class MoE(nn.Module):
             impl = "blocked"  # decode: a row or two per expert, gather just the routed experts' weights
         views = decode_sized and self.has_variable(DECODE_VIEWS, "up_proj")
         if not views and not self.is_mutable_collection("intermediates"):  # training, prefill, evaluation
+            tensor = _tensor_axis(self.expert_size)
+            t = P(tensor) if tensor else P()
+            specs = (P(), P(), P(None, None, tensor), P(None, tensor, None), P(), t)
             routed = on_local_rows(self._routed, x, (gate_w, bias, up, down, masks.experts, masks.expert_ffn),
-                                   impl=impl)
+                                   specs, impl=impl, tensor_axis=tensor)
             return self._with_shared(x, routed.reshape(tokens.shape), masks)
         idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
                              topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
@@ -281,9 +299,11 @@ class MoE(nn.Module):
         return self._with_shared(x, routed, masks)
 
     def _routed(self, x: jax.Array, gate_w: jax.Array, bias: jax.Array, up: jax.Array, down: jax.Array,
-                expert_mask: jax.Array | None, ffn_mask: jax.Array | None, *, impl: str) -> jax.Array:
+                expert_mask: jax.Array | None, ffn_mask: jax.Array | None, *, impl: str,
+                tensor_axis: str | None = None) -> jax.Array:
         """The routed experts' weighted output [..., D] (float32) for tokens x [..., D]: route, sort the
-        (token, expert) rows by expert, the grouped FFN (`impl`), weight, and add back to the tokens."""
+        (token, expert) rows by expert, the grouped FFN (`impl`), weight, and add back to the tokens. With
+        `tensor_axis`, up / down hold this device's slice of the expert width and the output is summed over it."""
         tokens = x.reshape(-1, self.hidden_size)
         idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
                              topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
@@ -291,7 +311,7 @@ class MoE(nn.Module):
         if impl == "dense":
             routed = experts_dense(tokens.astype(self.dtype), idx, weights, up.astype(self.dtype),
                                    down.astype(self.dtype), ffn_mask)
-            return routed.reshape(x.shape)
+            return _sum_over(routed, tensor_axis).reshape(x.shape)
         order, token_of_row, group_sizes = _sort_assignments(idx, self.num_experts)
         x_rows = tokens[token_of_row].astype(self.dtype)
         expert_fn = {"ragged": experts_ragged, "blocked": experts_blocked, "windowed": experts_windowed,
@@ -302,7 +322,7 @@ class MoE(nn.Module):
             y_rows = expert_fn(x_rows, group_sizes, up.astype(self.dtype), down.astype(self.dtype), ffn_mask=ffn_mask)
         y_rows = y_rows.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
         routed = jnp.zeros((tokens.shape[0], self.hidden_size), jnp.float32).at[token_of_row].add(y_rows)
-        return routed.reshape(x.shape)
+        return _sum_over(routed, tensor_axis).reshape(x.shape)
 
     def _with_shared(self, x: jax.Array, routed: jax.Array, masks: LayerMasks) -> tuple[jax.Array, None]:
         shared, _ = MLP(hidden_size=self.hidden_size, intermediate_size=self.shared_size, dtype=self.dtype,
