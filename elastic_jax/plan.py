@@ -288,9 +288,21 @@ def candidate_meshes(configured: dict[str, int], num_devices: int) -> list[dict[
     return out
 
 
+def _micro_batches_to_fit(result: dict[str, Any], hbm: int) -> int | None:
+    """The smallest train.micro_batches that would fit, scaling the compiled temporaries down with the rows alive
+    at once (an estimate), or None when even one row per device at a time would not."""
+    fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
+    compiled = result.get("micro_batches", 1)
+    local_rows = result["global_batch"] // (result["mesh"].get("data", 1) * result["mesh"].get("fsdp", 1))
+    per_micro = local_rows // compiled
+    for k in (d for d in range(2, per_micro + 1) if per_micro % d == 0):
+        if fixed + result["bytes"]["activations_and_temporaries"] / k <= hbm:
+            return k * compiled
+    return None
+
+
 def _fit_advice(result: dict[str, Any], hbm: int) -> str:
-    """Fits as compiled, or the gradient-accumulation count (train.micro_batches) that would, scaling the compiled
-    temporaries down with the rows alive at once (an estimate; compile with it to check)."""
+    """Fits as compiled, or the gradient-accumulation count (train.micro_batches) estimated to fit."""
     if result["total_bytes"] <= hbm:
         return "fits as compiled"
     said = f"XLA refused to compile it: {result['compiler_refusal']}; " if "compiler_refusal" in result else ""
@@ -298,15 +310,12 @@ def _fit_advice(result: dict[str, Any], hbm: int) -> str:
     if fixed > hbm:
         return (f"{said}does not fit: parameters, optimizer state and teacher alone need {fixed / GiB:.1f} GiB per "
                 "device; use more devices or a mesh that shards them further")
-    compiled = result.get("micro_batches", 1)
-    local_rows = result["global_batch"] // (result["mesh"].get("data", 1) * result["mesh"].get("fsdp", 1))
-    per_micro = local_rows // compiled
-    for k in (d for d in range(2, per_micro + 1) if per_micro % d == 0):
-        if fixed + result["bytes"]["activations_and_temporaries"] / k <= hbm:
-            return (f"{said}estimated to fit with train.micro_batches={k * compiled} (the same global batch, "
-                    f"gradients accumulated over {k * compiled} slices; temporaries scaled from the compiled "
-                    f"{compiled}, so compile with it to check)")
-    return f"{said}does not fit even with one row per device at a time"
+    k = _micro_batches_to_fit(result, hbm)
+    if k is None:
+        return f"{said}does not fit even with one row per device at a time"
+    return (f"{said}estimated to fit with train.micro_batches={k} (the same global batch, gradients accumulated "
+            f"over {k} slices; temporaries scaled from the compiled {result.get('micro_batches', 1)}, so compile "
+            "with it to check)")
 
 
 def _compile_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
@@ -315,7 +324,7 @@ def _compile_candidates(config: str, overrides: Sequence[str], target: Target, m
     """Every mesh of every program. When none fits: the best mesh again with train.remat=block and
     train.scan_layers=true (each block's activations recomputed in the backward pass, the repeated layers scanned:
     without the scan the CPU compiler standing in for GPUs schedules every recomputation at once and saves
-    nothing), then, if that does not fit either, with the micro-batch count that `_fit_advice` estimates."""
+    nothing), then, if that does not fit either, with the micro-batch count `_micro_batches_to_fit` estimates."""
     exp, ec = _experiment(config, overrides, budgets)
     meshes = list(meshes) if meshes else candidate_meshes(exp.mesh.to_dict(), target.num_devices)
     out: dict[str, list[dict[str, Any]]] = {}
@@ -327,11 +336,12 @@ def _compile_candidates(config: str, overrides: Sequence[str], target: Target, m
             if not ok or any(r["total_bytes"] <= target.hbm_bytes for r in ok):
                 break
             best = min(ok, key=lambda r: r["total_bytes"])
-            if retry == "micro_batches":  # check the estimate of _fit_advice by compiling it
-                found = re.search(r"train\.micro_batches=(\d+)", _fit_advice(best, target.hbm_bytes))
-                if not found:
+            if retry == "micro_batches":  # check the estimate by compiling it
+                fixed = best["total_bytes"] - best["bytes"]["activations_and_temporaries"]
+                k = None if fixed > target.hbm_bytes else _micro_batches_to_fit(best, target.hbm_bytes)
+                if k is None:
                     break
-                retry = [f"train.micro_batches={found.group(1)}"]
+                retry = [f"train.micro_batches={k}"]
             current = [f"train.remat={best['remat']}", f"train.scan_layers={best['scan_layers']}"]
             again, _ = _experiment(config, [*overrides, *current, *retry], budgets)
             results.append(_compile_or_error(again, ec, program, mode, best["mesh"], devices, target))
