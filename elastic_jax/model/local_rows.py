@@ -10,14 +10,13 @@ devices. Without a mesh, or on one device, the function runs as is.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 from jax.sharding import PartitionSpec as P
 
-from elastic_jax.kernels.ssd._shard import parallel_axes
+from elastic_jax.kernels.ssd._shard import current_mesh, parallel_axes
 
 
 def on_local_rows(fn: Callable, x: jax.Array, replicated: Sequence[Any], specs: Sequence[P] | None = None,
@@ -25,10 +24,10 @@ def on_local_rows(fn: Callable, x: jax.Array, replicated: Sequence[Any], specs: 
     """fn(x, *replicated, **static) -> an array shaped like x, computed row by row of x's leading (batch) axis;
     entries of `replicated` may be None. `specs` (optional, one per entry): how an entry enters instead of whole,
     e.g. split over `tensor` (fn then reduces over that axis itself)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    auto = () if mesh.empty else tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)
-    if not auto or math.prod(mesh.shape[a] for a in auto) == 1:
+    found = current_mesh()
+    if found is None:
         return fn(x, *replicated, **static)
+    mesh, auto = found
     batch_axes, _ = parallel_axes(mesh, x.shape[0], 1, 1)
     if not batch_axes:
         return fn(x, *replicated, **static)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.kernels.ssd._shard import current_mesh
 from elastic_jax.kernels.ssd._target import backend as compile_target
 from elastic_jax.kernels.ssd._target import host_experts
 from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, declare, declared_param, dim, prefixed
@@ -194,10 +195,10 @@ def experts_windowed(x_rows: jax.Array, group_sizes: jax.Array, up: jax.Array, d
 def _tensor_axis(expert_size: int) -> str | None:
     """The mesh axis that splits the expert width inside the per-device routing (as the weights are sharded,
     `expert_mlp` -> `tensor`), when the current mesh has one that divides it."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or "tensor" not in mesh.axis_names or "tensor" in mesh.manual_axes:
+    found = current_mesh()
+    if found is None or "tensor" not in found[1]:
         return None
-    size = mesh.shape["tensor"]
+    size = found[0].shape["tensor"]
     return "tensor" if size > 1 and expert_size % size == 0 else None
 
 

@@ -36,6 +36,16 @@ def parallel_axes(mesh, batch: int, heads: int, groups: int) -> tuple[tuple[str,
     return tuple(batch_axes), tuple(head_axes)
 
 
+def current_mesh() -> tuple[object, tuple[str, ...]] | None:
+    """(the current mesh, its automatic axes) under `jax.set_mesh` / `use_abstract_mesh` when those axes span
+    more than one device, else None (no mesh, one device, or inside a shard_map over every axis)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    auto = () if mesh.empty else tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)
+    if not auto or math.prod(mesh.shape[a] for a in auto) == 1:
+        return None
+    return mesh, auto
+
+
 def sharded_over_mesh(forward: Callable) -> Callable:
     """forward(x, dt, A, B, C, D, initial_state[, seq_idx], chunk_size, interpret), run under a shard_map over the
     current mesh's batch and head axes when there is a mesh of more than one device."""
@@ -43,10 +53,10 @@ def sharded_over_mesh(forward: Callable) -> Callable:
     @functools.wraps(forward)
     def wrapped(*args):
         *arrays, chunk_size, interpret = args
-        mesh = jax.sharding.get_abstract_mesh()
-        auto = () if mesh.empty else tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)
-        if not auto or math.prod(mesh.shape[a] for a in auto) == 1:
+        found = current_mesh()
+        if found is None:
             return forward(*args)
+        mesh, auto = found
         x, B = arrays[0], arrays[3]
         bax, hax = parallel_axes(mesh, x.shape[0], x.shape[2], B.shape[2])
         bs, hs = (bax or None), (hax or None)
