@@ -6,6 +6,7 @@ no Python dispatch. Compiled programs are cached per (config, batch, lengths, sa
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.kernels import cpu_gemv
 from elastic_jax.model.cache import init_cache
 from elastic_jax.model.decode_views import DECODE_VIEWS, decode_views
 from elastic_jax.model.functional import InputError, build, check_tokens
@@ -67,7 +69,8 @@ def _generate_fn(cfg: ModelConfig, max_new: int, temperature: float, top_k: int,
         logits, cache = model.apply({"params": params}, prompt, cache)
         out = jnp.full((batch, max_new), pad_id, jnp.int32)
         variables = {"params": params}
-        if jax.default_backend() == "cpu":  # built once, outside the loop (model/decode_views.py)
+        kernels = batch == 1 and cpu_gemv.available()  # one row: the CPU decode kernels (kernels/cpu_gemv)
+        if jax.default_backend() == "cpu" and not kernels:  # built once, outside the loop (model/decode_views.py)
             variables[DECODE_VIEWS] = decode_views(params, jnp.dtype(cfg.compute_dtype))
 
         def cond(carry):
@@ -81,7 +84,8 @@ def _generate_fn(cfg: ModelConfig, max_new: int, temperature: float, top_k: int,
             tok = jnp.where(done, pad_id, tok)
             out = out.at[:, step].set(tok)
             done = done | (tok == eos_id)
-            logits, cache = model.apply(variables, tok[:, None], cache)
+            with cpu_gemv.decode_products() if kernels else contextlib.nullcontext():
+                logits, cache = model.apply(variables, tok[:, None], cache)
             return step + 1, logits[:, -1], cache, done, out, key
 
         init = (jnp.zeros((), jnp.int32), logits[:, -1], cache, jnp.zeros((batch,), bool), out, key)

@@ -14,6 +14,7 @@ The parameters passed in are always the parent's: each program cuts its budget's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Hashable
 
@@ -24,6 +25,7 @@ from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.inference.generate import sample_next
+from elastic_jax.kernels import cpu_gemv
 from elastic_jax.model.decode_views import DECODE_VIEWS, decode_views
 from elastic_jax.model.functional import build
 from elastic_jax.model.hybrid import compute_dtype
@@ -92,21 +94,24 @@ def _sequence_step(cfg: ModelConfig, spec: ElasticSpec, moe_impl: str | None = N
 
 def _single_step(cfg: ModelConfig, spec: ElasticSpec, views: bool):
     """Batch 1 without vmap: (parent) -> variables, and f(variables, token [], cache of the one row) -> (logits [V],
-    cache). With `views` on the CPU the variables carry decode views (model/decode_views.py): one copy of every
-    expert and of each Mamba input projection per call, after which each step reads its routed experts' weights in
-    place (lax.switch; under vmap the switch would run every expert) instead of copying them out of the stacked
-    weights, and makes one Mamba input product instead of five."""
+    cache). On the CPU the step's float32 products run on the CPU decode kernels (kernels/cpu_gemv: split over the
+    cores, routed experts read in place). Without them (no C++ compiler), `views` makes the variables carry decode
+    views (model/decode_views.py): one copy of every expert and of each Mamba input projection per call, after
+    which each step reads its routed experts' weights in place (lax.switch) instead of copying them out of the
+    stacked weights, and makes one Mamba input product instead of five."""
     sub_cfg = spec.apply_to(cfg)
     model, cut = build(sub_cfg), _cut(cfg, spec)
+    kernels = cpu_gemv.available()
 
     def variables(parent):
         params = cut(parent)
-        if not views or jax.default_backend() != "cpu":
+        if kernels or not views or jax.default_backend() != "cpu":
             return {"params": params}
         return {"params": params, DECODE_VIEWS: decode_views(params, compute_dtype(sub_cfg))}
 
     def step(variables, token, cache):
-        logits, cache = model.apply(variables, token.reshape(1, 1), cache)
+        with cpu_gemv.decode_products() if kernels else contextlib.nullcontext():
+            logits, cache = model.apply(variables, token.reshape(1, 1), cache)
         return logits[0, -1], cache
 
     return variables, step

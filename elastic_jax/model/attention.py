@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
-from elastic_jax.model.declare import ParamDecl, axis, by_name, dim, kernel, linear
+from elastic_jax.kernels import cpu_gemv
+from elastic_jax.model.declare import ParamDecl, axis, by_name, dim, kernel, linear, linears
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 
 QUERY = ("kv_heads", "q_per_kv", "head_dim")  # query heads are KV-group major
@@ -55,21 +56,37 @@ class Attention(nn.Module):
         head_mask = masks.attention_heads
         batch, length, _ = x.shape
         decl, init = by_name(self.declarations()), nn.initializers.normal(self.init_std)
-        q = linear(decl["q_proj/kernel"], self.dtype, init)(x)
-        k = linear(decl["k_proj/kernel"], self.dtype, init)(x)
-        v = linear(decl["v_proj/kernel"], self.dtype, init)(x)
+        q, k, v = linears(self, [decl[f"{name}_proj/kernel"] for name in "qkv"], x, self.dtype, init)
         q = q.reshape(batch, length, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim)
         k = k.reshape(batch, length, self.num_kv_heads, self.head_dim)
         v = v.reshape(batch, length, self.num_kv_heads, self.head_dim)
 
         q_pos = jnp.arange(length)
-        new_cache = None
-        if cache is not None:
+        new_cache, out = None, None
+        groups = self.num_heads // self.num_kv_heads
+        if (cache is not None and length == 1 and batch == 1 and segment_ids is None
+                and cache["k"].dtype == jnp.float32 and cpu_gemv.active(x)):  # batch-1 decoding on the CPU
+            out, k, v = cpu_gemv.attention(q[0, 0], k[0, 0], v[0, 0], cache["k"], cache["v"], pos,
+                                           self.head_dim ** -0.5)
+            out, new_cache = out[None, None], {"k": k, "v": v}
+        elif cache is not None:
             start = jnp.asarray(pos, jnp.int32)
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, start, 0, 0))
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, start, 0, 0))
             new_cache = {"k": k, "v": v}
             q_pos = q_pos + start
+        if out is None:
+            out = self._attend(q, k, v, q_pos, segment_ids)
+        if head_mask is not None:  # [batch, length, kv, groups, head_dim]: query heads are kv-group major
+            out = out * head_mask.astype(out.dtype).reshape(self.num_kv_heads, groups, 1)
+        out = out.reshape(batch, length, self.num_heads * self.head_dim)
+        return linear(decl["o_proj/kernel"], self.dtype, init, "output")(out), new_cache
+
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array,
+                segment_ids: jax.Array | None) -> jax.Array:
+        """Causal attention of q [batch, length, kv, groups, head_dim] over k, v [batch, keys, kv, head_dim]
+        (query i at position q_pos[i] sees keys 0..q_pos[i]) -> [batch, length, kv, groups, head_dim]."""
+        batch, length = q.shape[:2]
         k_pos = jnp.arange(k.shape[1])
         visible = k_pos[None, :] <= q_pos[:, None]  # causal; also hides unwritten cache slots
 
@@ -86,8 +103,4 @@ class Attention(nn.Module):
         scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(self.dtype).transpose(0, 2, 1, 3))
-        out = out.reshape(batch, self.num_kv_heads, groups, length, self.head_dim).transpose(0, 3, 1, 2, 4)
-        if head_mask is not None:  # [batch, length, kv, groups, head_dim]: query heads are kv-group major
-            out = out * head_mask.astype(out.dtype).reshape(self.num_kv_heads, groups, 1)
-        out = out.reshape(batch, length, self.num_heads * self.head_dim)
-        return linear(decl["o_proj/kernel"], self.dtype, init, "output")(out), new_cache
+        return out.reshape(batch, self.num_kv_heads, groups, length, self.head_dim).transpose(0, 3, 1, 2, 4)

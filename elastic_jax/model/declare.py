@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from elastic_jax.kernels import cpu_gemv
 from elastic_jax.model.linear import Linear
 from elastic_jax.paths import unflatten
 
@@ -150,6 +151,16 @@ def linear(decl: ParamDecl, dtype: Any, init: Callable, grad_transpose: str = "i
     if decl.path[-1] != "kernel" or len(decl.path) != 2:
         raise ValueError(f"{decl.name}: a Linear's declaration is '<module>/kernel'")
     return Linear(decl.shape[-1], dtype, init, grad_transpose, name=decl.path[0])
+
+
+def linears(module: nn.Module, decls: Sequence[ParamDecl], x: jax.Array, dtype: Any, init: Callable
+            ) -> tuple[jax.Array, ...]:
+    """x through the Linear of each declaration; in batch-1 decoding on the CPU, as one call of the CPU kernels
+    (kernels/cpu_gemv: the row is read once and the products share the threads)."""
+    if not module.is_initializing() and jnp.dtype(dtype) == jnp.float32 and cpu_gemv.active(x):
+        params = module.variables["params"]
+        return cpu_gemv.vector_products(x, [params[d.path[0]]["kernel"] for d in decls])
+    return tuple(linear(d, dtype, init)(x) for d in decls)
 
 
 def declared_param(module: nn.Module, decl: ParamDecl, init: Callable) -> jax.Array:

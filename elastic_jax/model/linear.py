@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from elastic_jax.kernels import cpu_gemv
+
 GRAD_TRANSPOSES = ("input", "output")
 
 
@@ -70,6 +72,8 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        if self.dtype == jnp.float32 and cpu_gemv.active(x):  # batch-1 decoding on the CPU
+            return cpu_gemv.vector_products(x, [kernel])[0]
         return matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.grad_transpose)
 
 

@@ -16,9 +16,22 @@ import jax
 import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.kernels import cpu_gemv
 from elastic_jax.kernels.ssd import ssd, ssd_decode_step
-from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, concat, declare, declared_param, dim, kernel, linear
-from elastic_jax.model.decode_views import DECODE_VIEWS
+from elastic_jax.model.declare import (
+    HF,
+    ParamDecl,
+    axis,
+    by_name,
+    concat,
+    declare,
+    declared_param,
+    dim,
+    kernel,
+    linear,
+    linears,
+)
+from elastic_jax.model.decode_views import DECODE_VIEWS, MAMBA_INPUTS
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 from elastic_jax.model.norms import GatedGroupRMSNorm
 
@@ -143,11 +156,9 @@ class Mamba2Mixer(nn.Module):
             fused = jnp.concatenate([h.astype(w.dtype) @ w for w in blocks], axis=-1)
             z, xbc, dt_raw = jnp.split(fused, [d_inner, 2 * d_inner + 2 * g * n], axis=-1)
         else:
-            z = linear(decl["in_z/kernel"], self.dtype, init)(h)
-            xbc = jnp.concatenate([linear(decl["in_x/kernel"], self.dtype, init)(h),
-                                   linear(decl["in_B/kernel"], self.dtype, init)(h),
-                                   linear(decl["in_C/kernel"], self.dtype, init)(h)], axis=-1)
-            dt_raw = linear(decl["in_dt/kernel"], self.dtype, init)(h)
+            z, x_in, b_in, c_in, dt_raw = linears(self, [decl[f"{name}/kernel"] for name in MAMBA_INPUTS], h,
+                                                  self.dtype, init)
+            xbc = jnp.concatenate([x_in, b_in, c_in], axis=-1)
 
         bound = 1.0 / math.sqrt(self.conv_kernel)  # PyTorch's default Conv1d init for a depthwise conv
         conv_w = declared_param(self, decl["conv_kernel"], _uniform_init(bound))
@@ -174,7 +185,11 @@ class Mamba2Mixer(nn.Module):
         b_ = b_.reshape(batch, length, g, n)
         c_ = c_.reshape(batch, length, g, n)
         new_cache = None
-        if cache is not None and length == 1:
+        if cache is not None and length == 1 and batch == 1 and cpu_gemv.active(h) and x.dtype == jnp.float32:
+            y, ssm = cpu_gemv.ssm_step(cache["ssm"], x[0, 0], dt[0, 0], a, b_[0, 0], c_[0, 0], d_skip)
+            y = y[None, None]
+            new_cache = {"conv": new_conv_state, "ssm": ssm}
+        elif cache is not None and length == 1:
             y, ssm = ssd_decode_step(cache["ssm"], x[:, 0], dt[:, 0], a, b_[:, 0], c_[:, 0], d_skip)
             y = y[:, None]
             new_cache = {"conv": new_conv_state, "ssm": ssm}

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.kernels import cpu_gemv
 from elastic_jax.kernels.ssd._shard import current_mesh
 from elastic_jax.kernels.ssd._target import backend as compile_target
 from elastic_jax.kernels.ssd._target import host_experts
@@ -273,6 +274,8 @@ class MoE(nn.Module):
         decode_sized = tokens.shape[0] * self.top_k <= self.num_experts
         if impl == "looped" and decode_sized:
             impl = "blocked"  # decode: a row or two per expert, gather just the routed experts' weights
+        if tokens.shape[0] == 1 and self.dtype == jnp.float32 and cpu_gemv.active(tokens):
+            return self._with_shared(x, self._routed_in_place(tokens, gate_w, bias, up, down, masks), masks)
         views = decode_sized and self.has_variable(DECODE_VIEWS, "up_proj")
         if not views and not self.is_mutable_collection("intermediates"):  # training, prefill, evaluation
             tensor = _tensor_axis(self.expert_size)
@@ -324,6 +327,19 @@ class MoE(nn.Module):
         y_rows = y_rows.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
         routed = jnp.zeros((tokens.shape[0], self.hidden_size), jnp.float32).at[token_of_row].add(y_rows)
         return _sum_over(routed, tensor_axis).reshape(x.shape)
+
+    def _routed_in_place(self, token: jax.Array, gate_w: jax.Array, bias: jax.Array, up: jax.Array, down: jax.Array,
+                         masks: LayerMasks) -> jax.Array:
+        """The routed output [1, D] of one token in batch-1 CPU decoding: the chosen experts' products read their
+        weights in place from the stacked arrays (kernels/cpu_gemv), in one call for the ups and one for the downs."""
+        idx, weights = route(token, gate_w, bias, top_k=self.top_k, n_group=self.n_group, topk_group=self.topk_group,
+                             norm_topk_prob=self.norm_topk_prob, scaling=self.routed_scaling_factor,
+                             expert_mask=masks.experts)
+        hidden = relu2(cpu_gemv.expert_products(token, up, idx[0]))
+        if masks.expert_ffn is not None:
+            hidden = hidden * masks.expert_ffn.astype(hidden.dtype)
+        y = cpu_gemv.expert_products(hidden, down, idx[0])
+        return (y * weights[0][:, None]).sum(0, keepdims=True)
 
     def _with_shared(self, x: jax.Array, routed: jax.Array, masks: LayerMasks) -> tuple[jax.Array, None]:
         shared, _ = MLP(hidden_size=self.hidden_size, intermediate_size=self.shared_size, dtype=self.dtype,
