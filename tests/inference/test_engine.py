@@ -80,8 +80,9 @@ def test_decoding_in_pieces_continues_exactly(engine):
 
 @pytest.mark.parametrize("budget", [1.0, 0.4])
 def test_each_decode_program_gives_a_row_the_same_tokens(engine, budget):
-    """Batch 1 runs without vmap (expert views in calls of >= VIEWS_MIN_TOKENS tokens, gathered experts in shorter
-    ones); a batch whose rows cover the experts computes every expert once (dense): one row's tokens are the same."""
+    """Batch 1 runs without vmap on the CPU decode kernels (kernels/cpu_gemv); a batch whose rows cover the experts
+    computes every expert once (dense), other batches gather each row's experts under vmap: one row's tokens are the
+    same in each."""
     prompts = PROMPTS + [PROMPTS[0][:3]]  # 4 rows x top-k 2 >= 8 experts: the dense program
     assert len(prompts) * engine.cfg.num_experts_per_tok >= engine.cfg.n_routed_experts
     new = max(VIEWS_MIN_TOKENS, 16)

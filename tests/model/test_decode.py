@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,21 +66,22 @@ def test_bf16_compute_stays_close_to_fp32():
     assert jnp.isfinite(half).all()
 
 
-def test_generate_with_decode_views_equals_step_by_step_decoding():
-    """`generate` decodes over decode views (experts read in place, Mamba's fused input projection);
-    `decode_step` over the parameters alone: same tokens."""
+@pytest.mark.parametrize("batch", [1, 2])
+def test_generate_equals_step_by_step_decoding(batch):
+    """`generate` decodes one prompt on the CPU decode kernels and several over decode views (experts read in
+    place, Mamba's fused input projection); `decode_step` over the parameters alone: same tokens."""
     cfg = PARITY_CONFIGS["grouped_routing"]
     params = random_params(cfg, seed=21)
-    prompt = random_tokens(cfg, batch=1, length=6, seed=22)
+    prompt = random_tokens(cfg, batch=batch, length=6, seed=22)
     new = 10
     got = np.asarray(ej.generate(cfg, params, prompt, new, eos_id=cfg.vocab_size))
     logits, cache = ej.prefill(cfg, params, prompt, max_len=prompt.shape[1] + new)
     want = []
     for _ in range(new):
         tok = jnp.argmax(logits[:, -1], axis=-1)[:, None]
-        want.append(int(tok[0, 0]))
+        want.append(np.asarray(tok[:, 0]))
         logits, cache = ej.decode_step(cfg, params, tok, cache)
-    assert got[0, prompt.shape[1]:].tolist() == want  # generate returns prompt + new tokens
+    np.testing.assert_array_equal(got[:, prompt.shape[1]:], np.stack(want, 1))  # generate returns prompt + new
 
 
 def test_decode_step_over_decode_views_equals_the_parameters_alone():
@@ -135,3 +138,33 @@ def test_column_blocks_cover_the_matrix_in_blocks_of_about_the_gemv_size():
     np.testing.assert_array_equal(np.concatenate(blocks, axis=1), np.asarray(w))
     assert len(column_blocks(w[:, :1024])) == 1 and len(column_blocks(w[:64, :40])) == 1
     assert all(b.shape[0] * b.shape[1] <= 1.5 * GEMV_BLOCK_ELEMENTS for b in column_blocks(jnp.ones((512, 9000))))
+
+
+@pytest.mark.parametrize("name", ["all_blocks", "grouped_routing"])
+def test_decode_steps_on_the_cpu_kernels_equal_the_plain_model(name):
+    """Batch-1 decoding through kernels/cpu_gemv (products split over threads, experts read in place, attention
+    and the Mamba state updated in place) computes what the model computes without them: logits and every cache
+    array to 1e-5 at each step."""
+    from elastic_jax.kernels import cpu_gemv
+
+    assert cpu_gemv.available()
+    cfg = PARITY_CONFIGS[name]
+    params = random_params(cfg, seed=26)
+    model = build(cfg)
+    _, cache = ej.prefill(cfg, params, random_tokens(cfg, batch=1, length=7, seed=27), max_len=16)
+
+    def step(params, tok, cache, kernels):
+        with cpu_gemv.decode_products() if kernels else contextlib.nullcontext():
+            return model.apply({"params": params}, tok, cache)
+
+    plain = jax.jit(lambda p, t, c: step(p, t, c, False))
+    kernels = jax.jit(lambda p, t, c: step(p, t, c, True))
+    want_cache, got_cache = cache, cache
+    for tok in random_tokens(cfg, batch=1, length=6, seed=28).T:
+        want, want_cache = plain(params, tok[:, None], want_cache)
+        got, got_cache = kernels(params, tok[:, None], got_cache)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0),
+                     got_cache, want_cache)
+    lowered = kernels.lower(params, tok[:, None], got_cache).as_text()
+    assert all(f"elastic_jax_{name}" in lowered for name in ("products", "experts", "attention", "ssm_step"))
