@@ -27,6 +27,7 @@ from elastic_jax.elastic.router import Router, RouterConfig
 from elastic_jax.elastic.router.resource import tolerance_for
 from elastic_jax.elastic.spec import Budget, ElasticError, ElasticSpec
 from elastic_jax.inference.programs import PROGRAMS, make_decode, make_feed
+from elastic_jax.kernels import cpu_gemv
 from elastic_jax.model.cache import cache_bytes, init_cache
 from elastic_jax.model.functional import InputError
 
@@ -213,7 +214,9 @@ class Engine:
         if max_new_tokens > room:
             raise InputError(f"max_new_tokens {max_new_tokens} exceeds the room left in the cache ({room} tokens)")
         stops = tuple(int(s) for s in stop_ids)
-        rows, views = len(batch.tokens), len(batch.tokens) == 1 and max_new_tokens >= VIEWS_MIN_TOKENS
+        rows = len(batch.tokens)
+        # the CPU decode kernels need no views: one batch-1 program serves every call length
+        views = rows == 1 and max_new_tokens >= VIEWS_MIN_TOKENS and not cpu_gemv.available()
         key = ("decode", self.cfg, batch.arch.spec, rows, batch.capacity, float(temperature), int(top_k),
                float(top_p), stops, views)
         fn = self.programs.get(key, lambda: make_decode(self.cfg, batch.arch.spec, batch.capacity, float(temperature),

@@ -65,7 +65,7 @@ class Attention(nn.Module):
         new_cache, out = None, None
         groups = self.num_heads // self.num_kv_heads
         if (cache is not None and length == 1 and batch == 1 and segment_ids is None
-                and cache["k"].dtype == jnp.float32 and cpu_gemv.active(x)):  # batch-1 decoding on the CPU
+                and self.dtype == cache["k"].dtype == jnp.float32 and cpu_gemv.active(x)):  # CPU, batch 1
             out, k, v = cpu_gemv.attention(q[0, 0], k[0, 0], v[0, 0], cache["k"], cache["v"], pos,
                                            self.head_dim ** -0.5)
             out, new_cache = out[None, None], {"k": k, "v": v}

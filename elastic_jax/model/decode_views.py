@@ -1,5 +1,9 @@
 """Weight views for cached decoding on the CPU, built once per decode call and read by every step of its loop.
 
+Batches of several rows use them (`generate`); a single row uses the CPU decode kernels instead
+(kernels/cpu_gemv), which read the stacked experts in place with no per-call copy, and falls back to these views
+only where the kernels are not built (no C++ compiler, or ELASTIC_JAX_CPU_KERNELS=0).
+
 A decode step multiplies one token per sequence by each weight, so it is bound by reading the weights and by the
 number of products it launches. Two layouts of the stored parameters cost a decode step there:
 - a MoE layer's experts are stacked [E, ...]; XLA:CPU cannot feed a product from a slice without a copy, so a
