@@ -5,11 +5,12 @@ The model is a random `--config` parent with an untrained router over active-par
 benchmarks/decode.py), or `--checkpoint` (an elastic checkpoint). llama.cpp cannot run a model mixing dense `-` and
 MoE `E` layers, so the random parent's pattern is `--pattern` (default: small's with its `-` layer made `E`).
 Ours: the engine's decode after a prefill, no stop token. llama.cpp: `eval` of one token at a time after the
-prompt, `--threads` threads (default 2), the two measured in turns so background load hits both alike.
+prompt. Both on `--threads` threads (default 2; ours: the CPU decode kernels' team), measured in turns so that
+background load hits both alike.
 Usage: python benchmarks/decode_llamacpp.py [--config small] [--budgets 1.0,0.7,0.4] [--new 64] [--batch 8]
-Measured (2-core shared CPU, load average ~4-6, llama-cpp-python 0.3.36, small with pattern MEM*EMEM*EME, 58.1M
-total / 26.6M active, --repeats 5): budget 1.0 ours 158 vs llama.cpp 330 tok/s (0.48x), 0.7: 241 vs 540 (0.45x),
-0.4: 354 vs 781 (0.45x).
+Measured (2-core VM, quiet, llama-cpp-python 0.3.36, small with pattern MEM*EMEM*EME, 58.1M total / 26.6M active,
+--repeats 5, the CPU decode kernels): budget 1.0 ours 305 vs llama.cpp 287 tok/s (1.06x), 0.7: 466 vs 483 (0.96x),
+0.4: 701 vs 700 (1.00x); with ELASTIC_JAX_CPU_KERNELS=0, 0.55x / 0.55x / 0.62x.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import elastic_jax as ej
 from elastic_jax.convert.gguf import to_gguf
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.inference.engine import Engine
+from elastic_jax.kernels import cpu_gemv
+from elastic_jax.kernels.cpu_gemv.build import set_threads
 
 
 def llama_for(engine: Engine, budget: float, path: Path, n_ctx: int, threads: int) -> Llama:
@@ -64,13 +67,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="also ours at this batch (0: skip)")
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
+    if cpu_gemv.available():  # ours on as many threads as llama.cpp's
+        set_threads(args.threads)
     engine = (Engine.load(args.checkpoint) if args.checkpoint
               else random_engine(args.config, budgets, (f"model.pattern='{args.pattern}'",)))
     cfg = engine.cfg
     total, active = ej.count_params(cfg)
     print(f"parent {args.checkpoint or args.config} ({cfg.pattern}): total {total / 1e6:.1f}M active "
           f"{active / 1e6:.1f}M; backend {jax.default_backend()}; batch 1, prompt {args.prompt}, {args.new} new "
-          f"tokens; llama.cpp threads {args.threads}, f32")
+          f"tokens; llama.cpp threads {args.threads}, f32; ours on the CPU decode kernels: {cpu_gemv.available()}")
     prompt = np.random.default_rng(0).integers(5, cfg.vocab_size, args.prompt).tolist()
     with tempfile.TemporaryDirectory() as tmp:
         for budget in budgets:
