@@ -98,3 +98,40 @@ def test_active_only_inside_the_context_for_one_float32_row():
         assert not cpu_gemv.active(rows)
         assert not cpu_gemv.active(row.astype(jnp.bfloat16))
     assert not cpu_gemv.active(row)
+
+
+def test_without_a_compiler_decoding_falls_back_to_xla_with_one_warning(tmp_path):
+    """A host whose C++ compiler fails: one warning names the build, `available()` is False, and generate runs
+    through XLA's products (the same tokens as with the kernels)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, numpy as np\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "import elastic_jax as ej\n"
+        "from elastic_jax.kernels import cpu_gemv\n"
+        "cfg = ej.load_config('tiny'); params = ej.init_params(cfg, 0)\n"
+        "print('available', cpu_gemv.available())\n"
+        "print('tokens', ej.generate(cfg, params, np.array([[1, 5, 7]]), 6, eos_id=-1)[0].tolist())\n"
+    )
+    env = {**os.environ, "CXX": "/bin/false", "PATH": "/nonexistent", "ELASTIC_JAX_CACHE": str(tmp_path),
+           "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "available False" in run.stdout
+    assert run.stderr.count("CPU decode kernels unavailable") == 1
+    import elastic_jax as ej
+
+    cfg = ej.load_config("tiny")
+    ours = ej.generate(cfg, ej.init_params(cfg, 0), np.array([[1, 5, 7]]), 6, eos_id=-1)[0].tolist()
+    assert f"tokens {ours}" in run.stdout
+
+
+def test_a_bad_thread_count_names_the_variable(monkeypatch):
+    monkeypatch.setenv("ELASTIC_JAX_DECODE_THREADS", "two")
+    with pytest.raises(ValueError, match="ELASTIC_JAX_DECODE_THREADS must be a positive integer"):
+        default_threads()
+    monkeypatch.setenv("ELASTIC_JAX_DECODE_THREADS", "3")
+    assert default_threads() == 3
