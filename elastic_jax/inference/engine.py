@@ -32,7 +32,7 @@ from elastic_jax.model.cache import cache_bytes, init_cache
 from elastic_jax.model.functional import InputError
 
 CAPACITY_MULTIPLE = 64  # cache lengths are rounded up to this, so requests of similar length share programs
-VIEWS_MIN_TOKENS = 16  # batch-1 decode calls of at least this many tokens copy each expert once, then read in place
+VIEWS_MIN_TOKENS = 16  # without the CPU decode kernels, batch-1 calls of this many tokens copy each expert once
 FEED_BASE = 4  # prompts are fed in pieces of 1, 4, 16, ... tokens: few programs per architecture, few calls each
 
 

@@ -9,7 +9,6 @@
 // of threads.
 #include <immintrin.h>
 #include <sched.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -75,12 +74,11 @@ long share_start(long total, int threads, int t) {
 
 class Team {
  public:
-  explicit Team(int threads) : threads_(std::max(1, threads)), pid_(getpid()) {
+  explicit Team(int threads) : threads_(std::max(1, threads)) {
     for (int t = 1; t < threads_; ++t) std::thread([this, t] { helper(t); }).detach();
   }
 
   int threads() const { return threads_; }
-  bool forked() const { return getpid() != pid_; }
 
   void run(const Segment* segments, int count, long total) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
@@ -130,7 +128,6 @@ class Team {
   }
 
   const int threads_;
-  const pid_t pid_;
   std::mutex busy_;
   const Segment* segments_ = nullptr;
   int count_ = 0;
@@ -144,16 +141,19 @@ class Team {
 
 std::atomic<int> requested_threads{1};
 std::mutex team_mutex;
-Team* team_ptr = nullptr;
+std::atomic<Team*> team_ptr{nullptr};
 
+// The team of the requested size (a new one after ej_set_threads changes it; an old team's helpers stay asleep).
 Team& team() {
-  Team* t = team_ptr;
-  if (t != nullptr && t->threads() == requested_threads.load() && !t->forked()) return *t;
+  Team* t = team_ptr.load(std::memory_order_acquire);
+  if (t != nullptr && t->threads() == requested_threads.load()) return *t;
   std::lock_guard<std::mutex> lock(team_mutex);
-  if (team_ptr == nullptr || team_ptr->threads() != requested_threads.load() || team_ptr->forked()) {
-    team_ptr = new Team(requested_threads.load());  // an old team's helpers stay parked: never freed
+  t = team_ptr.load();
+  if (t == nullptr || t->threads() != requested_threads.load()) {
+    t = new Team(requested_threads.load());  // never freed: its detached helpers hold it
+    team_ptr.store(t, std::memory_order_release);
   }
-  return *team_ptr;
+  return *t;
 }
 
 ffi::Error check_f32(const ffi::AnyBuffer& b, const char* what) {
