@@ -33,7 +33,7 @@ from elastic_jax.schema import invalid
 from elastic_jax.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped in the package (configs/ links here)
 
 
 @dataclasses.dataclass(frozen=True)
