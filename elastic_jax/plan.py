@@ -10,7 +10,8 @@
   (a subprocess with --xla_force_host_platform_device_count): parameter, optimizer and teacher bytes follow
   exactly from the shardings; temporaries and FLOPs are the CPU compiler's (an estimate of the GPU's).
 
-`check_fits_locally` is the cheap accounting check that pretrain / elastify run before compiling anything.
+`check_fits_locally` (train/capacity.py) is the cheap accounting check that pretrain / elastify run before
+compiling anything.
 """
 
 from __future__ import annotations
@@ -25,19 +26,33 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from elastic_jax.config import ConfigError
-from elastic_jax.plan_targets import GiB, Target, parse_target, tpu_devices  # noqa: F401 (API)
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-BYTES_PER_PARAM = {"pretrain": 16, "elastic": 20}  # fp32 weights + grads + 2 Adam moments (+ the fp32 teacher)
+from elastic_jax import distributed
+from elastic_jax.config import ConfigError
+from elastic_jax.distributed import MeshError, check_mesh_config, mesh_shape
+from elastic_jax.elastic.accounting import count_params
+from elastic_jax.elastic.router import Router
+from elastic_jax.experiment import ExperimentConfig, load_experiment
+from elastic_jax.model.functional import build
+from elastic_jax.model.hybrid import model_declarations
+from elastic_jax.plan_targets import GiB, Target, parse_target, tpu_devices  # noqa: F401 (API)
+from elastic_jax.schema import plain
+from elastic_jax.train.capacity import BYTES_PER_PARAM, check_fits_locally  # noqa: F401 (API)
+from elastic_jax.train.elastic_step import JointLossConfig, StepShardings, make_elastic_optimizer, make_elastic_step
+from elastic_jax.train.loop import global_batch_sharding, state_layout
+from elastic_jax.train.optim import make_optimizer
+from elastic_jax.train.step import make_train_step
+
 DEFAULT_BUDGETS = (1.0, 0.7, 0.4)
 
 
 # ---- one compiled program ----------------------------------------------------------------------------------
 def _shard_bytes(tree: Any, shardings: Any) -> int:
     """Bytes per device of a tree of ShapeDtypeStructs laid out by `shardings` (the largest shard)."""
-    import jax
-    import numpy as np
-
     total = 0
     for leaf, sh in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
         total += int(np.prod(sh.shard_shape(tuple(leaf.shape)))) * np.dtype(leaf.dtype).itemsize
@@ -46,9 +61,6 @@ def _shard_bytes(tree: Any, shardings: Any) -> int:
 
 def _experiment(config: str, overrides: Sequence[str], budgets: Sequence[float] | None):
     """(ExperimentConfig, ElasticConfig) with the budgets given (an elastic section is added when missing)."""
-    from elastic_jax.experiment import ExperimentConfig, load_experiment
-    from elastic_jax.schema import plain
-
     raw = dict(plain(load_experiment(config, overrides)))
     elastic = dict(raw.get("elastic") or {})
     if budgets is not None or not elastic:
@@ -70,23 +82,7 @@ def _mesh_name(sizes: dict[str, int]) -> str:
 def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[str, int], devices: list[Any],
                     platform: str) -> dict[str, Any]:
     """Lower and compile one step for `devices` on the mesh `mesh_cfg`; per-device bytes by kind, FLOPs, time."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from elastic_jax import distributed
-    from elastic_jax.elastic.router import Router
     from elastic_jax.kernels.ssd._target import compiling_for
-    from elastic_jax.model.functional import build
-    from elastic_jax.train.elastic_step import (
-        JointLossConfig,
-        StepShardings,
-        make_elastic_optimizer,
-        make_elastic_step,
-    )
-    from elastic_jax.train.loop import global_batch_sharding, state_layout
-    from elastic_jax.train.optim import make_optimizer
-    from elastic_jax.train.step import make_train_step
 
     cfg, train = exp.model, exp.train
     mesh = distributed.make_mesh(mesh_cfg, devices)
@@ -164,8 +160,6 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
 # ---- meshes, fitting and the whole plan --------------------------------------------------------------------
 def candidate_meshes(configured: dict[str, int], num_devices: int) -> list[dict[str, int]]:
     """The experiment's mesh, then FSDP over every device, then FSDP x tensor 2 / 4 and FSDP x expert 2 / 4."""
-    from elastic_jax.distributed import MeshError, mesh_shape
-
     out: list[dict[str, int]] = []
     wanted = [configured, {"data": 1, "fsdp": -1}, {"data": 1, "fsdp": -1, "tensor": 2},
               {"data": 1, "fsdp": -1, "tensor": 4}, {"data": 1, "fsdp": -1, "expert": 2},
@@ -292,8 +286,6 @@ def plan(config: str, target: str, mode: str = "static", budgets: Sequence[float
 
 
 def _assemble(exp: Any, ec: Any, tgt: Target, mode: str, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    from elastic_jax.elastic.accounting import count_params
-
     total, active = count_params(exp.model)
     compiled = ("every figure compiled by XLA for the TPU topology" if tgt.platform == "tpu" else
                 "parameters / optimizer state / teacher: exact from the shardings; activations, temporaries and FLOPs:"
@@ -332,8 +324,6 @@ def host_memory(model: Any, tgt: Target, programs: dict[str, Any]) -> dict[str, 
       (Orbax keeps at most its restore_concurrent_gb of them in host memory at once);
     - `whole_parent`: the parent in fp32, what `elastify` holds on every host when its --parent is a Hugging Face
       directory (a checkpoint, e.g. import-hf's output, is restored sharded and ranked and permuted on the mesh)."""
-    from elastic_jax.model.hybrid import model_declarations
-
     sizes = [math.prod(d.shape) * 4 for d in model_declarations(model)]
     best = next((p["best"] for p in programs.values() if p.get("best")), None)
     local = tgt.devices_per_process
@@ -384,41 +374,8 @@ def format_plan(p: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ---- refuse before starting what cannot fit ----------------------------------------------------------------
-def local_capacity() -> tuple[int, int, str]:
-    """(bytes one device can hold, number of devices sharing the work, what): HBM per accelerator, host RAM on CPU
-    (fake CPU devices share it, so the whole run must fit in it)."""
-    import jax
-
-    devices = jax.devices()
-    stats = devices[0].memory_stats() if devices[0].platform != "cpu" else None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"]), len(devices), f"{devices[0].device_kind} memory"
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return ram, 1, "host RAM"
-
-
-def check_fits_locally(model: Any, verb: str) -> None:
-    """ConfigError when the training state alone (fp32 weights, grads, Adam moments, and the teacher for elastify)
-    cannot fit this machine's devices, from the parameter accounting: before anything is compiled or allocated."""
-    from elastic_jax.elastic.accounting import count_params, format_count
-
-    total, _ = count_params(model)
-    program = "elastic" if verb == "elastify" else "pretrain"
-    need = BYTES_PER_PARAM[program] * total
-    capacity, devices, what = local_capacity()
-    if need / devices > capacity:
-        raise ConfigError(f"{verb}: {format_count(total)} parameters need at least {need / GiB:.0f} GiB of training "
-                          f"state ({BYTES_PER_PARAM[program]} bytes each: fp32 weights, gradients, Adam"
-                          f"{', teacher' if program == 'elastic' else ''}), {need / devices / GiB:.0f} GiB on each of "
-                          f"{devices} device(s), more than the {capacity / GiB:.0f} GiB of {what}; see "
-                          "`elastic-jax plan` for a cluster that fits", section="model")
-
-
 def parse_mesh(text: str) -> dict[str, int]:
     """'data=1,fsdp=-1' -> {'data': 1, 'fsdp': -1} (checked like the experiment's mesh section)."""
-    from elastic_jax.distributed import check_mesh_config
-
     sizes = {}
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
@@ -452,8 +409,6 @@ def run_plan_verb(args: Any) -> int:
 
 
 def _worker(job: dict[str, Any]) -> dict[str, Any]:
-    import jax
-
     target = parse_target(job["target"])
     devices = jax.devices()
     if len(devices) != target.num_devices:

@@ -13,19 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.convert.hf import to_hf
 from elastic_jax.elastic.accounting import format_count
-from elastic_jax.elastic.spec import WIDTH_FIELDS, ElasticSpec
+from elastic_jax.elastic.search import nests_in
+from elastic_jax.elastic.slicing import slice_params
+from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.experiment import ExperimentConfig, load_experiment
-
-
-def nests_in(small: ElasticSpec, large: ElasticSpec, cfg: ModelConfig) -> bool:
-    """True when `small` is a prefix of `large` in parent `cfg`: its layers are among the larger one's and every
-    width on every axis (hidden, and each kept layer's heads, experts, FFN widths) is at most the larger one's."""
-    kept = small.kept_layers(cfg)
-    if small.hidden(cfg) > large.hidden(cfg) or not set(kept) <= set(large.kept_layers(cfg)):
-        return False
-    return all(small.width(cfg, name, i) <= large.width(cfg, name, i)
-               for name, (_, char) in WIDTH_FIELDS.items() for i in kept if cfg.pattern[i] == char)
+from elastic_jax.model_io import load_model, model_config_of, read_metadata
+from elastic_jax.train.elastify import run_elastify
+from elastic_jax.train.loop import run_pretrain
 
 
 def _nests_column(rows: list[dict[str, Any]], cfg: ModelConfig) -> list[str]:
@@ -73,8 +69,6 @@ def format_table(rows: list[dict[str, Any]], cfg: ModelConfig | None = None) -> 
 def elastify_report(result: dict[str, Any], checkpoint: str | Path) -> str:
     """What `elastic-jax elastify` prints: the per-budget table (parent config read from `checkpoint`) and the
     run's other figures on one line; a stopped run (no table yet) prints its figures only."""
-    from elastic_jax.model_io import model_config_of, read_metadata
-
     figures = json.dumps({k: v for k, v in result.items() if k != "budgets"}, default=str)
     if "budgets" not in result:
         return figures
@@ -85,13 +79,6 @@ def elastify_report(result: dict[str, Any], checkpoint: str | Path) -> str:
 def run_quickstart(workdir: str = "quickstart", pretrain_steps: int = 600, elastic_steps: int = 240,
                    overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run every stage into `workdir` (each stage resumes if interrupted) and return the per-budget table."""
-    from elastic_jax.convert.hf import to_hf
-    from elastic_jax.elastic.slicing import slice_params
-    from elastic_jax.elastic.spec import ElasticSpec
-    from elastic_jax.model_io import load_model
-    from elastic_jax.train.elastify import run_elastify
-    from elastic_jax.train.loop import run_pretrain
-
     root = Path(workdir).absolute()
     start = time.perf_counter()
     print(f"[1/4] pretraining the tiny parent ({pretrain_steps} steps) in {root / 'parent'}", flush=True)

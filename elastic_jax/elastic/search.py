@@ -149,6 +149,16 @@ def search_candidates(cfg: ModelConfig, params: dict, budget: Budget, batches: I
     return score_candidates(cfg, params, _at_most(candidates, max_candidates, seed), batches, objective)
 
 
+def nests_in(small: ElasticSpec, large: ElasticSpec, cfg: ModelConfig) -> bool:
+    """True when `small` is a prefix of `large` in parent `cfg`: its layers are among the larger one's and every
+    width on every axis (hidden, and each kept layer's heads, experts, FFN widths) is at most the larger one's."""
+    kept = small.kept_layers(cfg)
+    if small.hidden(cfg) > large.hidden(cfg) or not set(kept) <= set(large.kept_layers(cfg)):
+        return False
+    return all(small.width(cfg, name, i) <= large.width(cfg, name, i)
+               for name, (_, char) in WIDTH_FIELDS.items() for i in kept if cfg.pattern[i] == char)
+
+
 def _at_most(candidates: list[Candidate], count: int, seed: int) -> list[Candidate]:
     """The candidates, or a seeded sample of `count` of them (in their order)."""
     if len(candidates) <= count:
@@ -162,8 +172,6 @@ def router_free_specs(cfg: ModelConfig, params: dict, rc: RouterConfig, batches:
     """Every budget of `rc` by search instead of a router (`elastic.budget_search`): the best zero-shot homogeneous
     grid spec over the router's axes within its tolerance, the whole parent for 1.0. In a nested chain
     (`rc.nested`) a budget chooses only among slices of the next larger budget's choice."""
-    from elastic_jax.quickstart import nests_in  # here: quickstart imports this package
-
     batches = list(batches)
     specs: dict[float, ElasticSpec] = {}
     for budget in sorted(rc.budgets, reverse=True):
