@@ -22,7 +22,7 @@ from timing import add_step_arguments, in_fresh_processes, interleaved_times, me
 
 import elastic_jax as ej
 from elastic_jax.elastic.router import Router, RouterConfig
-from elastic_jax.train.config import TrainConfig
+from elastic_jax.experiment import TrainConfig
 from elastic_jax.train.elastic_step import JointLossConfig, make_elastic_optimizer, make_elastic_step
 from elastic_jax.train.state import TrainState
 

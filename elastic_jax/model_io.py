@@ -24,7 +24,7 @@ import numpy as np
 
 from elastic_jax.checkpoint import Checkpointer, checkpoint_steps, load_params, read_checkpoint_metadata
 from elastic_jax.config import ConfigError, ModelConfig
-from elastic_jax.experiment import model_config_from
+from elastic_jax.distributed import param_shardings
 
 
 def _holds_output(path: Path) -> bool:
@@ -101,7 +101,7 @@ def model_config_of(path: str | Path, meta: dict[str, Any]) -> ModelConfig:
     """The model config a checkpoint's metadata records (a clear error when it has none)."""
     if "model" not in meta:
         raise ConfigError(f"{path}: checkpoint metadata has no 'model' config; not an elastic_jax checkpoint")
-    return model_config_from(meta["model"])
+    return ModelConfig.from_dict(meta["model"])
 
 
 def load_model(path: str | Path, step: int | None = None, mesh: jax.sharding.Mesh | None = None
@@ -119,8 +119,6 @@ def load_model(path: str | Path, step: int | None = None, mesh: jax.sharding.Mes
 
 
 def _layout(mesh: jax.sharding.Mesh, abstract: dict) -> dict:
-    from elastic_jax.distributed import param_shardings
-
     if "router" in abstract and "model" in abstract:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         return {**{k: jax.tree.map(lambda _: replicated, v) for k, v in abstract.items() if k != "model"},

@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
         max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         compute_dtype="float32",
     ))
-    # Optimisation, batch shape, logging and evaluation (elastic_jax/train/config.py: TrainConfig).
+    # Optimisation, batch shape, logging and evaluation (elastic_jax/experiment.py: TrainConfig).
     config.train = ml_collections.ConfigDict(dict(
         seed=0, seq_len=128, global_batch=16, total_steps=600, schedule_steps=0, lr=3e-3, warmup_steps=50,
         min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0,

@@ -1,7 +1,7 @@
 """Pretraining: config sections, train state, optimizer, losses, the jitted step and the loop (`run_pretrain`)."""
 
 from elastic_jax.checkpoint import CheckpointConfig
-from elastic_jax.train.config import TrainConfig
+from elastic_jax.experiment import TrainConfig
 from elastic_jax.train.losses import cross_entropy, kl_forward
 from elastic_jax.train.optim import learning_rate_schedule, make_optimizer, param_labels
 from elastic_jax.train.state import TrainState

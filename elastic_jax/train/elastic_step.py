@@ -24,9 +24,9 @@ from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.router import Router
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticError, ElasticSpec
+from elastic_jax.experiment import TrainConfig
 from elastic_jax.model.functional import build
 from elastic_jax.model.layer_groups import PLAIN, LayerExecution
-from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.losses import Head, head_losses, head_of, loss_chunk
 from elastic_jax.train.micro_batches import value_and_grad_accumulated
 from elastic_jax.train.optim import learning_rate_schedule, param_labels

@@ -26,10 +26,9 @@ from elastic_jax import distributed
 from elastic_jax.checkpoint import CheckpointConfig, Checkpointer
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.data import DataConfig, Tokenizer, eval_prompts, load_tokenizer, make_eval_batches, make_train_iterator
-from elastic_jax.experiment import ExperimentConfig
+from elastic_jax.experiment import ExperimentConfig, TrainConfig
 from elastic_jax.model.functional import build
 from elastic_jax.train.capacity import check_fits_locally
-from elastic_jax.train.config import TrainConfig
 from elastic_jax.train.evaluation import eval_loss, reasoning_accuracy
 from elastic_jax.train.metrics import MetricsWriter
 from elastic_jax.train.micro_batches import MicroBatchError, check_micro_batches

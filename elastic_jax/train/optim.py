@@ -12,7 +12,7 @@ import jax
 import optax
 
 from elastic_jax.distributed import path_str
-from elastic_jax.train.config import TrainConfig
+from elastic_jax.experiment import TrainConfig
 
 FROZEN_NAMES = ("e_score_correction_bias",)
 
