@@ -82,11 +82,12 @@ def shared_scale_groups(cfg: ModelConfig, names: Iterable[str], fmt: str, per_ch
                         ) -> list[list[ParamDecl]]:
     """The quantised weights (among `names`) stored in one Hugging Face tensor (Mamba's in_proj parts), group by
     group: each group shares one per-tensor scale (none with per-channel FP8 scales)."""
-    from elastic_jax.convert.hf_weights import hf_groups
-
     names = set(names)
-    groups = [[d for d in members if d.name in names] for members in hf_groups(cfg, "backbone").values()]
-    return [g for g in groups if len(g) >= 2 and not (fmt == "fp8" and per_channel)]
+    groups: dict[str, list[ParamDecl]] = {}
+    for decl in model_declarations(cfg):  # declarations stored in one tensor declare its name
+        if decl.name in names:
+            groups.setdefault(decl.hf.name, []).append(decl)
+    return [g for g in groups.values() if len(g) >= 2 and not (fmt == "fp8" and per_channel)]
 
 
 def _fused_scales(leaves: Mapping[str, Any], cfg: ModelConfig, names: set[str], fmt: str,

@@ -1,5 +1,6 @@
-"""Quantisation-aware distillation (QAD): every budget of an elastic checkpoint trained at once through fake-quantised
-weights, distilling from the frozen unquantised model (METHOD §7: how NVIDIA made its NVFP4 elastic checkpoints).
+"""Fake quantisation for quantisation-aware distillation (QAD): every budget of an elastic checkpoint trained at once
+through fake-quantised weights, distilling from the frozen unquantised model (METHOD §7: how NVIDIA made its NVFP4
+elastic checkpoints).
 
 Fake quantisation. The student's forward uses `dequantise(quantise(w))` of every weight `quantize_params` would
 quantise (same exclusions, same per-tensor scales, the fused Mamba in_proj parts sharing one scale), computed with
@@ -16,15 +17,11 @@ of a block scale can leave a block's largest values up to one E4M3 step above 6,
 would freeze exactly the weights that set their block's scale. In FP8 with a per-tensor scale from the amax nothing
 saturates at all.
 
-The loss: for each budget b (its architecture fixed, as the engine serves it), forward KL from the teacher's logits
-to the fake-quantised student's, weighted over budgets. The teacher is either each budget's own unquantised slice
-(`teacher="budget"`, the default: QAD recovers what quantisation lost at that budget) or the unquantised parent
-(`teacher="parent"`, the elastification's target).
+The QAD loss built on it is a training step's loss: elastic_jax/train/qad_loss.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Iterable
 from typing import Any
@@ -33,16 +30,10 @@ import jax
 import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
-from elastic_jax.elastic.slicing import slice_params
-from elastic_jax.elastic.spec import ElasticError, ElasticSpec
 from elastic_jax.model.declare import check_declared, unflatten
-from elastic_jax.model.functional import build
 from elastic_jax.model.hybrid import model_declarations
 from elastic_jax.quant import fp8, nvfp4
 from elastic_jax.quant.params import FORMATS, quantised_names, shared_scale_groups
-from elastic_jax.train.losses import cross_entropy, kl_forward
-
-TEACHERS = ("budget", "parent")
 
 
 def _round_trip(ws: tuple[jax.Array, ...], scales: tuple[jax.Array, ...], axes: tuple[int, ...], fmt: str
@@ -130,59 +121,4 @@ def fake_quantize_params(params: Any, cfg: ModelConfig, fmt: str, excluded: Iter
     return unflatten({**leaves, **dict(zip(names, done))})
 
 
-@dataclasses.dataclass(frozen=True)
-class QADLoss:
-    """Static settings of the QAD loss (hashable: one compiled step): each budget's fixed architecture and weight,
-    the format, the teacher ("budget" or "parent"), the KD temperature and the exclusions (None: NVIDIA's)."""
-
-    fmt: str
-    budgets: tuple[float, ...]
-    specs: tuple[ElasticSpec, ...]
-    weights: tuple[float, ...]
-    teacher: str = "budget"
-    temperature: float = 1.0
-    excluded: tuple[str, ...] | None = None
-
-    def __post_init__(self):
-        check_format(self.fmt)
-        if self.teacher not in TEACHERS:
-            raise ElasticError(f"qad teacher: {self.teacher!r}; allowed: {list(TEACHERS)}")
-        if not len(self.budgets) == len(self.specs) == len(self.weights) or not self.budgets:
-            raise ElasticError("qad: one architecture and one weight per budget are needed")
-        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-            raise ElasticError(f"qad weights must be non-negative with a positive sum, got {list(self.weights)}")
-
-
-def _logits(cfg: ModelConfig, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-    return build(cfg).apply({"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"))[0]
-
-
-def budget_figures(cfg: ModelConfig, lc: QADLoss, params: Any, teacher: Any, batch: dict[str, jax.Array], *,
-                   quantise: bool = True) -> dict[str, jax.Array]:
-    """Per budget on one batch: `kd/<b>` (forward KL from the teacher), `ce/<b>` (next-token cross-entropy) of the
-    student cut from `params` (fake-quantised first when `quantise`), and `tokens`."""
-    student = fake_quantize_params(params, cfg, lc.fmt, lc.excluded) if quantise else params
-    parent_logits = _logits(cfg, teacher, batch) if lc.teacher == "parent" else None
-    out: dict[str, jax.Array] = {}
-    for budget, spec in zip(lc.budgets, lc.specs):
-        with jax.named_scope(f"budget_{budget:g}"):
-            sub, sub_cfg = slice_params(student, cfg, spec)
-            logits = _logits(sub_cfg, sub, batch)
-            target = parent_logits if parent_logits is not None else _logits(
-                sub_cfg, slice_params(teacher, cfg, spec)[0], batch)
-        out[f"kd/{budget:g}"] = kl_forward(jax.lax.stop_gradient(target), logits, batch["loss_mask"], lc.temperature)
-        out[f"ce/{budget:g}"], out["tokens"] = cross_entropy(logits, batch["targets"], batch["loss_mask"])
-    return out
-
-
-def qad_loss(cfg: ModelConfig, lc: QADLoss, params: Any, teacher: Any, batch: dict[str, jax.Array]
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(sum_b w_b * KD_b / sum_b w_b, per-budget figures) of the fake-quantised student `params` against the
-    frozen `teacher` (both parent trees)."""
-    figures = budget_figures(cfg, lc, params, teacher, batch)
-    total = sum(w * figures[f"kd/{b:g}"] for b, w in zip(lc.budgets, lc.weights)) / sum(lc.weights)
-    return total, {k: v for k, v in figures.items() if k != "tokens"}
-
-
-__all__ = ["QADLoss", "TEACHERS", "budget_figures", "fake_quantize", "fake_quantize_many", "fake_quantize_params",
-           "qad_loss", "tensor_scale"]
+__all__ = ["check_format", "fake_quantize", "fake_quantize_many", "fake_quantize_params", "tensor_scale"]

@@ -32,7 +32,7 @@ from elastic_jax.checkpoint import Checkpointer, load_params
 from elastic_jax.data import make_eval_batches
 from elastic_jax.elastic.spec import ElasticError, ElasticSpec
 from elastic_jax.experiment import ExperimentConfig
-from elastic_jax.quant.qad import TEACHERS, QADLoss, budget_figures, check_format, qad_loss
+from elastic_jax.quant.qad import check_format
 from elastic_jax.train.elastic_step import make_elastic_optimizer
 from elastic_jax.train.loop import (
     DataFeed,
@@ -45,6 +45,7 @@ from elastic_jax.train.loop import (
     state_layout,
 )
 from elastic_jax.train.metrics import MetricsWriter
+from elastic_jax.train.qad_loss import TEACHERS, QADLoss, budget_figures, qad_loss
 from elastic_jax.train.run_loop import LoopSettings, LoopTask, run_loop
 from elastic_jax.train.state import TrainState
 from elastic_jax.train.step import TraceCounter
