@@ -282,9 +282,10 @@ def run(args) -> int:
         import_hf(args.hf, args.out, _load_hf(args.hf, params=False)[2], overwrite=args.overwrite)  # tensor by tensor
         print(f"imported {args.hf} -> {args.out}")
     elif args.verb == "export-hf":
-        from elastic_jax.convert.deploy import export_budget, is_quantized_checkpoint
+        from elastic_jax.deploy import export_budget
         from elastic_jax.elastic.spec import ElasticError
         from elastic_jax.inference.commands import require_budget
+        from elastic_jax.inference.load import is_quantized_checkpoint
 
         if args.budget is None or not is_quantized_checkpoint(args.checkpoint):
             require_budget(args.checkpoint, args.budget, "export-hf")
@@ -300,7 +301,7 @@ def run(args) -> int:
                  tokenizer=tokenizer)
         print(f"exported {args.checkpoint} -> {args.out}")
     elif args.verb == "export-gguf":
-        from elastic_jax.convert.gguf import export_gguf
+        from elastic_jax.deploy import export_gguf
 
         export_gguf(args.checkpoint, args.out, args.dtype, args.budget, overwrite=args.overwrite)
         print(f"exported {args.checkpoint} -> {args.out}")
@@ -336,7 +337,7 @@ def run(args) -> int:
         else:
             print(f"stopped at step {result['stopped_at']}; run the same command again to resume")
     elif args.verb == "quantize":
-        from elastic_jax.convert.deploy import quantize_checkpoint
+        from elastic_jax.deploy import quantize_checkpoint
 
         quantize_checkpoint(args.checkpoint, args.format, args.out, batches=args.batches, overwrite=args.overwrite)
         print(f"quantised {args.checkpoint} ({args.format}) -> {args.out}\n"
@@ -354,7 +355,7 @@ def run_elastic_verb(args) -> int:
         _importance(args)
     elif args.verb == "elastify":
         from elastic_jax import distributed
-        from elastic_jax.plan import check_fits_locally
+        from elastic_jax.train.capacity import check_fits_locally
         from elastic_jax.train.elastify import run_elastify
 
         distributed.initialize()  # before the device query of the memory check
@@ -366,7 +367,7 @@ def run_elastic_verb(args) -> int:
         if "budgets" in result:
             print(f"every budget's architecture and figures: {Path(args.workdir) / 'budgets.json'}")
     elif args.verb == "slice":
-        from elastic_jax.elastic.slice_checkpoint import slice_checkpoint, slice_summary
+        from elastic_jax.deploy import slice_checkpoint, slice_summary
 
         spec, sub_cfg = slice_checkpoint(args.checkpoint, args.budget, args.out, args.format,
                                          overwrite=args.overwrite)

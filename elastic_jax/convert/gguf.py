@@ -1,4 +1,4 @@
-"""Export a model (any budget of an elastic checkpoint) as a GGUF file for llama.cpp.
+"""Export a model (e.g. a budget of an elastic checkpoint: elastic_jax/deploy.py) as a GGUF file for llama.cpp.
 
 The layout is what llama.cpp's own converter (`convert_hf_to_gguf.py`, class NemotronHModel and its MoE branch)
 writes for a NemotronH checkpoint in NVIDIA's layout, so the file loads as arch `nemotron_h` (dense `-` layers)
@@ -35,12 +35,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.convert.hf_config import ConversionError, config_to_hf
 from elastic_jax.convert.hf_weights import to_hf_tensors
 from elastic_jax.convert.tokenizer_export import bytes_to_unicode
+from elastic_jax.data.tokenizer import ByteTokenizer
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
 
@@ -183,7 +185,6 @@ def _encode_tensor(gguf, array: np.ndarray, qtype) -> tuple[np.ndarray, Any]:
 
 def _byte_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     """(tokens, token types, merges) of the byte tokenizer at the model's (possibly padded) vocabulary size."""
-    from elastic_jax.data.tokenizer import ByteTokenizer
     gguf = _gguf()
     tt = gguf.TokenType
     tokens, types = list(ByteTokenizer.SPECIAL_TOKENS), [tt.CONTROL] * ByteTokenizer.NUM_SPECIAL
@@ -227,8 +228,6 @@ def _hf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[st
 
 
 def _write_vocab(w, tokenizer, cfg: ModelConfig) -> None:
-    from elastic_jax.data.tokenizer import ByteTokenizer
-
     if isinstance(tokenizer, ByteTokenizer):
         if cfg.vocab_size < ByteTokenizer.VOCAB_SIZE:
             raise GGUFExportError(f"export-gguf: model.vocab_size {cfg.vocab_size} is smaller than the byte "
@@ -257,8 +256,6 @@ def to_gguf(cfg: ModelConfig, params: dict, tokenizer, out: str | os.PathLike, d
     Refuses, before converting anything: a dtype other than f32/f16/q8_0, a pattern mixing `-` and `E`, per-layer
     widths, and an existing `out` unless `overwrite`. The file is written aside and renamed when complete.
     """
-    import jax
-
     check_exportable(cfg, dtype)
     out = Path(out)
     if out.is_dir():
@@ -291,26 +288,3 @@ def to_gguf(cfg: ModelConfig, params: dict, tokenizer, out: str | os.PathLike, d
         tmp.unlink(missing_ok=True)
         raise
     return out
-
-
-def export_gguf(checkpoint: str, out: str, dtype: str = "f32", budget: float | None = None, *,
-                overwrite: bool = False) -> Path:
-    """`elastic-jax export-gguf`: a budget of an elastic checkpoint (or a plain model) as one GGUF file."""
-    from elastic_jax.data import load_tokenizer
-    from elastic_jax.inference.commands import load_budget, require_budget
-    from elastic_jax.model_io import model_config_of, read_metadata
-
-    if dtype not in GGUF_DTYPES:
-        raise GGUFExportError(f"export-gguf: --dtype {dtype!r}; allowed: {', '.join(GGUF_DTYPES)}")
-    require_budget(checkpoint, budget, "export-gguf")
-    meta = read_metadata(checkpoint)
-    if budget is None:
-        check_exportable(model_config_of(checkpoint, meta), dtype)  # before reading any weights
-        from elastic_jax.model_io import load_model
-
-        cfg, params, _ = load_model(checkpoint)
-        tokenizer = load_tokenizer(meta.get("tokenizer"))
-    else:
-        cfg, params, tokenizer = load_budget(checkpoint, budget)
-    return to_gguf(cfg, params["model"] if "router" in params else params, tokenizer, out, dtype,
-                   name=Path(checkpoint).name, overwrite=overwrite)

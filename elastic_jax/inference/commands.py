@@ -7,14 +7,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jax
+
+from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticError
+from elastic_jax.inference.budget_control import run_budget_control
+from elastic_jax.inference.engine import Engine
+from elastic_jax.inference.evaluate import evaluate_settings, held_out_problems, settings_grid
+from elastic_jax.inference.load import is_quantized_checkpoint, load_engine
+from elastic_jax.inference.report import build_report, headline_sentences, write_report
 from elastic_jax.model.functional import InputError
+from elastic_jax.model_io import read_metadata
 
 
 def is_elastic_checkpoint(path: str | Path) -> bool:
     """True when `path` is a checkpoint whose metadata holds a router (False for anything else, errors included)."""
-    from elastic_jax.model_io import read_metadata
-
     try:
         elastic = read_metadata(path).get("elastic") or {}
     except Exception:  # not a checkpoint at all: the verb's own loading reports it
@@ -34,11 +41,6 @@ def require_budget(path: str, budget: float | None, verb: str) -> None:
 
 def load_budget(path: str, budget: float) -> tuple[Any, dict, Any]:
     """(config, parameters, tokenizer) of one budget of an elastic checkpoint, sliced from the parent."""
-    import jax
-
-    from elastic_jax.elastic.slicing import slice_params
-    from elastic_jax.inference.engine import Engine
-
     engine = Engine.load(path)
     arch = engine.arch(budget)
     params, cfg = slice_params(jax.device_get(engine.params), engine.cfg, arch.spec)
@@ -54,8 +56,6 @@ def _encode(engine, text: str, reasoning: bool = False) -> list[int]:
 
 def generate_verb(args) -> int:
     """Stream one prompt's tokens from a budget of an elastic checkpoint."""
-    from elastic_jax.convert.deploy import is_quantized_checkpoint, load_engine
-
     if args.budget is None or not is_quantized_checkpoint(args.checkpoint):
         require_budget(args.checkpoint, args.budget, "generate")
     engine = load_engine(args.checkpoint, getattr(args, "quant", None))  # --quant: a quantised parent
@@ -86,9 +86,6 @@ def _budgets(text: str) -> list[float]:
 
 def eval_verb(args) -> int:
     """Reasoning accuracy and latency of each budget (standard budget control at one thinking cap)."""
-    from elastic_jax.convert.deploy import load_engine
-    from elastic_jax.inference.evaluate import evaluate_settings, held_out_problems, settings_grid
-
     engine = load_engine(args.checkpoint, getattr(args, "quant", None))
     budgets = _budgets(args.budgets) if args.budgets else list(engine.budgets)
     for b in budgets:
@@ -108,9 +105,6 @@ def eval_verb(args) -> int:
 
 def budget_control_verb(args) -> int:
     """Think with one budget, answer with another, for one prompt; prints both phases."""
-    from elastic_jax.inference.budget_control import run_budget_control
-    from elastic_jax.inference.engine import Engine
-
     if isinstance(args.max_think, int) and args.max_think < 1:  # before loading anything
         raise InputError(f"--max-think (the thinking cap) must be >= 1 token, got {args.max_think}")
     engine = Engine.load(args.checkpoint)
@@ -126,9 +120,6 @@ def budget_control_verb(args) -> int:
 
 def report_verb(args) -> int:
     """Standard and elastic budget control over budgets, ordered pairs and caps: table, plot, headline."""
-    from elastic_jax.inference.engine import Engine
-    from elastic_jax.inference.report import build_report, headline_sentences, write_report
-
     caps = [int(c) for c in args.caps.split(",")]
     if len(caps) < 1 or min(caps) < 1:
         raise InputError(f"--caps: thinking caps must be integers >= 1, got {args.caps!r}")

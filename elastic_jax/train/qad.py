@@ -32,6 +32,8 @@ from elastic_jax.checkpoint import Checkpointer, load_params
 from elastic_jax.data import make_eval_batches
 from elastic_jax.elastic.spec import ElasticError, ElasticSpec
 from elastic_jax.experiment import ExperimentConfig
+from elastic_jax.inference.engine import check_elastic_checkpoint
+from elastic_jax.inference.load import is_quantized_checkpoint
 from elastic_jax.quant.qad import check_format
 from elastic_jax.train.elastic_step import make_elastic_optimizer
 from elastic_jax.train.loop import (
@@ -101,9 +103,6 @@ class QADRun:
 
 
 def _source(checkpoint: str | Path) -> dict[str, Any]:
-    from elastic_jax.convert.deploy import is_quantized_checkpoint
-    from elastic_jax.inference.engine import check_elastic_checkpoint
-
     if is_quantized_checkpoint(checkpoint):
         raise ElasticError(f"qad: {checkpoint} is already quantised; pass the float elastic checkpoint it came from")
     meta = check_elastic_checkpoint(checkpoint)

@@ -13,8 +13,9 @@ import pytest
 
 import elastic_jax as ej
 from elastic_jax.cli import main
-from elastic_jax.convert.gguf import GGUFExportError, export_gguf, to_gguf
+from elastic_jax.convert.gguf import GGUFExportError, to_gguf
 from elastic_jax.data.tokenizer import ByteTokenizer
+from elastic_jax.deploy import export_gguf
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.model_io import save_model

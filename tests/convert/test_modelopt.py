@@ -92,14 +92,14 @@ def test_quantize_once_then_export_budgets_equals_slicing_the_quantised_parent(e
     """`quantize` then `export-hf --budget --quant`: the budget's tensors are the quantised parent's slice (parent
     scales and input scales kept), read back bit for bit; a float checkpoint exported with --quant gives the same."""
     from elastic_jax.cli import main
-    from elastic_jax.convert.deploy import _engine
     from elastic_jax.elastic.router.candidates import deployment_spec
+    from elastic_jax.inference.load import engine_parts
     from elastic_jax.quant.slicing import slice_quantized
 
     q = tmp_path / "q"
     assert main(["quantize", "--checkpoint", str(elastic_checkpoint), "--format", "nvfp4", "--out", str(q),
                  "--batches", "1"]) == 0
-    engine, scales, fmt = _engine(q)
+    engine, scales, fmt = engine_parts(q)
     assert fmt == "nvfp4" and scales
     for out, source in ((tmp_path / "a", q), (tmp_path / "b", elastic_checkpoint)):
         assert main(["export-hf", "--checkpoint", str(source), "--budget", "0.7", "--quant", "nvfp4",
@@ -123,7 +123,7 @@ def test_engine_and_generate_serve_a_quantised_parent(elastic_checkpoint, capsys
     """--quant: the engine holds the parent quantised (the memory report counts the encoded bytes) and each budget's
     program dequantises it inside the jit; greedy decoding runs at every budget."""
     from elastic_jax.cli import main
-    from elastic_jax.convert.deploy import load_engine
+    from elastic_jax.inference.load import load_engine
     from elastic_jax.quant.params import checkpoint_bytes
 
     plain = load_engine(elastic_checkpoint)

@@ -129,7 +129,7 @@ def test_qad_checkpoint_serves_through_the_quantised_inference_path(elastic_chec
     """`--quant nvfp4` on the QAD checkpoint quantises its trained weights by the same rules: the engine's parent
     dequantises to exactly the fake-quantised weights QAD trained through; router and architectures unchanged."""
     from elastic_jax.checkpoint import load_params
-    from elastic_jax.convert.deploy import load_engine
+    from elastic_jax.inference.load import load_engine
     from elastic_jax.model_io import read_metadata
 
     workdir, _, _ = qad_run
