@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -61,7 +65,8 @@ def in_fresh_processes(processes: int, script: str, argv: list[str]) -> list[dic
     results = []
     for i in range(processes):
         print(f"--- process {i + 1} of {processes}", flush=True)
-        run = subprocess.run([sys.executable, script, *argv, "--processes", "1"], capture_output=True, text=True)
+        child = [*_without_out(argv), "--processes", "1"]  # the parent writes --out, once, from every result
+        run = subprocess.run([sys.executable, script, *child], capture_output=True, text=True)
         if run.returncode:
             sys.exit(f"process {i + 1} failed:\n{run.stderr}")
         for line in run.stdout.splitlines():
@@ -76,3 +81,102 @@ def median_of(results: list[dict[str, float]], key: str) -> tuple[float, str]:
     """The median of one figure over processes, and every process's value for the printout."""
     values = [r[key] for r in results]
     return float(np.median(values)), ", ".join(f"{v:.2f}" for v in values)
+
+
+def median_result(results: list[dict], key: str) -> dict:
+    """The result of the process whose `key` is the median one (its other figures go with it)."""
+    ranked = sorted(results, key=lambda r: r[key])
+    return ranked[(len(ranked) - 1) // 2]
+
+
+# ---- load and results --------------------------------------------------------------------------------------------
+def load_text() -> str:
+    """The 1-minute load average, printed beside every figure: on a shared host it says how far to trust one."""
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def load_range(results: list[dict]) -> str:
+    """The lowest and highest 1-minute load average the processes saw, for the results file."""
+    loads = [v for r in results for v in r.get("load", [])]
+    return f"{min(loads):.2f}-{max(loads):.2f}" if loads else "not recorded"
+
+
+def add_out_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out / --entry: where this run's figures go (benchmarks/render_docs.py puts them in the docs)."""
+    parser.add_argument("--out", help="results JSON to write this run's figures into (e.g. benchmarks/results/"
+                        "<name>.json); then `python benchmarks/render_docs.py` updates the docs")
+    parser.add_argument("--entry", help="name of the entry in --out (default: the figure, the machine and the "
+                        "arguments that differ from their defaults)")
+
+
+# Arguments that change how long or how often a run measures, not what it measures: not part of an entry's name.
+_NOT_IN_NAME = {"out", "entry", "processes", "repeats", "warmup", "min_time", "seqlens", "no_reference", "no_torch"}
+_ENV = ("ELASTIC_JAX_", "XLA_FLAGS", "JAX_PLATFORMS")
+
+
+def _without_out(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--entry"):
+            skip = True
+        elif not arg.startswith(("--out=", "--entry=")):
+            out.append(arg)
+    return out
+
+
+def _env() -> list[str]:
+    return [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(_ENV)]
+
+
+def machine_tag() -> str:
+    import jax
+
+    device = jax.devices()[0]
+    return f"{len(os.sched_getaffinity(0))} CPUs" if device.platform == "cpu" else device.device_kind
+
+
+def entry_name(figure: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """`figure on <machine>` plus the settings (ELASTIC_JAX_* variables, arguments) that differ from the defaults:
+    a re-run of the same command on the same kind of machine replaces its entry."""
+    if args.entry:
+        return f"{figure} {args.entry}"
+    changed = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+               if k not in _NOT_IN_NAME and v != parser.get_default(k)]
+    env = [e for e in _env() if e.startswith("ELASTIC_JAX_")]
+    return " ".join([f"{figure} on {machine_tag()}", *env, *changed])
+
+
+def _git(*argv: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+def _machine() -> str:
+    import jax
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    text = f"{len(os.sched_getaffinity(0))} CPU cores ({cpu}), {platform.system()}"
+    device = jax.devices()[0]
+    return text if device.platform == "cpu" else f"{device.device_kind}; {text}"
+
+
+def save_entries(path: str, entries: dict[str, dict], repeats: str, results: list[dict]) -> None:
+    """Write (or replace) `entries` ({name: figures}) in the results file `path`, each with how it was measured:
+    the command, date, machine, load, repeats and spread, and the commit."""
+    script = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parent.parent
+    command = " ".join([*_env(), "python", str(script.relative_to(root)), *_without_out(sys.argv[1:])])
+    commit = _git("rev-parse", "--short", "HEAD")
+    if _git("status", "--porcelain", "--", "elastic_jax", "benchmarks"):
+        commit += " with uncommitted changes"
+    meta = {"command": command, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": _machine(), "load": load_range(results), "repeats": repeats, "commit": commit}
+    store = Path(path)
+    data = json.loads(store.read_text()) if store.exists() else {}
+    for name, figures in entries.items():
+        data[name] = {**meta, "spread": figures.pop("spread", ""), "figures": figures}
+    store.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {', '.join(entries)} to {path}; `python benchmarks/render_docs.py` puts them in the docs")
