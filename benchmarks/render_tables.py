@@ -159,7 +159,8 @@ def ssd_cpu(results: Results) -> str:
         e = entry(results, "ssd", name)
         rows = [[L, sci(x["xla_fwd"]), sci(x["ref_fwd"]), sci(x["hf_fwd"]), sci(x["xla_fb"]), sci(x["ref_fb"]),
                  f"{x['fwd_xla_over_ref']:.2f}", f"{x['fb_xla_over_ref']:.1f}", f"{x['fwd_xla_over_hf']:.2f}",
-                 f"{x['xla_mem_mib']:.1f}", f"{x['ref_mem_mib']:.1f}"] for L, x in e["figures"]["rows"].items()]
+                 f"{x['xla_mem_mib']:.1f}", f"{x['ref_mem_mib']:.1f}"]
+                for L, x in sorted(e["figures"]["rows"].items(), key=lambda item: int(item[0]))]
         out += [f"chunk_size = {chunk}: {source(e)}", "", table(
             ["L", "xla fwd", "ref fwd", "hf fwd", "xla f+b", "ref f+b", "fwd xla/ref", "f+b xla/ref", "fwd xla/hf",
              "xla mem (MiB)", "ref mem (MiB)"], rows), ""]
