@@ -17,6 +17,7 @@ from safetensors.numpy import save_file
 from elastic_jax.config import ModelConfig
 from elastic_jax.convert.hf_config import ConversionError, config_from_hf, config_to_hf
 from elastic_jax.convert.hf_weights import from_hf_tensors, to_hf_tensors
+from elastic_jax.convert.tokenizer_export import write_tokenizer
 from elastic_jax.model.functional import param_shapes
 from elastic_jax.model_io import check_output, save_model, writing_output
 
@@ -171,8 +172,6 @@ def to_hf(cfg: ModelConfig, params: dict, path: str | os.PathLike, *, dtype: str
     with writing_output(path, overwrite) as tmp:
         _write_hf(tmp, cfg, hf_config, _shards(tensors, max_shard_bytes), tokenizer_dir)
         if tokenizer is not None and tokenizer_dir is None:
-            from elastic_jax.convert.tokenizer_export import write_tokenizer
-
             write_tokenizer(tokenizer, tmp)
     return Path(path)
 

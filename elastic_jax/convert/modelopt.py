@@ -36,6 +36,7 @@ from elastic_jax.config import ModelConfig
 from elastic_jax.convert.hf import _shards, _write_hf
 from elastic_jax.convert.hf_config import ConversionError, config_from_hf, config_to_hf
 from elastic_jax.convert.hf_weights import _per_expert, hf_groups
+from elastic_jax.convert.tokenizer_export import write_tokenizer
 from elastic_jax.model.declare import ParamDecl, unflatten
 from elastic_jax.model.hybrid import model_declarations
 from elastic_jax.model_io import check_output, writing_output
@@ -179,8 +180,6 @@ def export_modelopt(cfg: ModelConfig, qparams: Any, path: str | os.PathLike, *, 
         quant = {k: v for k, v in qc.items() if k not in ("quant_method", "producer")}
         (tmp / "hf_quant_config.json").write_text(json.dumps({"producer": PRODUCER, "quantization": quant}, indent=2))
         if tokenizer is not None:
-            from elastic_jax.convert.tokenizer_export import write_tokenizer
-
             write_tokenizer(tokenizer, tmp)
     return Path(path)
 

@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 from elastic_jax.data.config import DataConfig
@@ -42,8 +43,6 @@ def _seed32(*parts: Any) -> int:
 def resolve_process(process_index: int | None = None, process_count: int | None = None) -> tuple[int, int]:
     """(process_index, process_count), taken from JAX for any that is None, and checked."""
     if process_index is None or process_count is None:
-        import jax
-
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not (isinstance(process_count, int) and process_count >= 1):

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grain
 import numpy as np
 
 from elastic_jax.data.chat import check_messages, encode_chat, resolve_template
@@ -127,8 +128,6 @@ class ArrayRecordReader:
     """Random access to an ArrayRecord file whose records are UTF-8 JSON objects (via grain's data source)."""
 
     def __init__(self, path: Path):
-        import grain
-
         self.path = path
         self._source = grain.sources.ArrayRecordDataSource([str(path)])
 
@@ -230,8 +229,6 @@ def record_dataset(data_cfg: Any, tokenizer: Tokenizer, seed: int, split: str, p
                    process_count: int):
     """The records' grain MapDataset for one process (source -> shuffle -> repeat -> slice -> encode), or None
     when `split` holds no record. `data_cfg` is a DataConfig (its record_* fields and chat_template)."""
-    import grain
-
     source = RecordSource(data_cfg.record_paths, split, data_cfg.record_eval_fraction)
     if len(source) == 0:
         return None

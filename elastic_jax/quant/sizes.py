@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.experiment import load_config
 from elastic_jax.model.hybrid import model_declarations
+from elastic_jax.model_io import model_config_of, read_metadata
 from elastic_jax.quant.params import FORMATS, planned_bytes, quantised_names
 
 
@@ -58,12 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--checkpoint", help="checkpoint directory (its model config)")
     args = parser.parse_args(argv)
     if args.config:
-        from elastic_jax.experiment import load_config
-
         cfg = load_config(args.config)
     else:
-        from elastic_jax.model_io import model_config_of, read_metadata
-
         cfg = model_config_of(args.checkpoint, read_metadata(args.checkpoint))
     print(format_rows(size_rows(cfg)))
     return 0

@@ -13,6 +13,7 @@ from elastic_jax.data import eval_prompts, make_eval_batches
 from elastic_jax.elastic.accounting import count_params
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import Budget, ElasticSpec
+from elastic_jax.model.functional import apply
 from elastic_jax.train.evaluation import reasoning_accuracy
 from elastic_jax.train.loop import replicated
 from elastic_jax.train.step import make_eval_step
@@ -28,8 +29,6 @@ def _loss(sub_cfg, sub_params, batches, eval_fns: dict) -> float:
 
 
 def _tokens_per_second(sub_cfg, sub_params, batch) -> float:
-    from elastic_jax.model.functional import apply
-
     apply(sub_cfg, sub_params, batch).block_until_ready()
     start = time.perf_counter()
     for _ in range(3):

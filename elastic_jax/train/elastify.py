@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from elastic_jax import distributed
 from elastic_jax.checkpoint import Checkpointer, config_diff
 from elastic_jax.config import ConfigError, ModelConfig
+from elastic_jax.convert.hf import from_hf
 from elastic_jax.data.calibration import calibration_batches
 from elastic_jax.elastic.config import ElasticConfig
 from elastic_jax.elastic.importance import random_ranking, run_importance
@@ -38,6 +39,7 @@ from elastic_jax.elastic.search import router_free_specs
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.experiment import ExperimentConfig
 from elastic_jax.model.functional import param_shapes
+from elastic_jax.model_io import load_model, model_config_of, read_metadata
 from elastic_jax.train.elastic_eval import evaluate_budgets
 from elastic_jax.train.elastic_step import (
     JointLossConfig,
@@ -75,9 +77,6 @@ def load_parent(path: str | Path, expected: ModelConfig, mesh: jax.sharding.Mesh
     directory is read whole into host memory (`elastic-jax import-hf` converts one tensor at a time; elastify
     from its output to keep the parent off the hosts) and placed afterwards.
     """
-    from elastic_jax.convert.hf import from_hf
-    from elastic_jax.model_io import load_model, model_config_of, read_metadata
-
     path = Path(path)
     hf = (path / "config.json").exists()
     if hf:

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from elastic_jax.distributed import logical_sharding
 from elastic_jax.model.linear import Linear, matmul
 
 # Per device, the fp32 logits of one model for one chunk stay below this (the automatic chunk length).
@@ -94,8 +95,6 @@ def auto_chunk(rows_per_device: int, seq_len: int, vocab: int, limit: int = LOGI
 def _constrain(x: jax.Array, mesh: Any, axes: tuple[str | None, ...]) -> jax.Array:
     if mesh is None:
         return x
-    from elastic_jax.distributed import logical_sharding
-
     return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, axes, x.shape))
 
 
@@ -161,7 +160,5 @@ def loss_chunk(shape: tuple[int, int], vocab: int, mesh: Any = None, chunk: int 
         return chunk
     rows = shape[0]
     if mesh is not None:
-        from elastic_jax.distributed import logical_sharding
-
         rows = int(logical_sharding(mesh, ("batch", None), shape).shard_shape(tuple(shape))[0])
     return auto_chunk(rows, shape[1], vocab)
