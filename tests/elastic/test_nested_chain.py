@@ -10,10 +10,9 @@ import pytest
 import elastic_jax as ej
 from elastic_jax.config import ConfigError
 from elastic_jax.elastic.router import Router, RouterConfig
-from elastic_jax.elastic.search import router_free_specs
+from elastic_jax.elastic.search import nests_in, router_free_specs
 from elastic_jax.elastic.spec import Budget
 from elastic_jax.experiment import ExperimentConfig, load_experiment
-from elastic_jax.elastic.search import nests_in
 from elastic_jax.train.loop import parse_experiment
 
 CFG = ej.load_config("tiny")
