@@ -83,9 +83,10 @@ def _mesh_name(sizes: dict[str, int]) -> str:
 def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[str, int], devices: list[Any],
                     platform: str) -> dict[str, Any]:
     """Lower and compile one step for `devices` on the mesh `mesh_cfg`; per-device bytes by kind, FLOPs, time."""
-    from elastic_jax.kernels.ssd._target import compiling_for
+    from elastic_jax.kernels.target import CompileTarget
 
     cfg, train = exp.model, exp.train
+    target = CompileTarget(platform, host_devices=platform == "gpu")  # a GPU plan runs on CPU stand-in devices
     mesh = distributed.make_mesh(mesh_cfg, devices)
     sizes = dict(mesh.shape)
     seq_len = ec.stage2_seq_len if program == "elastic" else train.seq_len
@@ -103,7 +104,7 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
         lc = JointLossConfig(weights=tuple([1.0] * len(ec.budgets)), fixed_specs=fixed,
                              router_weight=ec.router.loss_weight, ce_weight=ec.ce_weight,
                              kd_temperature=ec.kd_temperature, execution=train.execution,
-                             micro_batches=train.micro_batches)
+                             micro_batches=train.micro_batches, target=target)
         optimizer, schedule = make_elastic_optimizer(train, ec.router.lr_multiplier)
         params = {"model": model_params, "router": jax.eval_shape(lambda: router_init)}
         params_sh = {"model": distributed.param_shardings(model_params, mesh),
@@ -118,13 +119,13 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
         params_sh = distributed.param_shardings(model_params, mesh)
         state, state_sh = state_layout(mesh, model_params, params_sh, optimizer)
         step, _ = make_train_step(cfg, optimizer, schedule, state_sharding=state_sh, batch_sharding=batch_sh,
-                                  execution=train.execution, micro_batches=train.micro_batches)
+                                  execution=train.execution, micro_batches=train.micro_batches, target=target)
         args, teacher = (state, batch), 0
     params_b = _shard_bytes(state.params, state_sh.params)
     opt_b = _shard_bytes(state.opt_state, state_sh.opt_state)
     batch_b = _shard_bytes(batch, jax.tree.map(lambda _: batch_sh, batch))
     t0 = time.perf_counter()
-    with jax.set_mesh(mesh), compiling_for(platform, on_host_devices=platform == "gpu"):
+    with jax.set_mesh(mesh):
         lowered = step.lower(*args)
         kernels = lowered.as_text().count("ssd_chunk_scan_tpu")  # Pallas TPU SSD calls in the program
         try:

@@ -1,12 +1,12 @@
-"""Cached generation: a prefill, then a compiled loop of one-token decode steps (greedy or sampled).
+"""Cached generation for a bare model: the engine's decode stack (decoder.py) over the full architecture.
 
-The whole decode loop is one `lax.while_loop` inside one jit, so a token costs one step of the model and
-no Python dispatch. Compiled programs are cached per (config, batch, lengths, sampling settings).
+`generate` feeds the prompts and runs the decode loop of programs.py (one `lax.while_loop` inside one jit, so a
+token costs one step of the model and no Python dispatch); `prefill` and `decode_step` are the plain cached
+forward pass, one call at a time (the reference the decode programs are tested against).
 """
 
 from __future__ import annotations
 
-import contextlib
 from functools import lru_cache
 
 import jax
@@ -14,28 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from elastic_jax.config import ModelConfig
-from elastic_jax.kernels import cpu_gemv
+from elastic_jax.elastic.spec import ElasticSpec
+from elastic_jax.inference import decoder
+from elastic_jax.inference.sampling import check_sampling
 from elastic_jax.model.cache import init_cache
-from elastic_jax.model.decode_views import DECODE_VIEWS, decode_views
 from elastic_jax.model.functional import InputError, build, check_tokens
-
-
-def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
-    """Next token ids [batch] from last-position logits [batch, vocab]; temperature 0 means greedy."""
-    if temperature <= 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
-    if top_k > 0:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p < 1.0:
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        # keep the smallest set whose mass reaches top_p (always at least the best token)
-        cutoff_idx = jnp.sum(cum < top_p, axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
 @lru_cache(maxsize=32)
@@ -58,61 +41,30 @@ def decode_step(cfg: ModelConfig, params: dict, token, cache: dict):
     return _prefill_fn(cfg)(params, jnp.asarray(token, jnp.int32), cache)
 
 
-@lru_cache(maxsize=32)
-def _generate_fn(cfg: ModelConfig, max_new: int, temperature: float, top_k: int, top_p: float, eos_id: int,
-                 pad_id: int):
-    model = build(cfg)
-
-    def run(params, prompt, key):
-        batch, plen = prompt.shape
-        cache = init_cache(cfg, batch, plen + max_new)
-        logits, cache = model.apply({"params": params}, prompt, cache)
-        out = jnp.full((batch, max_new), pad_id, jnp.int32)
-        variables = {"params": params}
-        kernels = batch == 1 and cpu_gemv.available()  # one row: the CPU decode kernels (kernels/cpu_gemv)
-        if jax.default_backend() == "cpu" and not kernels:  # built once, outside the loop (model/decode_views.py)
-            variables[DECODE_VIEWS] = decode_views(params, jnp.dtype(cfg.compute_dtype))
-
-        def cond(carry):
-            step, _, _, done, _, _ = carry
-            return (step < max_new) & ~jnp.all(done)
-
-        def body(carry):
-            step, last_logits, cache, done, out, key = carry
-            key, sub = jax.random.split(key)
-            tok = sample_next(last_logits, sub, temperature, top_k, top_p)
-            tok = jnp.where(done, pad_id, tok)
-            out = out.at[:, step].set(tok)
-            done = done | (tok == eos_id)
-            with cpu_gemv.decode_products() if kernels else contextlib.nullcontext():
-                logits, cache = model.apply(variables, tok[:, None], cache)
-            return step + 1, logits[:, -1], cache, done, out, key
-
-        init = (jnp.zeros((), jnp.int32), logits[:, -1], cache, jnp.zeros((batch,), bool), out, key)
-        steps, _, _, _, out, _ = jax.lax.while_loop(cond, body, init)
-        return out, steps
-
-    return jax.jit(run)
-
-
 def generate(cfg: ModelConfig, params: dict, prompt_tokens, max_new_tokens: int = 32, *, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_id: int | None = None) -> np.ndarray:
     """Prompt [batch, length] -> prompt followed by up to `max_new_tokens` tokens, like transformers' generate.
 
-    Stops when every sequence has produced EOS; a finished sequence is padded with the pad id.
+    Stops when every sequence has produced EOS; a finished sequence is padded with the pad id. Row r samples with
+    fold_in(PRNGKey(seed), r), as the engine does.
     """
     prompt = check_tokens(cfg, prompt_tokens, "prompt_tokens")
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if prompt.shape[1] + max_new_tokens > cfg.max_position_embeddings:
         raise InputError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"model.max_position_embeddings={cfg.max_position_embeddings}")
-    if not 0.0 < top_p <= 1.0:
-        raise InputError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0 or top_k > cfg.vocab_size:
-        raise InputError(f"top_k must be in [0, vocab_size={cfg.vocab_size}], got {top_k}")
+    check_sampling(temperature, top_k, top_p, cfg.vocab_size)
     eos = cfg.eos_token_id if eos_id is None else eos_id
-    fn = _generate_fn(cfg, int(max_new_tokens), float(temperature), int(top_k), float(top_p), int(eos),
-                      int(cfg.pad_token_id))
-    out, steps = fn(params, jnp.asarray(prompt), jax.random.PRNGKey(seed))
-    return np.concatenate([prompt, np.asarray(out)[:, : int(steps)]], axis=1)
+    capacity = decoder.capacity_for(prompt.shape[1] + max_new_tokens, cfg.max_position_embeddings)
+    batch = decoder.start(cfg, ElasticSpec(), params, prompt.tolist(), capacity, seed)
+    new = decoder.decode(batch, params, max_new_tokens, stop_ids=(eos,), temperature=temperature, top_k=top_k,
+                         top_p=top_p)
+    width = max(len(row) for row in new)
+    out = np.full((prompt.shape[0], width), cfg.pad_token_id, np.int32)
+    for r, row in enumerate(new):
+        out[r, :len(row)] = row
+    return np.concatenate([prompt, out], axis=1)
+
+
+__all__ = ["decode_step", "generate", "prefill"]

@@ -10,11 +10,13 @@ per architecture is bounded by log4(context) instead of one per prompt length.
 
 The parameters passed in are always the parent's: each program cuts its budget's static prefix slices
 (`slice_params`) inside the jit, so no served budget keeps a copy of its weights between calls.
+
+Each program is built for an explicit `CompileTarget` (kernels/target.py); `decode_target` is the one place that
+chooses how a decode step reads its weights (the CPU decode kernels, decode views, or XLA's products).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Hashable
 
@@ -24,14 +26,35 @@ import jax.numpy as jnp
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticSpec
-from elastic_jax.inference.generate import sample_next
+from elastic_jax.inference.sampling import sample_next
 from elastic_jax.kernels import cpu_gemv
+from elastic_jax.kernels.target import CompileTarget
+from elastic_jax.model.cache import BY_POSITION
 from elastic_jax.model.decode_views import DECODE_VIEWS, decode_views
 from elastic_jax.model.functional import build
 from elastic_jax.model.hybrid import compute_dtype
 from elastic_jax.quant.params import dequantize_params
 
 log = logging.getLogger(__name__)
+VIEWS_MIN_TOKENS = 16  # without the CPU decode kernels, batch-1 calls of this many tokens copy each expert once
+
+
+def decode_target(rows: int, new_tokens: int) -> CompileTarget:
+    """The target of a decode program over `rows` sequences making up to `new_tokens` tokens per call, on this
+    process's devices. One row on the CPU: the CPU decode kernels (kernels/cpu_gemv: products split over the
+    cores, routed experts read in place) when they are built, else decode views for calls long enough to repay
+    their copy (model/decode_views.py); otherwise XLA's products, several rows under vmap."""
+    platform = jax.default_backend()
+    if rows == 1 and platform == "cpu" and cpu_gemv.available():
+        return CompileTarget(platform, decode="kernels", kernels=cpu_gemv.KERNELS)
+    if rows == 1 and platform == "cpu" and new_tokens >= VIEWS_MIN_TOKENS:
+        return CompileTarget(platform, decode="views")
+    return CompileTarget(platform, sequences=rows if rows > 1 else 0)
+
+
+def feed_target(rows: int) -> CompileTarget:
+    """The target of a feed program: the per-sequence step under vmap over `rows` sequences."""
+    return CompileTarget(jax.default_backend(), sequences=rows)
 
 
 class ProgramCache:
@@ -64,7 +87,7 @@ def _hold(done: jax.Array, new: dict, old: dict) -> dict:
     advance, so what it writes at that slot is overwritten before any query can see it."""
     def pick(path, n, o):
         last = path[-1]
-        if isinstance(last, jax.tree_util.DictKey) and last.key in ("k", "v"):
+        if isinstance(last, jax.tree_util.DictKey) and last.key in BY_POSITION:
             return n
         return _rows(~done, n, o)
     return jax.tree_util.tree_map_with_path(pick, new, old)
@@ -76,14 +99,10 @@ def _cut(cfg: ModelConfig, spec: ElasticSpec) -> Callable:
     return lambda parent: slice_params(dequantize_params(parent, jnp.float32), cfg, spec)[0]
 
 
-def _sequence_step(cfg: ModelConfig, spec: ElasticSpec, moe_impl: str | None = None):
-    """(parent params) -> f(sliced params, tokens [L], one sequence's cache) -> (last logits [V], cache)."""
-    sub_cfg = spec.apply_to(cfg)
-    # vmap has no rule for ragged_dot with shared weights, so off the CPU (where MoE defaults to ragged_dot) the
-    # experts take the blocked grouped product; on the CPU the default (looped) batches under vmap as it is
-    if moe_impl is None:
-        moe_impl = "auto" if jax.default_backend() == "cpu" else "blocked"
-    model = build(sub_cfg, moe_impl=moe_impl)
+def _sequence_step(cfg: ModelConfig, spec: ElasticSpec, target: CompileTarget):
+    """(parent params) -> f(sliced params, tokens [B, L], caches of B sequences) -> (last logits [B, V], caches),
+    the model run under vmap over the sequences (`target.sequences` of them)."""
+    model = build(spec.apply_to(cfg), target=target)
 
     def one(params, tokens, cache):
         logits, cache = model.apply({"params": params}, tokens[None], cache)
@@ -92,34 +111,31 @@ def _sequence_step(cfg: ModelConfig, spec: ElasticSpec, moe_impl: str | None = N
     return _cut(cfg, spec), jax.vmap(one, in_axes=(None, 0, 0))
 
 
-def _single_step(cfg: ModelConfig, spec: ElasticSpec, views: bool):
+def _single_step(cfg: ModelConfig, spec: ElasticSpec, target: CompileTarget):
     """Batch 1 without vmap: (parent) -> variables, and f(variables, token [], cache of the one row) -> (logits [V],
-    cache). On the CPU the step's float32 products run on the CPU decode kernels (kernels/cpu_gemv: split over the
-    cores, routed experts read in place). Without them (no C++ compiler), `views` makes the variables carry decode
-    views (model/decode_views.py): one copy of every expert and of each Mamba input projection per call, after
-    which each step reads its routed experts' weights in place (lax.switch) instead of copying them out of the
-    stacked weights, and makes one Mamba input product instead of five."""
+    cache). A "views" target's variables carry decode views (model/decode_views.py): one copy of every expert and
+    of each Mamba input projection per call, after which each step reads its routed experts' weights in place
+    (lax.switch) instead of copying them out of the stacked weights, and makes one Mamba input product, not five."""
     sub_cfg = spec.apply_to(cfg)
-    model, cut = build(sub_cfg), _cut(cfg, spec)
-    kernels = cpu_gemv.available()
+    model, cut = build(sub_cfg, target=target), _cut(cfg, spec)
 
     def variables(parent):
         params = cut(parent)
-        if kernels or not views or jax.default_backend() != "cpu":
+        if not target.views:
             return {"params": params}
         return {"params": params, DECODE_VIEWS: decode_views(params, compute_dtype(sub_cfg))}
 
     def step(variables, token, cache):
-        with cpu_gemv.decode_products() if kernels else contextlib.nullcontext():
-            logits, cache = model.apply(variables, token.reshape(1, 1), cache)
+        logits, cache = model.apply(variables, token.reshape(1, 1), cache)
         return logits[0, -1], cache
 
     return variables, step
 
 
-def make_feed(cfg: ModelConfig, spec: ElasticSpec) -> Callable:
-    """jit(parent, tokens [B, piece], caches, logits [B, V], active [B]) -> (logits, caches) for active rows."""
-    cut, step = _sequence_step(cfg, spec)
+def make_feed(cfg: ModelConfig, spec: ElasticSpec, rows: int) -> Callable:
+    """jit(parent, tokens [rows, piece], caches, logits [rows, V], active [rows]) -> (logits, caches) for active
+    rows."""
+    cut, step = _sequence_step(cfg, spec, feed_target(rows))
 
     def run(parent, tokens, caches, logits, active):
         new_logits, new_caches = step(cut(parent), tokens, caches)
@@ -129,19 +145,18 @@ def make_feed(cfg: ModelConfig, spec: ElasticSpec) -> Callable:
 
 
 def make_decode(cfg: ModelConfig, spec: ElasticSpec, width: int, temperature: float, top_k: int, top_p: float,
-                stop_ids: tuple[int, ...], pad_id: int, batch: int = 0, views: bool = False) -> Callable:
+                stop_ids: tuple[int, ...], pad_id: int, target: CompileTarget) -> Callable:
     """jit(parent, caches, logits, keys [B], emitted [B], done [B], max_new) -> (tokens [B, width], counts [B],
     logits, caches, done): up to `max_new` (<= width, traced: one program serves every count) tokens per row in one
-    `lax.while_loop`, a row stopping at any of `stop_ids`.
+    `lax.while_loop`, a row stopping at any of `stop_ids`; built for `target` (`decode_target`).
 
     Every emitted token (a stop token included) is fed, so the caches end holding each row's whole text and
     `logits` are those after its last token: a later call continues where this one ended. Row r's sample at its
     n-th emitted token uses fold_in(keys[r], n), so decoding in several calls samples what one call would.
 
-    `batch` 1 takes a program without vmap (`_single_step`, decode `views` for long calls): the loop runs only
-    while its row is not done, so nothing needs holding. Other batches run the per-sequence step under vmap; once
-    the rows' experts would cover every expert (batch * top_k >= experts), every expert is computed once for the
-    whole batch (moe.experts_dense) instead of gathering each row's experts' weights.
+    A target without `sequences` decodes one row without vmap (`_single_step`): the loop runs only while its row
+    is not done, so nothing needs holding. Otherwise the per-sequence step runs under vmap and finished rows hold
+    their caches; MoE layers choose their strategy for all the rows together (model/moe.py `choose_strategy`).
     """
     stops = jnp.asarray(stop_ids, jnp.int32)
 
@@ -153,31 +168,36 @@ def make_decode(cfg: ModelConfig, spec: ElasticSpec, width: int, temperature: fl
             return (carry[0] < max_new) & ~jnp.all(carry[3])
         return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), *carry0[:2], done, *carry0[2:]))
 
-    if batch == 1:
-        variables_of, single = _single_step(cfg, spec, views)
+    run = (_decode_one if target.sequences == 0 else _decode_rows)(cfg, spec, target, sample, loop, stops, width,
+                                                                  pad_id)
+    return jax.jit(run, donate_argnums=(1,))
 
-        def run_one(parent, caches, logits, keys, emitted, done, max_new):
-            variables = variables_of(parent)
 
-            def body(carry):
-                t, logits, cache, done, out, count = carry
-                tok = sample(logits, jax.random.fold_in(keys[0], emitted[0] + count[0]))
-                logits, cache = single(variables, tok, cache)
-                done = done | jnp.isin(tok, stops)
-                return t + 1, logits, cache, done, out.at[0, t].set(tok), count + 1
+def _decode_one(cfg, spec, target, sample, loop, stops, width, pad_id) -> Callable:
+    """make_decode's program for one row, without vmap."""
+    variables_of, single = _single_step(cfg, spec, target)
 
-            out = jnp.full((1, width), pad_id, jnp.int32)
-            init = (logits[0], jax.tree.map(lambda x: x[0], caches), out, jnp.zeros((1,), jnp.int32))
-            _, logits, cache, done, out, count = loop(max_new, done, init, body)
-            return out, count, logits[None], jax.tree.map(lambda x: x[None], cache), done
+    def run(parent, caches, logits, keys, emitted, done, max_new):
+        variables = variables_of(parent)
 
-        return jax.jit(run_one, donate_argnums=(1,))
+        def body(carry):
+            t, logits, cache, done, out, count = carry
+            tok = sample(logits, jax.random.fold_in(keys[0], emitted[0] + count[0]))
+            logits, cache = single(variables, tok, cache)
+            done = done | jnp.isin(tok, stops)
+            return t + 1, logits, cache, done, out.at[0, t].set(tok), count + 1
 
-    sub_cfg = spec.apply_to(cfg)
-    dense = batch * sub_cfg.num_experts_per_tok >= min((sub_cfg.width("n_routed_experts", layer)
-                                                        for layer, kind in enumerate(sub_cfg.pattern) if kind == "E"),
-                                                       default=0)
-    cut, step = _sequence_step(cfg, spec, moe_impl="dense" if dense and "E" in sub_cfg.pattern else None)
+        out = jnp.full((1, width), pad_id, jnp.int32)
+        init = (logits[0], jax.tree.map(lambda x: x[0], caches), out, jnp.zeros((1,), jnp.int32))
+        _, logits, cache, done, out, count = loop(max_new, done, init, body)
+        return out, count, logits[None], jax.tree.map(lambda x: x[None], cache), done
+
+    return run
+
+
+def _decode_rows(cfg, spec, target, sample, loop, stops, width, pad_id) -> Callable:
+    """make_decode's program for several rows, the per-sequence step under vmap."""
+    cut, step = _sequence_step(cfg, spec, target)
 
     def run(parent, caches, logits, keys, emitted, done, max_new):
         params = cut(parent)
@@ -200,4 +220,4 @@ def make_decode(cfg: ModelConfig, spec: ElasticSpec, width: int, temperature: fl
                                                    body)
         return out, count, logits, caches, done
 
-    return jax.jit(run, donate_argnums=(1,))
+    return run

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
-from elastic_jax.kernels import cpu_gemv
+from elastic_jax.kernels.target import CompileTarget
+from elastic_jax.model.cache import KEYS, VALUES
 from elastic_jax.model.declare import ParamDecl, axis, by_name, dim, kernel, linear, linears
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 
@@ -26,8 +27,8 @@ def attention_declarations(sizes: dict[str, int]) -> tuple[ParamDecl, ...]:
 class Attention(nn.Module):
     """GQA without RoPE or biases; scale head_dim^-0.5; softmax in float32.
 
-    With a cache ({"k", "v"} of shape [batch, max_len, kv_heads, head_dim]) the new keys and values are
-    written at `pos` and the queries attend to every cached position up to their own.
+    With a cache (KEYS, VALUES of shape [batch, max_len, kv_heads, head_dim], model/cache.py) the new keys and
+    values are written at `pos` and the queries attend to every cached position up to their own.
     """
 
     hidden_size: int
@@ -36,6 +37,7 @@ class Attention(nn.Module):
     head_dim: int
     dtype: jnp.dtype = jnp.float32
     init_std: float = 0.02
+    target: CompileTarget = CompileTarget()
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, **module: Any) -> Attention:
@@ -64,23 +66,23 @@ class Attention(nn.Module):
         q_pos = jnp.arange(length)
         new_cache, out = None, None
         groups = self.num_heads // self.num_kv_heads
-        if (cache is not None and length == 1 and batch == 1 and segment_ids is None
-                and self.dtype == cache["k"].dtype == jnp.float32 and cpu_gemv.active(x)):  # CPU, batch 1
-            out, k, v = cpu_gemv.attention(q[0, 0], k[0, 0], v[0, 0], cache["k"], cache["v"], pos,
-                                           self.head_dim ** -0.5)
-            out, new_cache = out[None, None], {"k": k, "v": v}
+        kernels = self.target.row_kernels(x, self.dtype) if cache is not None else None
+        if kernels is not None and cache[KEYS].dtype == jnp.float32:  # one query, batch 1: attend in place
+            out, k, v = kernels.attention(q[0, 0], k[0, 0], v[0, 0], cache[KEYS], cache[VALUES], pos,
+                                          self.head_dim ** -0.5)
+            out, new_cache = out[None, None], {KEYS: k, VALUES: v}
         elif cache is not None:
             start = jnp.asarray(pos, jnp.int32)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, start, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, start, 0, 0))
-            new_cache = {"k": k, "v": v}
+            k = jax.lax.dynamic_update_slice(cache[KEYS], k.astype(cache[KEYS].dtype), (0, start, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache[VALUES], v.astype(cache[VALUES].dtype), (0, start, 0, 0))
+            new_cache = {KEYS: k, VALUES: v}
             q_pos = q_pos + start
         if out is None:
             out = self._attend(q, k, v, q_pos, segment_ids)
         if head_mask is not None:  # [batch, length, kv, groups, head_dim]: query heads are kv-group major
             out = out * head_mask.astype(out.dtype).reshape(self.num_kv_heads, groups, 1)
         out = out.reshape(batch, length, self.num_heads * self.head_dim)
-        return linear(decl["o_proj/kernel"], self.dtype, init, "output")(out), new_cache
+        return linear(decl["o_proj/kernel"], self.dtype, init, self.target, "output")(out), new_cache
 
     def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array,
                 segment_ids: jax.Array | None) -> jax.Array:

@@ -1,12 +1,29 @@
-"""Decode caches: attention K/V buffers, Mamba conv windows and SSM states, for a batch and a maximum length."""
+"""Decode caches: attention K/V buffers, Mamba conv windows and SSM states, for a batch and a maximum length.
+
+The layout is defined here once: {"pos": int32 scalar, "layers": [per-layer dict or None]}, an attention layer's
+dict holding `KEYS` and `VALUES` [batch, max_len, kv_heads, head_dim], a Mamba layer's `CONV` [batch, K-1,
+channels] and `SSM` [batch, heads, head_dim, state] (float32). The mixers, the decode programs and the memory
+reports read the names from here.
+"""
 
 from __future__ import annotations
+
+import math
 
 import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
-from elastic_jax.model.hybrid import compute_dtype
-from elastic_jax.model.mamba2 import mamba_cache_shapes
+
+KEYS, VALUES = "k", "v"  # attention: written at each token's position
+CONV, SSM = "conv", "ssm"  # Mamba: the last K-1 inputs of the convolution, and the state
+BY_POSITION = (KEYS, VALUES)  # buffers indexed by position (what a row has not reached yet is never read)
+
+
+def mamba_cache_shapes(batch: int, num_heads: int, head_dim: int, n_groups: int, state_size: int,
+                       conv_kernel: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of one Mamba layer's decode cache."""
+    conv_dim = num_heads * head_dim + 2 * n_groups * state_size
+    return {CONV: (batch, conv_kernel - 1, conv_dim), SSM: (batch, num_heads, head_dim, state_size)}
 
 
 def cache_shapes(cfg: ModelConfig, batch: int, max_len: int) -> list[dict[str, tuple[int, ...]] | None]:
@@ -18,7 +35,7 @@ def cache_shapes(cfg: ModelConfig, batch: int, max_len: int) -> list[dict[str, t
                                              cfg.ssm_state_size, cfg.conv_kernel))
         elif kind == "*":
             kv = (batch, max_len, cfg.width("num_key_value_heads", layer), cfg.head_dim)
-            shapes.append({"k": kv, "v": kv})
+            shapes.append({KEYS: kv, VALUES: kv})
         else:
             shapes.append(None)
     return shapes
@@ -26,8 +43,8 @@ def cache_shapes(cfg: ModelConfig, batch: int, max_len: int) -> list[dict[str, t
 
 def cache_dtypes(cfg: ModelConfig) -> dict[str, jnp.dtype]:
     """The SSM state is float32 (transformers' mamba_ssm_cache_dtype); the rest uses the compute dtype."""
-    dt = compute_dtype(cfg)
-    return {"conv": dt, "ssm": jnp.float32, "k": dt, "v": dt}
+    dt = jnp.dtype(cfg.compute_dtype)
+    return {CONV: dt, SSM: jnp.dtype(jnp.float32), KEYS: dt, VALUES: dt}
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
@@ -38,14 +55,22 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     return {"pos": jnp.zeros((), jnp.int32), "layers": layers}
 
 
+def bytes_by_kind(cache: dict) -> tuple[int, int]:
+    """(attention K/V bytes, Mamba conv + SSM state bytes) of a cache's arrays (or their ShapeDtypeStructs)."""
+    kv = state = 0
+    for layer in cache["layers"]:
+        for key, leaf in (layer or {}).items():
+            nbytes = math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
+            kv, state = (kv + nbytes, state) if key in BY_POSITION else (kv, state + nbytes)
+    return kv, state
+
+
 def cache_bytes(cfg: ModelConfig, batch: int, max_len: int) -> int:
-    """Bytes a cache of this size allocates (used by memory accounting)."""
+    """Bytes a cache of this size allocates (used by memory accounting), from the shapes alone."""
     dtypes = cache_dtypes(cfg)
-    total = 0
-    for s in cache_shapes(cfg, batch, max_len):
-        for key, shape in (s or {}).items():
-            count = 1
-            for d in shape:
-                count *= d
-            total += count * jnp.dtype(dtypes[key]).itemsize
-    return total
+    return sum(math.prod(shape) * dtypes[key].itemsize
+               for s in cache_shapes(cfg, batch, max_len) for key, shape in (s or {}).items())
+
+
+__all__ = ["BY_POSITION", "CONV", "KEYS", "SSM", "VALUES", "bytes_by_kind", "cache_bytes", "cache_dtypes",
+           "cache_shapes", "init_cache", "mamba_cache_shapes"]

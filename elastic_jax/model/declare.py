@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from elastic_jax.kernels import cpu_gemv
+from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.linear import Linear
 from elastic_jax.paths import unflatten
 
@@ -146,21 +146,23 @@ def by_name(decls: Iterable[ParamDecl]) -> dict[str, ParamDecl]:
 
 
 # ---- building parameters from declarations ---------------------------------------------------------------
-def linear(decl: ParamDecl, dtype: Any, init: Callable, grad_transpose: str = "input") -> Linear:
+def linear(decl: ParamDecl, dtype: Any, init: Callable, target: CompileTarget, grad_transpose: str = "input"
+           ) -> Linear:
     """The Linear submodule a kernel declaration describes (its name and output width come from the record)."""
     if decl.path[-1] != "kernel" or len(decl.path) != 2:
         raise ValueError(f"{decl.name}: a Linear's declaration is '<module>/kernel'")
-    return Linear(decl.shape[-1], dtype, init, grad_transpose, name=decl.path[0])
+    return Linear(decl.shape[-1], dtype, init, grad_transpose, target, name=decl.path[0])
 
 
 def linears(module: nn.Module, decls: Sequence[ParamDecl], x: jax.Array, dtype: Any, init: Callable
             ) -> tuple[jax.Array, ...]:
-    """x through the Linear of each declaration; in batch-1 decoding on the CPU, as one call of the CPU kernels
-    (kernels/cpu_gemv: the row is read once and the products share the threads)."""
-    if not module.is_initializing() and jnp.dtype(dtype) == jnp.float32 and cpu_gemv.active(x):
+    """x through the Linear of each declaration, in the forms of `module.target`; with decode kernels for this
+    row, as one call (the row is read once and the products share the threads)."""
+    kernels = module.target.row_kernels(x, dtype)
+    if kernels is not None and not module.is_initializing():
         params = module.variables["params"]
-        return cpu_gemv.vector_products(x, [params[d.path[0]]["kernel"] for d in decls])
-    return tuple(linear(d, dtype, init)(x) for d in decls)
+        return kernels.products(x, [params[d.path[0]]["kernel"] for d in decls])
+    return tuple(linear(d, dtype, init, module.target)(x) for d in decls)
 
 
 def declared_param(module: nn.Module, decl: ParamDecl, init: Callable) -> jax.Array:

@@ -1,8 +1,8 @@
 """Weight views for cached decoding on the CPU, built once per decode call and read by every step of its loop.
 
-Batches of several rows use them (`generate`); a single row uses the CPU decode kernels instead
-(kernels/cpu_gemv), which read the stacked experts in place with no per-call copy, and falls back to these views
-only where the kernels are not built (no C++ compiler, or ELASTIC_JAX_CPU_KERNELS=0).
+A decode program built for the "views" target (kernels/target.py) reads them: batch-1 decoding on the CPU where
+the CPU decode kernels, which read the stacked experts in place with no per-call copy, are not built (no C++
+compiler, or ELASTIC_JAX_CPU_KERNELS=0); inference/programs.py `decode_target` chooses.
 
 A decode step multiplies one token per sequence by each weight, so it is bound by reading the weights and by the
 number of products it launches. Two layouts of the stored parameters cost a decode step there:
@@ -21,6 +21,9 @@ The views are one more copy of those weights for the length of the call. They ar
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+import numpy as np
+
 DECODE_VIEWS = "decode_views"
 MAMBA_INPUTS = ("in_z", "in_x", "in_B", "in_C", "in_dt")  # transformers' in_proj order
 GEMV_BLOCK_ELEMENTS = 3 * 2**18  # 1.5 x XLA:CPU's one-thread GEMV limit (2^19 elements)
@@ -28,8 +31,6 @@ GEMV_BLOCK_ELEMENTS = 3 * 2**18  # 1.5 x XLA:CPU's one-thread GEMV limit (2^19 e
 
 def column_blocks(w):
     """`w` [in, out] as a tuple of column blocks of about GEMV_BLOCK_ELEMENTS each (one block if smaller)."""
-    import numpy as np
-
     count = max(1, round(w.shape[0] * w.shape[1] / GEMV_BLOCK_ELEMENTS))
     edges = np.linspace(0, w.shape[1], count + 1).astype(int)
     return tuple(w[:, a:b] for a, b in zip(edges[:-1], edges[1:]))
@@ -38,8 +39,6 @@ def column_blocks(w):
 def decode_views(params: dict, dtype) -> dict:
     """{module path: views} for every MoE layer ({"up_proj": E x [D, F], "down_proj": E x [F, D]}) and every
     Mamba layer ({"in_proj": column blocks of [D, 2*inner + 2*G*N + heads]}) of `params`, in the compute `dtype`."""
-    import jax.numpy as jnp
-
     def walk(tree):
         if not isinstance(tree, dict):
             return {}

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.kernels.target import CompileTarget, local_target
 from elastic_jax.model.hybrid import NemotronH
 from elastic_jax.model.layer_groups import PLAIN, LayerExecution
 from elastic_jax.model.masks import Masks
@@ -18,10 +19,12 @@ class InputError(ValueError):
     """Bad model input (e.g. a token id outside the vocabulary); the message says what is allowed."""
 
 
-def build(cfg: ModelConfig, *, ssd_impl: str = "auto", moe_impl: str = "auto",
-          execution: LayerExecution = PLAIN) -> NemotronH:
-    """The model; `execution` sets rematerialisation and the layer scan of training passes (same values)."""
-    return NemotronH(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl, execution=execution)
+def build(cfg: ModelConfig, *, ssd_impl: str = "auto", moe_strategy: str = "auto",
+          execution: LayerExecution = PLAIN, target: CompileTarget | None = None) -> NemotronH:
+    """The model compiled for `target` (kernels/target.py; None: the plain target of this process's devices);
+    `execution` sets rematerialisation and the layer scan of training passes (same values)."""
+    target = local_target() if target is None else target
+    return NemotronH(cfg, ssd_impl=ssd_impl, moe_strategy=moe_strategy, execution=execution, target=target)
 
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
@@ -58,15 +61,15 @@ def check_tokens(cfg: ModelConfig, tokens, name: str = "tokens") -> np.ndarray |
 
 
 @lru_cache(maxsize=64)
-def _jitted_forward(cfg: ModelConfig, ssd_impl: str, moe_impl: str):
-    model = build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
+def _jitted_forward(cfg: ModelConfig, ssd_impl: str, moe_strategy: str):
+    model = build(cfg, ssd_impl=ssd_impl, moe_strategy=moe_strategy)
     return jax.jit(lambda params, tokens, segment_ids=None:
                    model.apply({"params": params}, tokens, segment_ids=segment_ids)[0])
 
 
 @lru_cache(maxsize=64)
-def _jitted_masked_forward(cfg: ModelConfig, ssd_impl: str, moe_impl: str):
-    model = build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
+def _jitted_masked_forward(cfg: ModelConfig, ssd_impl: str, moe_strategy: str):
+    model = build(cfg, ssd_impl=ssd_impl, moe_strategy=moe_strategy)
     return jax.jit(lambda params, tokens, masks, segment_ids=None:
                    model.apply({"params": params}, tokens, masks=masks, segment_ids=segment_ids)[0])
 
@@ -85,7 +88,7 @@ def check_segment_ids(tokens, segment_ids) -> np.ndarray | jax.Array | None:
 
 
 def apply(cfg: ModelConfig, params: dict, tokens, *, masks: Masks | None = None, segment_ids=None,
-          ssd_impl: str = "auto", moe_impl: str = "auto") -> jax.Array:
+          ssd_impl: str = "auto", moe_strategy: str = "auto") -> jax.Array:
     """Logits [batch, length, vocab] (float32) of the full forward pass; compiled once per config and shape.
 
     `segment_ids` [batch, length] int (optional): packed documents, numbered within each row (e.g. 1, 1, 2, 2, 2,
@@ -100,9 +103,9 @@ def apply(cfg: ModelConfig, params: dict, tokens, *, masks: Masks | None = None,
     tokens = check_tokens(cfg, tokens)
     segment_ids = check_segment_ids(tokens, segment_ids)
     if isinstance(tokens, jax.core.Tracer):
-        model = build(cfg, ssd_impl=ssd_impl, moe_impl=moe_impl)
+        model = build(cfg, ssd_impl=ssd_impl, moe_strategy=moe_strategy)
         return model.apply({"params": params}, tokens, masks=masks, segment_ids=segment_ids)[0]
     segment_ids = None if segment_ids is None else jnp.asarray(segment_ids)
     if masks is not None:
-        return _jitted_masked_forward(cfg, ssd_impl, moe_impl)(params, jnp.asarray(tokens), masks, segment_ids)
-    return _jitted_forward(cfg, ssd_impl, moe_impl)(params, jnp.asarray(tokens), segment_ids)
+        return _jitted_masked_forward(cfg, ssd_impl, moe_strategy)(params, jnp.asarray(tokens), masks, segment_ids)
+    return _jitted_forward(cfg, ssd_impl, moe_strategy)(params, jnp.asarray(tokens), segment_ids)

@@ -13,20 +13,16 @@ Both change how the program is built, never what it computes (logits and gradien
 
 Only the full-sequence pass without a cache uses this (training, evaluation losses); decoding and
 initialisation always run the plain loop, and the parameter tree is the same either way (`layers_<i>`).
-MoE layers do not `sow` their routed-row counts through this path.
+MoE layers do not `sow` their routed-row counts through this path. This file plans; model/hybrid.py
+(`run_layers`) runs the stack by the plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
-import jax.numpy as jnp
-
-from elastic_jax.config import ModelConfig
-from elastic_jax.model.masks import LayerMasks, Masks
 
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,
@@ -74,15 +70,6 @@ class Segment:
         return range(first, first + self.unit)
 
 
-def _layer_signature(cfg: ModelConfig, layer: int, masks: LayerMasks) -> tuple:
-    """What must agree for two layers to share one scanned body: kind, parameter shapes, mask shapes."""
-    from elastic_jax.model.hybrid import block_declarations
-
-    params = tuple((d.path, d.shape) for d in block_declarations(cfg, layer))
-    leaves, tree = jax.tree.flatten(masks)
-    return cfg.pattern[layer], params, tree, tuple((jnp.shape(m), jnp.result_type(m)) for m in leaves)
-
-
 def plan_segments(signatures: list[tuple], max_unit: int = MAX_UNIT) -> list[Segment]:
     """Cover the layers with single layers and repeated units so that the fewest layer bodies are compiled
     (a scanned segment costs its unit's length, plus a little so that a plain layer is preferred on ties)."""
@@ -106,46 +93,3 @@ def plan_segments(signatures: list[tuple], max_unit: int = MAX_UNIT) -> list[Seg
         segments.append(seg)
         end = seg.start
     return segments[::-1]
-
-
-def layer_segments(cfg: ModelConfig, masks: Masks, scan: bool) -> list[Segment]:
-    if not scan:
-        return [Segment(i, 1, 1) for i in range(cfg.num_layers)]
-    return plan_segments([_layer_signature(cfg, i, masks.layer(i)) for i in range(cfg.num_layers)])
-
-
-def _stack(trees: list[Any]) -> Any:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def run_layers(cfg: ModelConfig, params: dict, h: jax.Array, masks: Masks, segment_ids: jax.Array | None,
-               execution: LayerExecution, ssd_impl: str, moe_impl: str) -> jax.Array:
-    """The residual stream after every block, as NemotronH's plain loop computes it (`params`: the model's)."""
-    from elastic_jax.model.hybrid import Block
-
-    policy = REMAT_POLICIES[execution.remat]
-
-    def block_fn(layer: int) -> Callable:
-        block = Block(cfg=cfg, layer=layer, ssd_impl=ssd_impl, moe_impl=moe_impl)
-
-        def apply(p: dict, x: jax.Array, m: LayerMasks) -> jax.Array:
-            return block.apply({"params": p}, x, None, None, m, masks.hidden, segment_ids)[0]
-
-        return apply if policy is None else jax.checkpoint(apply, policy=policy)
-
-    for seg in layer_segments(cfg, masks, execution.scan_layers):
-        fns = [block_fn(layer) for layer in seg.layers(0)]
-        if seg.reps == 1:
-            for fn, layer in zip(fns, seg.layers(0)):
-                h = fn(params[f"layers_{layer}"], h, masks.layer(layer))
-            continue
-        stacked = [_stack([params[f"layers_{seg.layers(r)[k]}"] for r in range(seg.reps)]) for k in range(seg.unit)]
-        stacked_masks = [_stack([masks.layer(seg.layers(r)[k]) for r in range(seg.reps)]) for k in range(seg.unit)]
-
-        def body(x: jax.Array, xs: tuple, fns: list[Callable] = fns) -> tuple[jax.Array, None]:
-            for fn, p, m in zip(fns, *xs):
-                x = fn(p, x, m)
-            return x, None
-
-        h, _ = jax.lax.scan(body, h, (stacked, stacked_masks))
-    return h

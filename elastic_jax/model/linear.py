@@ -12,7 +12,8 @@ optimisation barrier so that XLA cannot fold the transpose back into the product
   x is a computed activation (the gated norm, relu^2, the attention output) that XLA recomputes inside the
   transpose, while dy is the residual stream's gradient, a plain array; dW = (dy^T @ x)^T. Made the joint
   elastic step of `small` 5-8% faster.
-The values are the same products summed in the same order; on GPU and TPU the plain autodiff rule is used.
+The values are the same products summed in the same order. Programs compiled for GPU or TPU use the plain autodiff
+rule: the choice follows the module's `CompileTarget` (kernels/target.py), never the host the program is traced on.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from elastic_jax.kernels import cpu_gemv
+from elastic_jax.kernels.target import CompileTarget
 
 GRAD_TRANSPOSES = ("input", "output")
 
@@ -51,30 +52,32 @@ def _cpu_matmul_bwd(transpose: str, residuals, dy: jax.Array):
 _cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
 
 
-def matmul(x: jax.Array, w: jax.Array, grad_transpose: str = "input") -> jax.Array:
-    """x [..., in] @ w [in, out], with the CPU-friendly weight gradient on the CPU backend (see the module doc
-    for `grad_transpose`)."""
+def matmul(x: jax.Array, w: jax.Array, grad_transpose: str = "input", *, cpu_backward: bool) -> jax.Array:
+    """x [..., in] @ w [in, out]; `cpu_backward`: with the CPU-friendly weight gradient (see the module doc for
+    `grad_transpose`), else plain autodiff's."""
     if grad_transpose not in GRAD_TRANSPOSES:
         raise ValueError(f"grad_transpose must be one of {GRAD_TRANSPOSES}, got {grad_transpose!r}")
-    if jax.default_backend() == "cpu":
-        return _cpu_matmul(x, w, grad_transpose)
-    return x @ w
+    return _cpu_matmul(x, w, grad_transpose) if cpu_backward else x @ w
 
 
 class Linear(nn.Module):
-    """A bias-free Linear: float32 `kernel` [in, out], computing in `dtype` (flax's Dense layout and names)."""
+    """A bias-free Linear: float32 `kernel` [in, out], computing in `dtype` (flax's Dense layout and names), in the
+    forms of its `target` (the CPU's weight gradient, a decode kernel for one row)."""
 
     features: int
     dtype: jnp.dtype = jnp.float32
     kernel_init: Callable = nn.initializers.normal(0.02)
     grad_transpose: str = "input"
+    target: CompileTarget = CompileTarget()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-        if self.dtype == jnp.float32 and cpu_gemv.active(x):  # batch-1 decoding on the CPU
-            return cpu_gemv.vector_products(x, [kernel])[0]
-        return matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.grad_transpose)
+        kernels = self.target.row_kernels(x, self.dtype)
+        if kernels is not None:  # batch-1 decoding on the decode kernels
+            return kernels.products(x, [kernel])[0]
+        return matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.grad_transpose,
+                      cpu_backward=self.target.cpu_backward)
 
 
 __all__ = ["GRAD_TRANSPOSES", "Linear", "matmul"]

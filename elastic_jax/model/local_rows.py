@@ -16,7 +16,7 @@ from typing import Any
 import jax
 from jax.sharding import PartitionSpec as P
 
-from elastic_jax.kernels.ssd._shard import current_mesh, parallel_axes
+from elastic_jax.kernels.mesh import current_mesh, parallel_axes
 
 
 def on_local_rows(fn: Callable, x: jax.Array, replicated: Sequence[Any], specs: Sequence[P] | None = None,

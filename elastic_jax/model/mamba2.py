@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
-from elastic_jax.kernels import cpu_gemv
 from elastic_jax.kernels.ssd import ssd, ssd_decode_step
+from elastic_jax.kernels.target import CompileTarget
+from elastic_jax.model.cache import CONV, SSM
 from elastic_jax.model.declare import (
     HF,
     ParamDecl,
@@ -100,7 +101,7 @@ def mamba_declarations(sizes: dict[str, int]) -> tuple[ParamDecl, ...]:
 class Mamba2Mixer(nn.Module):
     """in_proj -> causal depthwise conv + SiLU on [x|B|C] -> SSD scan (+ D skip) -> gated group RMSNorm -> out_proj.
 
-    Cache (optional): {"conv": [batch, K-1, d_inner + 2*G*N], "ssm": [batch, H, P, N] float32}.
+    Cache (optional, model/cache.py): CONV [batch, K-1, d_inner + 2*G*N] and SSM [batch, H, P, N] float32.
     """
 
     hidden_size: int
@@ -119,6 +120,7 @@ class Mamba2Mixer(nn.Module):
     ssd_impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     init_std: float = 0.02
+    target: CompileTarget = CompileTarget()
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, ssd_impl: str = "auto",
@@ -150,7 +152,7 @@ class Mamba2Mixer(nn.Module):
         conv_dim = d_inner + 2 * g * n
         decl, init = by_name(self.declarations()), nn.initializers.normal(self.init_std)
 
-        if cache is not None and length == 1 and self.has_variable(DECODE_VIEWS, "in_proj"):
+        if cache is not None and length == 1 and self.target.views:
             # cached decoding: the five input products as one, over the fused view (decode_views.py)
             blocks = self.get_variable(DECODE_VIEWS, "in_proj")
             fused = jnp.concatenate([h.astype(w.dtype) @ w for w in blocks], axis=-1)
@@ -169,7 +171,7 @@ class Mamba2Mixer(nn.Module):
                                                                                                   dtype=d)))
         d_skip = declared_param(self, decl["D"], nn.initializers.ones)
 
-        conv_state = (cache["conv"] if cache is not None
+        conv_state = (cache[CONV] if cache is not None
                       else jnp.zeros((batch, self.conv_kernel - 1, conv_dim), xbc.dtype))
         xs_all = jnp.concatenate([conv_state.astype(xbc.dtype), xbc], axis=1)
         new_conv_state = xs_all[:, -(self.conv_kernel - 1):] if self.conv_kernel > 1 else conv_state
@@ -184,21 +186,21 @@ class Mamba2Mixer(nn.Module):
         x = x.reshape(batch, length, heads, p)
         b_ = b_.reshape(batch, length, g, n)
         c_ = c_.reshape(batch, length, g, n)
-        new_cache = None
-        if cache is not None and length == 1 and batch == 1 and cpu_gemv.active(h) and x.dtype == jnp.float32:
-            y, ssm = cpu_gemv.ssm_step(cache["ssm"], x[0, 0], dt[0, 0], a, b_[0, 0], c_[0, 0], d_skip)
+        kernels = self.target.row_kernels(h) if cache is not None and x.dtype == jnp.float32 else None
+        if kernels is not None:  # batch 1 on the decode kernels: the state updated in place
+            y, ssm = kernels.ssm_step(cache[SSM], x[0, 0], dt[0, 0], a, b_[0, 0], c_[0, 0], d_skip)
             y = y[None, None]
-            new_cache = {"conv": new_conv_state, "ssm": ssm}
         elif cache is not None and length == 1:
-            y, ssm = ssd_decode_step(cache["ssm"], x[:, 0], dt[:, 0], a, b_[:, 0], c_[:, 0], d_skip)
+            y, ssm = ssd_decode_step(cache[SSM], x[:, 0], dt[:, 0], a, b_[:, 0], c_[:, 0], d_skip)
             y = y[:, None]
-            new_cache = {"conv": new_conv_state, "ssm": ssm}
         elif cache is not None:
-            y, ssm = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, initial_state=cache["ssm"],
-                         return_final_state=True, impl=self.ssd_impl, seq_idx=segment_ids)
-            new_cache = {"conv": new_conv_state, "ssm": ssm}
+            y, ssm = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, initial_state=cache[SSM],
+                         return_final_state=True, impl=self.ssd_impl, seq_idx=segment_ids,
+                         platform=self.target.platform)
         else:
-            y = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, impl=self.ssd_impl, seq_idx=segment_ids)
+            y = ssd(x, dt, a, b_, c_, D=d_skip, chunk_size=self.chunk_size, impl=self.ssd_impl, seq_idx=segment_ids,
+                    platform=self.target.platform)
+        new_cache = None if cache is None else {CONV: new_conv_state, SSM: ssm}
         y = y.reshape(batch, length, d_inner)
         channel_mask = None if head_mask is None else jnp.repeat(head_mask, p, total_repeat_length=d_inner)
         norm = GatedGroupRMSNorm(dim=decl["norm/weight"].shape[0], groups=g, eps=self.eps, dtype=self.dtype,
@@ -206,15 +208,8 @@ class Mamba2Mixer(nn.Module):
         y = norm(y, z, channel_mask)
         # transformers rescales out_proj at init: kaiming-uniform(a=sqrt 5) / sqrt(num_layers).
         out_bound = 1.0 / math.sqrt(d_inner) / math.sqrt(self.num_layers)
-        out = linear(decl["out_proj/kernel"], self.dtype, _uniform_init(out_bound), "output")(y)
+        out = linear(decl["out_proj/kernel"], self.dtype, _uniform_init(out_bound), self.target, "output")(y)
         return out, new_cache
 
 
-def mamba_cache_shapes(batch: int, num_heads: int, head_dim: int, n_groups: int, state_size: int,
-                       conv_kernel: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of one Mamba layer's decode cache."""
-    conv_dim = num_heads * head_dim + 2 * n_groups * state_size
-    return {"conv": (batch, conv_kernel - 1, conv_dim), "ssm": (batch, num_heads, head_dim, state_size)}
-
-
-__all__ = ["Mamba2Mixer", "causal_depthwise_conv", "mamba_cache_shapes", "mamba_declarations"]
+__all__ = ["Mamba2Mixer", "causal_depthwise_conv", "mamba_declarations"]

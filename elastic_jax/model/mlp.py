@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.declare import ParamDecl, axis, by_name, dim, elastic_axis_of, kernel, linear
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 
@@ -33,6 +34,7 @@ class MLP(nn.Module):
     dtype: jnp.dtype = jnp.float32
     init_std: float = 0.02
     width_axis: str = "mlp"  # the logical axis of the neurons; the mask of its elastic axis scales them
+    target: CompileTarget = CompileTarget()
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, layer: int, *, dtype: jnp.dtype = jnp.float32, **module: Any) -> MLP:
@@ -51,7 +53,7 @@ class MLP(nn.Module):
         `segment_ids` (packed documents) changes nothing."""
         mask = masks.get(elastic_axis_of(self.width_axis))
         decl, init = by_name(self.declarations()), nn.initializers.normal(self.init_std)
-        h = relu2(linear(decl["up_proj/kernel"], self.dtype, init)(x))
+        h = relu2(linear(decl["up_proj/kernel"], self.dtype, init, self.target)(x))
         if mask is not None:
             h = h * mask.astype(h.dtype)
-        return linear(decl["down_proj/kernel"], self.dtype, init, "output")(h), None
+        return linear(decl["down_proj/kernel"], self.dtype, init, self.target, "output")(h), None

@@ -25,6 +25,7 @@ from elastic_jax.elastic.router import Router
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticError, ElasticSpec
 from elastic_jax.experiment import TrainConfig
+from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.functional import build
 from elastic_jax.model.layer_groups import PLAIN, LayerExecution
 from elastic_jax.train.losses import Head, head_losses, head_of, loss_chunk
@@ -48,6 +49,7 @@ class JointLossConfig:
     loss_chunk: int = 0  # sequence positions per chunk of logits; 0: automatic (losses.LOGITS_CHUNK_BYTES)
     execution: LayerExecution = PLAIN  # rematerialisation and the layer scan of every forward pass (same values)
     micro_batches: int = 1  # gradients accumulated over this many slices of the batch (train/micro_batches.py)
+    target: CompileTarget | None = None  # what the step is compiled for (kernels/target.py; None: these devices)
 
     def __post_init__(self):
         if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
@@ -79,18 +81,19 @@ def make_elastic_optimizer(train: TrainConfig, router_lr_multiplier: float = 100
 
 def _student_head(cfg: ModelConfig, router: Router, params: dict, spec: ElasticSpec | None, index: int,
                   key: jax.Array, progress: jax.Array, inputs: jax.Array, mesh: Mesh | None,
-                  segment_ids: jax.Array | None = None, execution: LayerExecution = PLAIN
-                  ) -> tuple[Head, jax.Array, jax.Array]:
+                  segment_ids: jax.Array | None = None, execution: LayerExecution = PLAIN,
+                  target: CompileTarget | None = None) -> tuple[Head, jax.Array, jax.Array]:
     """(read-out, resource loss, resource ratio) of one budget: a static slice when its architecture is fixed
     (no resource term), else the parent under the router's sampled masks."""
     if spec is not None:
         sub_params, sub_cfg = slice_params(params["model"], cfg, spec)
         if mesh is not None:  # lay the slice out as a parent of its size would be, not as padded parent shards
             sub_params = jax.lax.with_sharding_constraint(sub_params, distributed.param_shardings(sub_params, mesh))
-        return head_of(build(sub_cfg, execution=execution), sub_params, inputs, segment_ids=segment_ids), \
-            jnp.zeros(()), jnp.asarray(-1.0)
+        model = build(sub_cfg, execution=execution, target=target)
+        return head_of(model, sub_params, inputs, segment_ids=segment_ids), jnp.zeros(()), jnp.asarray(-1.0)
     masks, resource, ratio, _ = router.sample(params["router"], index, key, progress)
-    head = head_of(build(cfg, execution=execution), params["model"], inputs, masks=masks, segment_ids=segment_ids)
+    head = head_of(build(cfg, execution=execution, target=target), params["model"], inputs, masks=masks,
+                   segment_ids=segment_ids)
     return head, resource, ratio
 
 
@@ -107,7 +110,8 @@ def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params:
         budget = router.rc.budgets[i]
         with jax.named_scope(f"budget_{budget:g}"):  # each budget's ops carry its name in profiles
             head, resource, ratio = _student_head(cfg, router, params, lc.fixed_specs[i], i, keys[i], progress,
-                                                  batch["inputs"], mesh, batch.get("segment_ids"), lc.execution)
+                                                  batch["inputs"], mesh, batch.get("segment_ids"), lc.execution,
+                                                  lc.target)
         heads.append(head)
         extras.append((resource, ratio))
     chunk = loss_chunk(batch["loss_mask"].shape, cfg.vocab_size, mesh, lc.loss_chunk)
@@ -129,7 +133,7 @@ def joint_loss(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: di
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """sum_b w_b * loss_b over budgets, with the teacher's forward pass computed once."""
     teacher_params = jax.lax.stop_gradient(teacher_params)
-    teacher = head_of(build(cfg, execution=lc.execution), teacher_params, batch["inputs"],
+    teacher = head_of(build(cfg, execution=lc.execution, target=lc.target), teacher_params, batch["inputs"],
                       segment_ids=batch.get("segment_ids"))
     losses, metrics = budget_losses(cfg, router, lc, params, teacher, batch, key, progress, mesh)
     norm = sum(lc.weights)

@@ -64,6 +64,7 @@ class Head:
     x: jax.Array
     kernel: jax.Array
     dtype: Any
+    cpu_backward: bool = False  # the lm_head's target takes the CPU's weight gradient (model/linear.py)
 
 
 def head_of(model: nn.Module, params: dict, inputs: jax.Array, **kwargs: Any) -> Head:
@@ -74,7 +75,7 @@ def head_of(model: nn.Module, params: dict, inputs: jax.Array, **kwargs: Any) ->
     def grab(next_fun, args, call_kwargs, context):
         module = context.module
         if isinstance(module, Linear) and module.name == "lm_head" and context.method_name == "__call__":
-            captured.append((args[0], module.dtype))
+            captured.append((args[0], module.dtype, module.target.cpu_backward))
             return jnp.zeros((*args[0].shape[:-1], module.features), module.dtype)
         return next_fun(*args, **call_kwargs)
 
@@ -82,8 +83,8 @@ def head_of(model: nn.Module, params: dict, inputs: jax.Array, **kwargs: Any) ->
         model.apply({"params": params}, inputs, **kwargs)
     if len(captured) != 1:
         raise AssertionError(f"expected one lm_head call in the forward pass, saw {len(captured)}")
-    x, dtype = captured[0]
-    return Head(x, params["lm_head"]["kernel"], dtype)
+    x, dtype, cpu_backward = captured[0]
+    return Head(x, params["lm_head"]["kernel"], dtype, cpu_backward)
 
 
 def auto_chunk(rows_per_device: int, seq_len: int, vocab: int, limit: int = LOGITS_CHUNK_BYTES) -> int:
@@ -98,9 +99,10 @@ def _constrain(x: jax.Array, mesh: Any, axes: tuple[str | None, ...]) -> jax.Arr
     return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, axes, x.shape))
 
 
-def _logits(x: jax.Array, kernel: jax.Array, dtype: Any, mesh: Any) -> jax.Array:
+def _logits(x: jax.Array, kernel: jax.Array, head: Head, mesh: Any) -> jax.Array:
     x = _constrain(x, mesh, ("batch", None, None))
-    return _constrain(matmul(x.astype(dtype), kernel, "input").astype(jnp.float32), mesh, ("batch", None, "vocab"))
+    logits = matmul(x.astype(head.dtype), kernel, "input", cpu_backward=head.cpu_backward)
+    return _constrain(logits.astype(jnp.float32), mesh, ("batch", None, "vocab"))
 
 
 def head_losses(teacher: Head | jax.Array | None, students: Sequence[Head], targets: jax.Array, mask: jax.Array,
@@ -131,11 +133,11 @@ def head_losses(teacher: Head | jax.Array | None, students: Sequence[Head], targ
         ks = list(kernels)
         t_logits = None
         if xs["t"] is not None:
-            t_logits = _logits(xs["t"], ks.pop(0), t_head.dtype, mesh) if t_head else xs["t"]
+            t_logits = _logits(xs["t"], ks.pop(0), t_head, mesh) if t_head else xs["t"]
             t_logits = jax.lax.stop_gradient(t_logits)
         kd, ce = [], []
         for x, k, s in zip(xs["s"], ks, students, strict=True):
-            logits = _logits(x, k, s.dtype, mesh)
+            logits = _logits(x, k, s, mesh)
             zero = jnp.zeros((), jnp.float32)
             kd.append(zero if t_logits is None else (_token_kl(t_logits, logits, temperature) * xs["mask"]).sum())
             ce.append((_token_nll(logits, xs["targets"]) * xs["mask"]).sum() if with_ce else zero)

@@ -17,6 +17,7 @@ from jax.sharding import NamedSharding
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.distributed import tracing_on
+from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.functional import build
 from elastic_jax.model.layer_groups import PLAIN, LayerExecution
 from elastic_jax.train.losses import head_losses, head_of, loss_chunk
@@ -46,7 +47,7 @@ def _loss_fn(model, params: Any, batch: Batch, mesh: Any = None, chunk: int = 0)
 def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     *, state_sharding: Any = None, batch_sharding: NamedSharding | None = None,
                     donate: bool = True, loss_chunk_len: int = 0, execution: LayerExecution = PLAIN,
-                    micro_batches: int = 1
+                    micro_batches: int = 1, target: CompileTarget | None = None
                     ) -> tuple[Callable[[TrainState, Batch], tuple[TrainState, dict]], TraceCounter]:
     """(step_fn, counter): step_fn(state, batch) -> (new state, metrics {loss, grad_norm, lr, tokens}).
 
@@ -55,8 +56,9 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
     state keeps its layout across steps. `loss_chunk_len`: sequence positions per chunk of logits (0: automatic).
     `execution`: rematerialisation and the layer scan (model/layer_groups.py; the same values).
     `micro_batches`: gradients accumulated over that many slices of the batch (train/micro_batches.py).
+    `target`: what the step is compiled for (kernels/target.py; None: this process's devices).
     """
-    model = build(model_cfg, execution=execution)
+    model = build(model_cfg, execution=execution, target=target)
     counter = TraceCounter()
     mesh = batch_sharding.mesh if batch_sharding is not None else None
 

@@ -4,6 +4,8 @@ bad requests fail with one clear error before anything compiles."""
 
 from __future__ import annotations
 
+import gc
+
 import jax
 import pytest
 import torch
@@ -14,7 +16,8 @@ from elastic_jax.data import ByteTokenizer
 from elastic_jax.elastic.accounting import cache_bytes, weight_bytes
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticError
-from elastic_jax.inference.engine import VIEWS_MIN_TOKENS, Engine
+from elastic_jax.inference.engine import Engine
+from elastic_jax.inference.programs import VIEWS_MIN_TOKENS
 from elastic_jax.model.functional import InputError
 
 TOKENIZER = ByteTokenizer()
@@ -93,17 +96,33 @@ def test_each_decode_program_gives_a_row_the_same_tokens(engine, budget):
     assert streamed == batched[1][:len(streamed)] and len(streamed) >= 4
 
 
+def _live_bytes() -> int:
+    gc.collect()
+    return sum(int(x.nbytes) for x in jax.live_arrays())
+
+
 def test_memory_report_holds_the_parent_once(engine):
     for b in (1.0, 0.7, 0.4):
         engine.arch(b)
     report = engine.memory_report([1.0, 0.7, 0.4], context=256)
     assert report["parent_matches_accounting"] and report["parent_weight_bytes"] == weight_bytes(engine.cfg, "float32")
-    assert report["resident_weight_bytes"] == report["parent_weight_bytes"]
+    assert report["resident_bytes"] == report["parent_weight_bytes"] + report["router_bytes"]
     for row in report["budgets"]:
         cfg = engine.arch(row["budget"]).cfg
         assert row["cache_matches_accounting"]
         assert row["kv_bytes_per_sequence"] + row["ssm_state_bytes_per_sequence"] == cache_bytes(cfg, 1, 256)
-        assert row["resident_bytes_added"] == 0
+
+
+def test_serving_budgets_keeps_no_copy_of_their_weights(engine):
+    """Each program cuts its budget's slices inside the jit: after serving three more budgets (batch 1 and a batch,
+    so both decode programs ran), the arrays alive in the process have grown by less than the smallest slice."""
+    engine.generate(PROMPTS[:1], 1.0, max_new_tokens=4)
+    before = _live_bytes()
+    for budget in (0.7, 0.55, 0.4):
+        engine.generate(PROMPTS[:1], budget, max_new_tokens=4)
+        engine.generate(PROMPTS, budget, max_new_tokens=4)
+    grown = _live_bytes() - before
+    assert grown < weight_bytes(engine.arch(0.4).cfg, "float32"), grown
 
 
 def test_bad_requests_fail_before_compiling(engine, elastic_checkpoint, tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,9 +9,10 @@ import pytest
 
 import elastic_jax as ej
 from elastic_jax.convert.hf_weights import to_hf_tensors
+from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.decode_views import DECODE_VIEWS, GEMV_BLOCK_ELEMENTS, MAMBA_INPUTS, column_blocks, decode_views
+from elastic_jax.model.experts import experts_dense
 from elastic_jax.model.functional import build
-from elastic_jax.model.moe import experts_dense
 from tests.model.helpers import PARITY_CONFIGS, random_params, random_tokens
 
 
@@ -68,8 +67,8 @@ def test_bf16_compute_stays_close_to_fp32():
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_generate_equals_step_by_step_decoding(batch):
-    """`generate` decodes one prompt on the CPU decode kernels and several over decode views (experts read in
-    place, Mamba's fused input projection); `decode_step` over the parameters alone: same tokens."""
+    """`generate` decodes one prompt on the CPU decode kernels and several under vmap (experts gathered, or dense
+    for all the rows); `decode_step` over the parameters alone: same tokens."""
     cfg = PARITY_CONFIGS["grouped_routing"]
     params = random_params(cfg, seed=21)
     prompt = random_tokens(cfg, batch=batch, length=6, seed=22)
@@ -96,14 +95,15 @@ def test_decode_step_over_decode_views_equals_the_parameters_alone():
     assert "in_proj" not in views["layers_1"]["mixer"] and len(views["layers_1"]["mixer"]["up_proj"]) == 8
     hf_in_proj = dict(to_hf_tensors(cfg, jax.device_get(params)))["backbone.layers.0.mixer.in_proj.weight"]
     np.testing.assert_array_equal(np.asarray(fused).T, np.asarray(hf_in_proj))
-    model = build(cfg)
+    model, viewing = build(cfg), build(cfg, target=CompileTarget("cpu", decode="views"))
     prompt = random_tokens(cfg, batch=1, length=5, seed=24)
     _, cache = ej.prefill(cfg, params, prompt, max_len=12)
     step = jax.jit(lambda variables, tok, cache: model.apply(variables, tok, cache))
+    viewed_step = jax.jit(lambda variables, tok, cache: viewing.apply(variables, tok, cache))
     plain, viewed = cache, cache
     for tok in random_tokens(cfg, batch=1, length=6, seed=25).T:
         want, plain = step({"params": params}, tok[:, None], plain)
-        got, viewed = step({"params": params, DECODE_VIEWS: views}, tok[:, None], viewed)
+        got, viewed = viewed_step({"params": params, DECODE_VIEWS: views}, tok[:, None], viewed)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
 
 
@@ -150,15 +150,10 @@ def test_decode_steps_on_the_cpu_kernels_equal_the_plain_model(name):
     assert cpu_gemv.available()
     cfg = PARITY_CONFIGS[name]
     params = random_params(cfg, seed=26)
-    model = build(cfg)
+    model, on_kernels = build(cfg), build(cfg, target=CompileTarget("cpu", decode="kernels", kernels=cpu_gemv.KERNELS))
     _, cache = ej.prefill(cfg, params, random_tokens(cfg, batch=1, length=7, seed=27), max_len=16)
-
-    def step(params, tok, cache, kernels):
-        with cpu_gemv.decode_products() if kernels else contextlib.nullcontext():
-            return model.apply({"params": params}, tok, cache)
-
-    plain = jax.jit(lambda p, t, c: step(p, t, c, False))
-    kernels = jax.jit(lambda p, t, c: step(p, t, c, True))
+    plain = jax.jit(lambda p, t, c: model.apply({"params": p}, t, c))
+    kernels = jax.jit(lambda p, t, c: on_kernels.apply({"params": p}, t, c))
     want_cache, got_cache = cache, cache
     for tok in random_tokens(cfg, batch=1, length=6, seed=28).T:
         want, want_cache = plain(params, tok[:, None], want_cache)

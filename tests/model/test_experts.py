@@ -1,4 +1,5 @@
-"""The expert kernels (CPU blocked loop with its hand-written backward, ragged_dot) against a per-row reference."""
+"""The expert forms (the CPU block loop with its hand-written backward, ragged_dot, gathered, switched over views,
+dense) against a per-row reference."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from elastic_jax.model.decode_views import decode_views
+from elastic_jax.model.experts import experts_gathered, experts_ragged, experts_switched
 from elastic_jax.model.experts_looped import experts_looped
-from elastic_jax.model.moe import experts_blocked, experts_ragged, experts_switched, experts_windowed
 
 NUM_EXPERTS, DIM, FFN = 5, 12, 16
 
@@ -34,16 +35,16 @@ CASES = {
     "one_expert_takes_all": [0, 40, 0, 0, 0],
     "empty_and_ragged": [13, 0, 1, 0, 19],
     "block_multiples": [8, 16, 0, 8, 8],
-    "decode_sized": [1, 0, 2, 0, 1],  # no more rows than experts: the blocked form gathers per row
+    "decode_sized": [1, 0, 2, 0, 1],  # no more rows than experts, as the gathered strategy sees them
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("impl", ["looped", "ragged", "blocked", "windowed"])
+@pytest.mark.parametrize("impl", ["looped", "ragged", "gathered"])
 def test_experts_match_reference_values_and_gradients(case, impl):
     x, sizes, up, down, mask, cot = make_case(len(case), CASES[case])
-    fn = {"looped": lambda *a, **k: experts_looped(*a, **k, block=8), "ragged": experts_ragged,
-          "blocked": experts_blocked, "windowed": experts_windowed}[impl]
+    fn = {"looped": lambda *a, **k: experts_looped(*a, **k, block=8),
+          "ragged": lambda *a, **k: experts_ragged(*a, **k)[0], "gathered": experts_gathered}[impl]
 
     def loss(f, x, up, down, mask):
         return jnp.sum(f(x, sizes, up, down, ffn_mask=mask) * cot)

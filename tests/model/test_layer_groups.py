@@ -12,7 +12,8 @@ import pytest
 from elastic_jax.elastic.slicing import spec_masks
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.model.functional import build
-from elastic_jax.model.layer_groups import LayerExecution, LayerExecutionError, layer_segments, plan_segments
+from elastic_jax.model.hybrid import layer_segments
+from elastic_jax.model.layer_groups import LayerExecution, LayerExecutionError, plan_segments
 from elastic_jax.model.masks import Masks
 from tests.model.helpers import PARITY_CONFIGS, random_params, random_tokens
 

@@ -20,7 +20,7 @@ def test_gradients_match_autodiff(dtype, tol, grad_transpose):
         y = fn(x.astype(dtype), w.astype(dtype)).astype(jnp.float32)
         return jnp.sum(jax.nn.silu(y) * probe)
 
-    ours = jax.jit(jax.grad(lambda x, w: loss(lambda a, b: matmul(a, b, grad_transpose), x, w),
+    ours = jax.jit(jax.grad(lambda x, w: loss(lambda a, b: matmul(a, b, grad_transpose, cpu_backward=True), x, w),
                             argnums=(0, 1)))(x, w)
     plain = jax.jit(jax.grad(lambda x, w: loss(jnp.matmul, x, w), argnums=(0, 1)))(x, w)
     for a, b in zip(ours, plain, strict=True):
@@ -37,4 +37,4 @@ def test_module_keeps_flax_dense_layout():
 
 def test_unknown_grad_transpose_is_refused():
     with pytest.raises(ValueError, match="grad_transpose must be one of"):
-        matmul(jnp.ones((2, 3)), jnp.ones((3, 4)), "weights")
+        matmul(jnp.ones((2, 3)), jnp.ones((3, 4)), "weights", cpu_backward=True)

@@ -1,51 +1,31 @@
 """Batch-1 decode products on the CPU: one row times several weights split over a team of threads, and routed
-experts read in place (gemv.cc), switched on while a decode program is traced.
+experts read in place (gemv.cc); `KERNELS` is them as the model's `DecodeKernels` (kernels/target.py).
 
 XLA:CPU multiplies one row by a matrix on a single thread and runs products one after another, so a batch-1
 decode step, which is bound by reading the weights, reads them at one core's speed however many the machine has
-(docs/inference.md). Inside `decode_products()`, the model's projections of a single float32 row call these
-kernels instead (`active`): `vector_products` (one row, several weights sharing it: Mamba's five input
-projections, attention's q / k / v, or one Linear) and `expert_products` (the routed experts' up and down
-projections straight from the stacked [E, K, N] weights, where XLA would copy the chosen experts out first).
-The attention of the one query over its cache and the Mamba state update run as plain loops too (mixers.cc):
-XLA:CPU sends the first to a library call that costs more than its arithmetic, and recomputes the convolution
-feeding the second once per state element. Without a C++ compiler the library is absent, `active` is False and
-the model keeps XLA's products.
+(docs/inference.md). A decode program built for the target with these kernels (inference/programs.py) computes
+the model's projections of a single float32 row with them: `vector_products` (one row, several weights sharing
+it: Mamba's five input projections, attention's q / k / v, or one Linear) and `expert_products` (the routed
+experts' up and down projections straight from the stacked [E, K, N] weights, where XLA would copy the chosen
+experts out first). The attention of the one query over its cache and the Mamba state update run as plain loops
+too (mixers.cc): XLA:CPU sends the first to a library call that costs more than its arithmetic, and recomputes
+the convolution feeding the second once per state element. Without a C++ compiler the library is absent,
+`available()` is False and decode programs keep XLA's products.
 """
 
 from __future__ import annotations
-
-import contextlib
-import contextvars
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from elastic_jax.kernels.cpu_gemv.build import DISABLE_ENV, library
-
-_ON = contextvars.ContextVar("elastic_jax_cpu_decode_products", default=False)
-
-
-@contextlib.contextmanager
-def decode_products():
-    """Trace the model's single-row float32 products with the CPU kernels (when they are available)."""
-    token = _ON.set(True)
-    try:
-        yield
-    finally:
-        _ON.reset(token)
+from elastic_jax.kernels.target import DecodeKernels
 
 
 def available() -> bool:
     """The kernels are built and registered, and JAX runs on the CPU."""
     return jax.default_backend() == "cpu" and library() is not None
-
-
-def active(x: jax.Array) -> bool:
-    """Inside `decode_products()`, for a float32 `x` [..., K] holding one row, on the CPU with the kernels built."""
-    return (_ON.get() and x.dtype == jnp.float32 and math.prod(x.shape[:-1]) == 1 and available())
 
 
 def _call(target: str, results, **options):
@@ -67,7 +47,7 @@ def vector_products(x: jax.Array, weights) -> tuple[jax.Array, ...]:
 
 def expert_products(x: jax.Array, w: jax.Array, experts: jax.Array) -> jax.Array:
     """x [R, K] (R = 1: the same row for every expert, else one row per expert) times w[experts[j]] of the stacked
-    w [E, K, N] -> [len(experts), N]. Expert ids are clamped to [0, E)."""
+    w [E, K, N] -> [len(experts), N]. An expert id outside [0, E) is an error."""
     picks = experts.reshape(-1).astype(jnp.int32)
     return _call("elastic_jax_experts", jax.ShapeDtypeStruct((picks.shape[0], w.shape[2]), jnp.float32))(
         x.astype(jnp.float32), w.astype(jnp.float32), picks)
@@ -97,4 +77,6 @@ def ssm_step(state: jax.Array, x: jax.Array, dt: jax.Array, a: jax.Array, b: jax
                  input_output_aliases={0: 1})(*(v.astype(f32) for v in (state, x, dt, a, b, c, d)))
 
 
-__all__ = ["active", "attention", "available", "decode_products", "expert_products", "ssm_step", "vector_products"]
+KERNELS = DecodeKernels(products=vector_products, experts=expert_products, attention=attention, ssm_step=ssm_step)
+
+__all__ = ["KERNELS", "attention", "available", "expert_products", "ssm_step", "vector_products"]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from elastic_jax.kernels.ssd import _target, pallas_gpu, pallas_tpu
+from elastic_jax.kernels.ssd import pallas_gpu, pallas_tpu
 from elastic_jax.kernels.ssd.reference import ssd_reference, ssd_step_reference
 from elastic_jax.kernels.ssd.xla import ssd_xla
 
@@ -106,14 +106,15 @@ def validate_ssd_args(
         raise ValueError(f"ssd: `chunk_size` must be a positive Python int (static), got {chunk_size!r}")
 
 
-def resolve_impl(impl: str, x: jax.Array, B: jax.Array, chunk_size: int) -> str:
-    """Map `impl` (possibly "auto") to a concrete implementation name, checking kernel support statically."""
+def resolve_impl(impl: str, x: jax.Array, B: jax.Array, chunk_size: int, platform: str | None = None) -> str:
+    """Map `impl` (possibly "auto") to a concrete implementation name for `platform` ('cpu', 'gpu' or 'tpu': what
+    the program is compiled for; None: this process's default devices), checking kernel support statically."""
     if impl not in IMPLS:
         raise ValueError(f"ssd: unknown impl {impl!r}; expected one of {IMPLS}")
     if impl != "auto":
         return impl
     supports: dict[str, Callable[..., bool]] = {"pallas_tpu": pallas_tpu.supports, "pallas_gpu": pallas_gpu.supports}
-    for cand in _AUTO_ORDER.get(_target.backend(), ("xla",)):
+    for cand in _AUTO_ORDER.get(platform or jax.default_backend(), ("xla",)):
         if cand not in supports or supports[cand](x.shape, B.shape, chunk_size, x.dtype):
             return cand
     return "xla"
@@ -151,6 +152,7 @@ def ssd(
     return_final_state: bool = False,
     impl: str = "auto",
     seq_idx: jax.Array | None = None,
+    platform: str | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Mamba-2 selective scan h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = C_t h_t + D x_t over a sequence.
 
@@ -159,10 +161,13 @@ def ssd(
     return_final_state. Any seqlen works (padded internally to a multiple of the static chunk_size).
     seq_idx [b,L] int or None: packed documents; the state restarts from zero wherever seq_idx changes (the
     initial state feeds only the first document; the final state is the last document's).
+    `platform` ('cpu', 'gpu' or 'tpu'; None: this process's default devices): what the program is compiled for,
+    which "auto" and the CPU's chunk length follow (a plan compiles for a TPU on a CPU host).
     """
     validate_ssd_args(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
-    name = resolve_impl(impl, x, B, chunk_size)
-    if name == "xla" and _target.backend() == "cpu":
+    platform = platform or jax.default_backend()
+    name = resolve_impl(impl, x, B, chunk_size, platform)
+    if name == "xla" and platform == "cpu":
         chunk_size = min(chunk_size, CPU_MAX_CHUNK)
     y, final_state = _ssd_impl(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size=chunk_size, impl=name)
     return (y, final_state) if return_final_state else y

@@ -18,7 +18,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from elastic_jax.kernels.ssd import _target
 from elastic_jax.kernels.ssd._shard import sharded_over_mesh
 from elastic_jax.kernels.ssd._vjp import with_xla_backward
 from elastic_jax.kernels.ssd.xla import document_starts_per_chunk, pad_to_chunks
@@ -28,8 +27,6 @@ _HI = lax.Precision.HIGHEST
 
 def supports(x_shape: tuple[int, ...], b_shape: tuple[int, ...], chunk_size: int, dtype: jnp.dtype) -> bool:
     """Whether the compiled TPU kernel handles these static shapes (Mosaic (8, 128) tiling); else "auto" falls back."""
-    if _target.backend() != "tpu":
-        return False
     if jax.sharding.get_abstract_mesh().empty and jax.device_count() > 1:
         return False  # XLA cannot partition a Mosaic call; under jax.set_mesh it runs in a shard_map (_shard.py)
     p, n = x_shape[3], b_shape[3]

@@ -1,0 +1,96 @@
+"""What a program is compiled for: its platform, and how a cached one-token step reads its weights.
+
+The model is built for one `CompileTarget` (`model.functional.build(cfg, target=...)`) and its modules read only
+that object, never the default backend or a context variable, so a GPU plan traced on CPU stand-in devices is the
+GPU program. The platform picks the forms that are fastest there: on the CPU the Linear's weight gradient with the
+transpose XLA:CPU handles well (model/linear.py), the expert block loop (model/experts_looped.py), the short SSD
+chunk; on GPU and TPU plain autodiff, `lax.ragged_dot`, the Pallas kernels. `decode` says how a cached step of
+one token reads its weights:
+- "xla": plain XLA products (any platform, any batch);
+- "views": decode views (model/decode_views.py: per-expert arrays, the fused Mamba input projection) that the
+  program builds once per call and passes as the variable collection `decode_views`;
+- "kernels": a single float32 row's products, the routed experts read in place, one query's attention and the
+  Mamba state update as `DecodeKernels` (the CPU's are kernels/cpu_gemv).
+The decode programs choose the target (inference/programs.py: `decode_target`); training and plans use a
+platform's plain target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+DECODES = ("xla", "views", "kernels")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeKernels:
+    """Batch-1 float32 decode kernels (signatures of kernels/cpu_gemv/api.py):
+    products(x [..., K] one row, [w_i [K, N_i]]) -> (x @ w_i, ...);
+    experts(x [R, K], w [E, K, N], ids [k]) -> [k, N] (R = 1: one row for every expert, else one row per expert);
+    attention(q [kv, g, d], k, v [kv, d], key_cache, value_cache [1, S, kv, d], pos, scale) -> (out, keys, values);
+    ssm_step(state, x [h, p], dt, a, d [h], b, c [g, n]) -> (y [h, p], new state)."""
+
+    products: Callable
+    experts: Callable
+    attention: Callable
+    ssm_step: Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileTarget:
+    """platform: 'cpu', 'gpu' or 'tpu'; host_devices: compiled on CPU devices standing in for `platform` (a
+    plan); decode: one of DECODES; kernels: the DecodeKernels when decode is "kernels"; sequences: > 0 when the
+    program runs the model under `vmap`, one sequence at a time, over that many sequences (the engine's
+    programs): what a MoE layer sees is one sequence, the strategy is chosen for all of them."""
+
+    platform: str = "cpu"
+    host_devices: bool = False
+    decode: str = "xla"
+    kernels: DecodeKernels | None = None
+    sequences: int = 0
+
+    def __post_init__(self):
+        if self.platform not in PLATFORMS:
+            raise ValueError(f"CompileTarget.platform: {self.platform!r}; allowed: {list(PLATFORMS)}")
+        if self.decode not in DECODES:
+            raise ValueError(f"CompileTarget.decode: {self.decode!r}; allowed: {list(DECODES)}")
+        if (self.decode == "kernels") != (self.kernels is not None):
+            raise ValueError("CompileTarget.kernels: give DecodeKernels exactly when decode is 'kernels'")
+        if isinstance(self.sequences, bool) or not isinstance(self.sequences, int) or self.sequences < 0:
+            raise ValueError(f"CompileTarget.sequences: an integer >= 0, got {self.sequences!r}")
+
+    @property
+    def cpu_backward(self) -> bool:
+        """The Linear's weight gradient in the layout XLA:CPU transposes cheaply (only for CPU programs)."""
+        return self.platform == "cpu"
+
+    @property
+    def expert_loop(self) -> bool:
+        """Grouped experts as the block loop: XLA:CPU lowers `ragged_dot` to a dense product over every expert, on
+        CPU stand-in devices the loop's rows size the memory as a GPU's grouped GEMM holds them, and under vmap
+        the loop batches where `ragged_dot` has no rule."""
+        return self.platform == "cpu" or self.host_devices or self.sequences > 0
+
+    @property
+    def views(self) -> bool:
+        return self.decode == "views"
+
+    def row_kernels(self, x: jax.Array, dtype=jnp.float32) -> DecodeKernels | None:
+        """The decode kernels when they apply to `x` [..., K]: a single float32 row computed in float32."""
+        if self.kernels is None or x.dtype != jnp.float32 or jnp.dtype(dtype) != jnp.float32:
+            return None
+        return self.kernels if math.prod(x.shape[:-1]) == 1 else None
+
+
+def local_target() -> CompileTarget:
+    """The plain target of this process's default devices (what a program built without a target runs on)."""
+    return CompileTarget(platform=jax.default_backend())
+
+
+__all__ = ["DECODES", "PLATFORMS", "CompileTarget", "DecodeKernels", "local_target"]
