@@ -43,8 +43,10 @@ from elastic_jax.convert.hf_config import ConversionError, config_to_hf
 from elastic_jax.convert.hf_weights import to_hf_tensors
 from elastic_jax.convert.tokenizer_export import bytes_to_unicode
 from elastic_jax.data.tokenizer import ByteTokenizer
+from elastic_jax.model.blocks import BLOCKS
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
+DEFAULT_ARCH, MOE_ARCH = "nemotron_h", "nemotron_h_moe"  # llama.cpp's names (gguf.MODEL_ARCH_NAMES)
 
 
 class GGUFExportError(ConversionError):
@@ -63,12 +65,26 @@ def check_exportable(cfg: ModelConfig, dtype: str) -> None:
     """Raise GGUFExportError for anything llama.cpp cannot run, before anything is converted or written."""
     if dtype not in GGUF_DTYPES:
         raise GGUFExportError(f"export-gguf: --dtype {dtype!r}; allowed: {', '.join(GGUF_DTYPES)}")
-    if "-" in cfg.pattern and "E" in cfg.pattern:
-        raise GGUFExportError(
-            f"export-gguf: model.pattern {cfg.pattern!r} mixes dense MLP ('-') and MoE ('E') layers; llama.cpp's "
-            "nemotron_h runs only '-' and nemotron_h_moe only 'E' (with 'M' and '*'), so this model cannot be "
-            "exported as GGUF")
+    gguf_arch(cfg)
     config_to_hf(cfg)  # the same per-kind uniform widths Hugging Face export needs
+
+
+def gguf_arch(cfg: ModelConfig) -> str:
+    """The one llama.cpp architecture every layer's block kind runs under (elastic_jax/model/blocks.py), or
+    GGUFExportError when the pattern needs two (dense '-' and MoE 'E' layers together)."""
+    needs = {c: BLOCKS[c].gguf_arch for c in sorted(set(cfg.pattern)) if BLOCKS[c].gguf_arch}
+    if len(set(needs.values())) > 1:
+        kinds = " and ".join(f"'{c}'" for c in needs)
+        runs = "; ".join(f"{arch} runs only '{c}'" for c, arch in needs.items())
+        raise GGUFExportError(
+            f"export-gguf: model.pattern {cfg.pattern!r} mixes dense MLP and MoE layers ({kinds}); llama.cpp's "
+            f"{runs} (with 'M' and '*'), so this model cannot be exported as GGUF")
+    return next(iter(needs.values()), DEFAULT_ARCH)
+
+
+def _per_layer(cfg: ModelConfig, hf: dict, key: str) -> list[int]:
+    """A per-layer GGUF key: the config field each layer's block kind maps it to (0 for kinds without one)."""
+    return [hf[dict(BLOCKS[c].gguf_layer)[key]] if key in dict(BLOCKS[c].gguf_layer) else 0 for c in cfg.pattern]
 
 
 # ----------------------------------------------------------------------------------------------- hyper-parameters
@@ -81,7 +97,7 @@ def _write_hparams(w, cfg: ModelConfig, moe: bool) -> None:
     w.add_context_length(2**20)  # no positional limit (no RoPE); the converter writes the same
     w.add_embedding_length(cfg.hidden_size)
     w.add_head_count(hf["num_attention_heads"])
-    w.add_head_count_kv([hf["num_key_value_heads"] if c == "*" else 0 for c in cfg.pattern])
+    w.add_head_count_kv(_per_layer(cfg, hf, "head_count_kv"))
     w.add_key_length(cfg.head_dim)
     w.add_value_length(cfg.head_dim)
     w.add_rope_dimension_count(cfg.hidden_size // hf["num_attention_heads"])
@@ -93,10 +109,9 @@ def _write_hparams(w, cfg: ModelConfig, moe: bool) -> None:
     w.add_ssm_group_count(cfg.mamba_n_groups)
     w.add_ssm_inner_size(hf["mamba_num_heads"] * cfg.mamba_head_dim)
     w.add_ssm_time_step_rank(hf["mamba_num_heads"])
+    w.add_feed_forward_length(_per_layer(cfg, hf, "feed_forward_length"))
     if not moe:
-        w.add_feed_forward_length([hf["intermediate_size"] if c == "-" else 0 for c in cfg.pattern])
         return
-    w.add_feed_forward_length([hf["moe_intermediate_size"] if c == "E" else 0 for c in cfg.pattern])
     w.add_expert_count(hf["n_routed_experts"])
     w.add_expert_used_count(cfg.num_experts_per_tok)
     w.add_expert_group_count(cfg.n_group)
@@ -263,8 +278,8 @@ def to_gguf(cfg: ModelConfig, params: dict, tokenizer, out: str | os.PathLike, d
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out, or pass --overwrite to replace it")
     gguf = _gguf()
-    moe = "E" in cfg.pattern
-    arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.NEMOTRON_H_MOE if moe else gguf.MODEL_ARCH.NEMOTRON_H]
+    arch = gguf_arch(cfg)
+    moe = arch == MOE_ARCH
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:

@@ -7,50 +7,55 @@ a nested model's numbers are those of `spec.apply_to(cfg)`.
 
 from __future__ import annotations
 
+import functools
+
 from elastic_jax.config import ModelConfig
+from elastic_jax.model.blocks import BLOCKS, is_routed, norm_declaration, numel, outer_declarations
 from elastic_jax.model.cache import cache_bytes
 
-# Bytes per stored weight; e_score_correction_bias stays float32 whatever the weight dtype (as NVIDIA stores it).
+# Bytes per stored weight; frozen routing buffers (the MoE correction bias) stay float32 whatever the weight dtype,
+# as NVIDIA stores them.
 WEIGHT_DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1}
+
+
+def _mixer_counts(cfg: ModelConfig, layer: int, keep=lambda decl: True) -> tuple[int, int]:
+    """(total, active-per-token) entries of the declarations of one layer's mixer that `keep` selects: each
+    declaration's size at the layer's logical axis sizes; a per-expert weight counts top-k experts as active."""
+    kind = BLOCKS[cfg.pattern[layer]]
+    sizes = kind.sizes(cfg, layer)
+    routed = {**sizes, **kind.routed_sizes(cfg, layer)} if kind.routed_sizes else sizes
+    total = active = 0
+    for decl in kind.structure(tuple(sizes)):
+        if keep(decl):
+            total += numel(decl, sizes)
+            active += numel(decl, routed) if is_routed(decl) else numel(decl, sizes)
+    return total, active
 
 
 def mixer_params(cfg: ModelConfig, layer: int) -> tuple[int, int]:
     """(total, active-per-token) parameters of one layer's mixer, excluding its pre-norm."""
-    d = cfg.hidden_size
-    kind = cfg.pattern[layer]
-    if kind == "M":
-        heads, p, gn = cfg.mamba_heads(layer), cfg.mamba_head_dim, cfg.mamba_n_groups * cfg.ssm_state_size
-        d_inner = heads * p
-        conv_dim = d_inner + 2 * gn
-        total = (d * (2 * d_inner + 2 * gn + heads) + conv_dim * (cfg.conv_kernel + 1) + 3 * heads + d_inner
-                 + d_inner * d)
-        return total, total
-    if kind == "*":
-        q, kv = cfg.width("num_attention_heads", layer), cfg.width("num_key_value_heads", layer)
-        total = d * cfg.head_dim * (2 * q + 2 * kv)
-        return total, total
-    if kind == "E":
-        experts, width = cfg.width("n_routed_experts", layer), cfg.width("moe_intermediate_size", layer)
-        shared = 2 * d * cfg.width("moe_shared_expert_intermediate_size", layer)
-        router = d * experts + experts
-        total = router + experts * 2 * d * width + shared
-        active = router + cfg.num_experts_per_tok * 2 * d * width + shared
-        return total, active
-    total = 2 * d * cfg.width("intermediate_size", layer)
-    return total, total
+    return _mixer_counts(cfg, layer)
+
+
+def _outer_params(cfg: ModelConfig) -> tuple[int, int]:
+    """(embeddings + norm_f + lm_head, one block pre-norm) parameters."""
+    sizes = {"vocab": cfg.vocab_size, "embed": cfg.hidden_size}
+    structure = outer_declarations(dict.fromkeys(sizes, 1)).values()
+    return sum(numel(d, sizes) for d in structure), numel(norm_declaration({"embed": 1}), sizes)
 
 
 def count_params(cfg: ModelConfig) -> tuple[int, int]:
-    """(total, active-per-token) parameters: embeddings + blocks (with norms) + norm_f + lm_head.
+    """(total, active-per-token) parameters: embeddings + blocks (with norms) + norm_f + lm_head, counted from
+    the weight declarations.
 
     Active counts the embedding table in full, as NVIDIA's figures for Nemotron 3 Nano do.
     """
-    d = cfg.hidden_size
-    total = active = 2 * cfg.vocab_size * d + d  # embeddings, lm_head, norm_f
+    outer, norm = _outer_params(cfg)
+    total = active = outer
     for layer in range(cfg.num_layers):
         t, a = mixer_params(cfg, layer)
-        total += t + d
-        active += a + d
+        total += t + norm
+        active += a + norm
     return total, active
 
 
@@ -62,18 +67,21 @@ def format_count(n: int) -> str:
     return str(n)
 
 
-def correction_bias_count(cfg: ModelConfig) -> int:
-    """Number of e_score_correction_bias entries (kept in float32 in every checkpoint)."""
-    return sum(cfg.width("n_routed_experts", i) for i, c in enumerate(cfg.pattern) if c == "E")
+def float32_params(cfg: ModelConfig) -> int:
+    """Entries of the frozen routing buffers (e_score_correction_bias), kept in float32 in every checkpoint."""
+    def frozen(decl, layer: int) -> bool:
+        return decl.name in BLOCKS[cfg.pattern[layer]].frozen
+
+    return sum(_mixer_counts(cfg, i, functools.partial(frozen, layer=i))[0] for i in range(cfg.num_layers))
 
 
 def weight_bytes(cfg: ModelConfig, dtype: str = "bfloat16") -> int:
-    """Bytes of all weights stored at `dtype` (routing correction biases in float32)."""
+    """Bytes of all weights stored at `dtype` (frozen routing buffers in float32)."""
     if dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight dtype {dtype!r} is unknown; allowed: {list(WEIGHT_DTYPES)}")
     total, _ = count_params(cfg)
-    bias = correction_bias_count(cfg)
-    return (total - bias) * WEIGHT_DTYPES[dtype] + bias * 4
+    kept = float32_params(cfg)
+    return (total - kept) * WEIGHT_DTYPES[dtype] + kept * 4
 
 
 def memory_bytes(cfg: ModelConfig, batch: int = 1, context: int = 4096, dtype: str = "bfloat16") -> int:
@@ -85,23 +93,13 @@ def memory_bytes(cfg: ModelConfig, batch: int = 1, context: int = 4096, dtype: s
 def mixer_flops(cfg: ModelConfig, layer: int, context: int) -> int:
     """Forward FLOPs for one token through one layer's mixer, attending to `context` positions.
 
-    Matmuls count 2 per multiply-add over the active weights; attention adds QK^T and PV over the context;
-    the Mamba scan counts its recurrent form (decay, outer-product update, readout: 3 multiply-adds per state
-    element) and the depthwise convolution. Norms and activations are left out.
+    Products count 2 per multiply-add over the active weights a matmul contracts (the declarations with a
+    quantisation input axis); the block kind adds what is not a weight product (attention's QK^T and PV over
+    the context, the Mamba convolution and scan). Norms, biases and activations are left out.
     """
-    d, kind = cfg.hidden_size, cfg.pattern[layer]
-    _, active = mixer_params(cfg, layer)
-    if kind == "M":
-        heads, p, gn = cfg.mamba_heads(layer), cfg.mamba_head_dim, cfg.mamba_n_groups * cfg.ssm_state_size
-        d_inner = heads * p
-        matmul = d * (2 * d_inner + 2 * gn + heads) + d_inner * d
-        return 2 * matmul + 2 * cfg.conv_kernel * (d_inner + 2 * gn) + 6 * d_inner * cfg.ssm_state_size
-    if kind == "*":
-        q = cfg.width("num_attention_heads", layer)
-        return 2 * active + 4 * q * cfg.head_dim * context
-    if kind == "E":
-        return 2 * (active - cfg.width("n_routed_experts", layer))  # the correction bias is an add, not a matmul
-    return 2 * active
+    kind = BLOCKS[cfg.pattern[layer]]
+    _, products = _mixer_counts(cfg, layer, lambda decl: decl.quant_in is not None)
+    return 2 * products + kind.extra_flops(kind.sizes(cfg, layer), context)
 
 
 def flops_per_token(cfg: ModelConfig, context: int = 4096) -> int:

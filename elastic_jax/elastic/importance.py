@@ -3,7 +3,8 @@
 One jitted function per config computes a batch's statistics; Python sums them over the batch stream. The
 activations come from the unmodified model through a Flax method interceptor that `sow`s what a mixer reads:
 the pre-norm outputs (hidden channels), the inputs of out_proj / o_proj / the FFN down projections, the x part
-of the Mamba in-projection; each MoE layer sows the rows it routed itself (routing weight, expert hidden
+of the Mamba in-projection (which ones, and how each is scored, the block kinds' records say:
+elastic_jax/model/blocks.py); each MoE layer sows the rows it routed itself (routing weight, expert hidden
 activations and output; `ROUTED_ROWS` in elastic_jax/model/moe.py) for REAP. Width scores use Minitron's
 aggregation (mean |activation| over the sequence, then L2 over the batch); hidden channels sum |rmsnorm(x)_i|
 over batch, sequence and every block norm; experts use REAP; depth is the normalised logit MSE when a layer is
@@ -17,6 +18,7 @@ wins on every parent; on the test suite's trained parent the in_x order beats ev
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -29,16 +31,30 @@ import numpy as np
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.elastic.spec import ElasticError
-from elastic_jax.model.declare import ELASTIC_AXES, ElasticAxis, elastic_axes_of, elastic_axis_size
+from elastic_jax.model.blocks import BLOCKS, Activation
+from elastic_jax.model.declare import (
+    ELASTIC_AXES,
+    Dim,
+    ElasticAxis,
+    ParamDecl,
+    by_name,
+    elastic_axes_of,
+    elastic_axis_of,
+    elastic_axis_size,
+)
 from elastic_jax.model.functional import build, check_tokens
 from elastic_jax.model.hybrid import block_declarations
 from elastic_jax.model.linear import Linear
 from elastic_jax.model.masks import LayerMasks, Masks
-from elastic_jax.model.moe import ROUTED_ROWS
 from elastic_jax.model.norms import RMSNorm
 
 _KEY = "elastic_importance"
 MAMBA_SOURCES = {"in_x": "mamba_heads", "out_proj": "mamba_heads_out"}
+
+
+# The Linear submodules whose input / output some block kind's importance reads (elastic_jax/model/blocks.py).
+_SOWN = {side: frozenset(a.path[-1] for kind in BLOCKS.values() for a in kind.importance if a.side == side)
+         for side in ("input", "output")}
 
 
 def _capture(next_fun, args, kwargs, context):
@@ -49,10 +65,36 @@ def _capture(next_fun, args, kwargs, context):
         return out
     if isinstance(module, RMSNorm) and module.name == "norm":
         module.sow("intermediates", _KEY, out)
-    elif isinstance(module, Linear) and module.name == "in_x":
-        module.sow("intermediates", _KEY, out)
-    elif isinstance(module, Linear) and module.name in ("out_proj", "o_proj", "down_proj"):
-        module.sow("intermediates", _KEY, args[0])
+    elif isinstance(module, Linear) and module.name in _SOWN["output"]:
+        module.sow("intermediates", f"{_KEY}_output", out)
+    elif isinstance(module, Linear) and module.name in _SOWN["input"]:
+        module.sow("intermediates", f"{_KEY}_input", args[0])
+    return out
+
+
+def _activation_dim(decls: dict[str, ParamDecl], act: Activation) -> tuple[ParamDecl, Dim]:
+    """The declaration of the activation's Linear and the dimension of its kernel the activation runs along."""
+    decl = decls["/".join(("mixer", *act.path, "kernel"))]
+    return decl, decl.dims[0 if act.side == "input" else -1]
+
+
+def _items(decl: ParamDecl, d: Dim) -> int:
+    """How many items of an elastic axis dimension `d` holds (heads, neurons): the product of its elastic axes."""
+    return math.prod(decl.size(a) for a in d.axes if any(a in ea.axes for ea in ELASTIC_AXES.values()))
+
+
+def _layer_stats(cfg: ModelConfig, layer: int, sown: dict, shape: tuple[int, int]) -> dict[str, jax.Array]:
+    """One layer's activation statistics, keyed by score name (and REAP's sums for a routing mixer)."""
+    kind, decls = BLOCKS[cfg.pattern[layer]], by_name(block_declarations(cfg, layer))
+    out = {}
+    for act in kind.importance:
+        a = functools.reduce(lambda tree, name: tree[name], act.path, sown)[f"{_KEY}_{act.side}"][0]
+        if act.token_l2:  # a head's activation is the L2 of its channels at each token
+            a = jnp.linalg.norm(a.reshape(*a.shape[:2], _items(*_activation_dim(decls, act)), -1).astype(jnp.float32),
+                                axis=-1)
+        out[act.score] = _minitron(a)
+    if kind.routed_rows:
+        out.update(_moe_stats(sown[kind.routed_rows][0], cfg.width("n_routed_experts", layer), *shape))
     return out
 
 
@@ -97,22 +139,10 @@ def _stats_fn(cfg: ModelConfig):
         got = state["intermediates"]
         hidden = jnp.zeros((cfg.hidden_size,), jnp.float32)
         layers = []
-        for layer, kind in enumerate(cfg.pattern):
-            g, mixer = got[f"layers_{layer}"], got[f"layers_{layer}"].get("mixer", {})
+        for layer in range(cfg.num_layers):
+            g = got[f"layers_{layer}"]
             hidden = hidden + jnp.sum(jnp.abs(g["norm"][_KEY][0]), axis=(0, 1))
-            if kind == "M":
-                layers.append({"mamba_channels": _minitron(mixer["in_x"][_KEY][0]),
-                               "mamba_channels_out": _minitron(mixer["out_proj"][_KEY][0])})
-            elif kind == "*":
-                out = mixer["o_proj"][_KEY][0]
-                heads = jnp.linalg.norm(out.reshape(*out.shape[:2], -1, cfg.head_dim).astype(jnp.float32), axis=-1)
-                layers.append({"attention_heads": _minitron(heads)})
-            elif kind == "-":
-                layers.append({"ffn": _minitron(mixer["down_proj"][_KEY][0])})
-            else:
-                entry = _moe_stats(mixer[ROUTED_ROWS][0], cfg.width("n_routed_experts", layer), *tokens.shape)
-                entry["shared_ffn"] = _minitron(mixer["shared_experts"]["down_proj"][_KEY][0])
-                layers.append(entry)
+            layers.append(_layer_stats(cfg, layer, g.get("mixer", {}), tokens.shape))
         ones = jnp.ones((cfg.num_layers,), jnp.float32)
         depth_sq_err = _depth_errors(model, params, tokens, logits, ones, segment_ids)
         return {"hidden": hidden, "layers": layers, "depth_sq_err": depth_sq_err,
@@ -148,24 +178,25 @@ def segment_batch(batch: Any) -> jax.Array | None:
     return None
 
 
+def _layer_scores(cfg: ModelConfig, layer: int, t: dict) -> dict[str, np.ndarray]:
+    """One layer's summed statistics -> its scores: each item's sqrt of the summed squares of its channels."""
+    kind, decls = BLOCKS[cfg.pattern[layer]], by_name(block_declarations(cfg, layer))
+    out = {}
+    for act in kind.importance:
+        decl, d = _activation_dim(decls, act)
+        out[act.score] = np.sqrt(t[act.score].reshape(_items(decl, d), -1).sum(-1))
+        if act.groups_as:  # the groups are the major logical axis of the item axis (KV groups of query heads)
+            groups = decl.size(ELASTIC_AXES[elastic_axis_of(d.axes[0])].axes[0])
+            out[act.groups_as] = np.linalg.norm(out[act.score].reshape(groups, -1), axis=-1)
+    if kind.routed_rows:  # REAP: the mean over routed tokens of weight x output norm
+        out["experts"] = t["reap_sum"] / np.maximum(t["reap_count"], 1.0)
+        out["expert_ffn"] = np.sqrt(t["expert_ffn"])
+    return out
+
+
 def _finalize(cfg: ModelConfig, total: dict) -> dict:
     """Summed statistics -> per-axis scores (higher is more important), indexed like the parent's arrays."""
-    layers = []
-    for layer, kind in enumerate(cfg.pattern):
-        t = total["layers"][layer]
-        if kind == "M":
-            shape = (cfg.mamba_heads(layer), cfg.mamba_head_dim)
-            layers.append({"mamba_heads": np.sqrt(t["mamba_channels"].reshape(shape).sum(-1)),
-                           "mamba_heads_out": np.sqrt(t["mamba_channels_out"].reshape(shape).sum(-1))})
-        elif kind == "*":
-            heads = np.sqrt(t["attention_heads"])
-            kv = cfg.width("num_key_value_heads", layer)
-            layers.append({"attention_heads": heads, "kv_groups": np.linalg.norm(heads.reshape(kv, -1), axis=-1)})
-        elif kind == "-":
-            layers.append({"ffn": np.sqrt(t["ffn"])})
-        else:
-            layers.append({"experts": t["reap_sum"] / np.maximum(t["reap_count"], 1.0),
-                           "expert_ffn": np.sqrt(t["expert_ffn"]), "shared_ffn": np.sqrt(t["shared_ffn"])})
+    layers = [_layer_scores(cfg, layer, total["layers"][layer]) for layer in range(cfg.num_layers)]
     depth = total["depth_sq_err"] / max(float(total["logit_sq"]), 1e-30)
     return {"hidden": total["hidden"], "layers": layers, "depth": depth}
 

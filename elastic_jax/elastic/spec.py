@@ -15,19 +15,14 @@ from typing import Any
 
 from elastic_jax.config import ConfigError, ModelConfig
 from elastic_jax.elastic.accounting import WEIGHT_DTYPES, count_params, memory_bytes
+from elastic_jax.model.blocks import BLOCKS, kind_of_axis
+from elastic_jax.model.declare import ELASTIC_AXES
 
 IntOrTuple = int | tuple[int, ...]
 ATTENTION_MODES = ("kv_groups", "query_heads")
 
-# Elastic width fields of a spec: field -> (axis name, block character of the layers it applies to).
-WIDTH_FIELDS = {
-    "mamba_num_heads": ("mamba_heads", "M"),
-    "num_attention_heads": ("attention_heads", "*"),
-    "intermediate_size": ("ffn", "-"),
-    "n_routed_experts": ("experts", "E"),
-    "moe_intermediate_size": ("expert_ffn", "E"),
-    "moe_shared_expert_intermediate_size": ("shared_ffn", "E"),
-}
+# Elastic width fields of a spec: field -> (axis name, letter of the block kind whose layers it applies to).
+WIDTH_FIELDS = {ea.field: (name, kind_of_axis(name)) for name, ea in ELASTIC_AXES.items() if name != "hidden"}
 AXIS_FIELDS = {"hidden": "hidden_size", **{axis: name for name, (axis, _) in WIDTH_FIELDS.items()}, "depth": "layers"}
 AXES = tuple(AXIS_FIELDS)
 
@@ -99,6 +94,13 @@ class ElasticSpec:
     def kept_layers(self, cfg: ModelConfig) -> tuple[int, ...]:
         return tuple(range(cfg.num_layers)) if self.layers is None else self.layers
 
+    def nested_width(self, cfg: ModelConfig, name: str, layer: int) -> int:
+        """The nested model's per-layer config field `name` at parent layer `layer`: the spec's width, or the KV
+        heads its attention mode keeps, or the parent's."""
+        if name == "num_key_value_heads":
+            return self.kv_heads(cfg, layer)
+        return self.width(cfg, name, layer) if name in WIDTH_FIELDS else cfg.width(name, layer)
+
     def kv_heads(self, cfg: ModelConfig, layer: int) -> int:
         """KV heads the nested model keeps at an attention layer (set by the attention mode)."""
         heads, kv = self.width(cfg, "num_attention_heads", layer), cfg.width("num_key_value_heads", layer)
@@ -127,17 +129,12 @@ class ElasticSpec:
         kept = self.kept_layers(cfg)
         pattern = "".join(cfg.pattern[i] for i in kept)
         changes: dict[str, Any] = {"hidden_size": self.hidden(cfg), "pattern": pattern}
-        per_layer = {name: [self.width(cfg, name, i) if cfg.pattern[i] == char else cfg.width(name, i) for i in kept]
-                     for name, (_, char) in WIDTH_FIELDS.items()}
-        per_layer["num_key_value_heads"] = [self.kv_heads(cfg, i) if cfg.pattern[i] == "*"
-                                            else cfg.width("num_key_value_heads", i) for i in kept]
-        for name, values in per_layer.items():
-            char = WIDTH_FIELDS[name][1] if name in WIDTH_FIELDS else "*"
-            used = {v for v, c in zip(values, pattern) if c == char}
-            if len(used) <= 1:
-                changes[name] = used.pop() if used else max(values)
-            else:
-                changes[name] = tuple(values)
+        for letter, kind in BLOCKS.items():
+            for name in kind.fields:
+                values = [self.nested_width(cfg, name, i) if cfg.pattern[i] == letter else cfg.width(name, i)
+                          for i in kept]
+                used = {v for v, c in zip(values, pattern) if c == letter}
+                changes[name] = used.pop() if len(used) == 1 else (tuple(values) if used else max(values))
         try:
             return cfg.replace(**changes)
         except ConfigError as err:  # should be unreachable after validate(); keep the message informative
@@ -207,28 +204,26 @@ def _check_range(field: str, layer: int, value: int, low: int, high: int, step: 
 
 
 def _validate_layer(spec: ElasticSpec, cfg: ModelConfig, layer: int) -> None:
-    kind = cfg.pattern[layer]
-    w = lambda name: spec.width(cfg, name, layer)  # noqa: E731
-    if kind == "M":
+    for name in BLOCKS[cfg.pattern[layer]].elastic_fields:
+        low, step, why = width_rule(cfg, name, layer, spec.attention_mode)
+        _check_range(name, layer, spec.width(cfg, name, layer), low, cfg.width(name, layer), step, why)
+
+
+def width_rule(cfg: ModelConfig, name: str, layer: int, attention_mode: str = "kv_groups") -> tuple[int, int, str]:
+    """(smallest, step, why) of the kept sizes of width field `name` at `layer`: grouped axes keep an equal
+    prefix of every group (or whole groups), experts keep enough candidates for top-k routing."""
+    if name == "mamba_num_heads":
         g = cfg.mamba_n_groups
-        _check_range("mamba_num_heads", layer, w("mamba_num_heads"), g, cfg.mamba_heads(layer), g,
-                     f" (heads are kept as an equal prefix of each of the {g} B/C groups)")
-    elif kind == "*":
+        return g, g, f" (heads are kept as an equal prefix of each of the {g} B/C groups)"
+    if name == "num_attention_heads":
         q, kv = cfg.width("num_attention_heads", layer), cfg.width("num_key_value_heads", layer)
-        if spec.attention_mode == "kv_groups":
-            _check_range("num_attention_heads", layer, w("num_attention_heads"), q // kv, q, q // kv,
-                         f" (attention_mode 'kv_groups' keeps whole KV groups of {q // kv} query heads)")
-        else:
-            _check_range("num_attention_heads", layer, w("num_attention_heads"), kv, q, kv,
-                         f" (attention_mode 'query_heads' keeps the same query heads in each of {kv} KV groups)")
-    elif kind == "-":
-        _check_range("intermediate_size", layer, w("intermediate_size"), 1, cfg.width("intermediate_size", layer))
-    elif kind == "E":
-        _check_range("n_routed_experts", layer, w("n_routed_experts"), min_experts(cfg),
-                     cfg.width("n_routed_experts", layer), cfg.n_group,
-                     f" (top-{cfg.num_experts_per_tok} routing over {cfg.n_group} routing group(s) kept equally)")
-        for name in ("moe_intermediate_size", "moe_shared_expert_intermediate_size"):
-            _check_range(name, layer, w(name), 1, cfg.width(name, layer))
+        if attention_mode == "kv_groups":
+            return q // kv, q // kv, f" (attention_mode 'kv_groups' keeps whole KV groups of {q // kv} query heads)"
+        return kv, kv, f" (attention_mode 'query_heads' keeps the same query heads in each of {kv} KV groups)"
+    if name == "n_routed_experts":
+        return (min_experts(cfg), cfg.n_group,
+                f" (top-{cfg.num_experts_per_tok} routing over {cfg.n_group} routing group(s) kept equally)")
+    return 1, 1, ""
 
 
 def min_experts(cfg: ModelConfig) -> int:
@@ -240,17 +235,8 @@ def min_experts(cfg: ModelConfig) -> int:
 def round_width(cfg: ModelConfig, name: str, layer: int, fraction: float, attention_mode: str = "kv_groups") -> int:
     """About `fraction` of field `name` at `layer`, rounded to the nearest size the grouping allows."""
     full = cfg.width(name, layer)
-    if name == "mamba_num_heads":
-        step, low = cfg.mamba_n_groups, cfg.mamba_n_groups
-    elif name == "num_attention_heads":
-        kv = cfg.width("num_key_value_heads", layer)
-        step = full // kv if attention_mode == "kv_groups" else kv
-        low = step
-    elif name == "n_routed_experts":
-        step, low = cfg.n_group, min(min_experts(cfg), full)
-    else:
-        step, low = 1, 1
-    return int(min(full, max(low, round(fraction * full / step) * step)))
+    low, step, _ = width_rule(cfg, name, layer, attention_mode)
+    return int(min(full, max(min(low, full), round(fraction * full / step) * step)))
 
 
 def _kept_by_order(cfg: ModelConfig, fraction: float, layer_order: Sequence[int] | None) -> tuple[int, ...] | None:

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from elastic_jax.config import ModelConfig
 from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.attention import Attention
-from elastic_jax.model.declare import HF, ParamDecl, axis, declare, dim, linear, prefixed
+from elastic_jax.model.blocks import norm_declaration, outer_declarations
+from elastic_jax.model.declare import ParamDecl, linear, prefixed
 from elastic_jax.model.layer_groups import PLAIN, REMAT_POLICIES, LayerExecution, Segment, plan_segments
 from elastic_jax.model.mamba2 import Mamba2Mixer
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks, Masks
@@ -40,23 +41,16 @@ def make_mixer(cfg: ModelConfig, layer: int, *, ssd_impl: str = "auto", moe_stra
     return MLP.from_config(cfg, layer, dtype=dtype, **module)
 
 
-NORM = dim(None, "embed")  # RMSNorm weights over the hidden channels stay replicated
-
-
 def block_declarations(cfg: ModelConfig, layer: int) -> tuple[ParamDecl, ...]:
     """Layer `layer`'s parameters: its pre-norm and its mixer's (paths and HF names relative to the layer)."""
-    norm = declare("norm/weight", (NORM,), {"embed": cfg.hidden_size}, HF("norm.weight", "vector"))
+    norm = norm_declaration({"embed": cfg.hidden_size})
     mixer = make_mixer(cfg, layer, name=None, parent=None)  # unbound: a description, not a submodule
     return (norm, *prefixed(mixer.declarations(), "mixer"))
 
 
 def _outer_declarations(cfg: ModelConfig) -> dict[str, ParamDecl]:
     """The embedding table, the final norm and the untied read-out."""
-    sizes = {"vocab": cfg.vocab_size, "embed": cfg.hidden_size}
-    embed, vocab = axis("embed"), axis("vocab")
-    return {"embeddings": declare("embeddings/embedding", (vocab, embed), sizes, HF("embeddings.weight", "vector")),
-            "norm_f": declare("norm_f/weight", (NORM,), sizes, HF("norm_f.weight", "vector")),
-            "lm_head": declare("lm_head/kernel", (embed, vocab), sizes, HF("lm_head.weight", root=True), quant_in=0)}
+    return outer_declarations({"vocab": cfg.vocab_size, "embed": cfg.hidden_size})
 
 
 def model_declarations(cfg: ModelConfig) -> tuple[ParamDecl, ...]:

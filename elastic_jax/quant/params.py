@@ -7,7 +7,8 @@ Which weights are quantised comes from the declarations (elastic_jax/model/decla
 
 The default exclusions follow NVIDIA's own NVFP4 checkpoint of Nemotron Nano v3 (METHOD §7) and
 Model-Optimizer's defaults: the read-out (`lm_head`), the MoE routers (`gate`), every attention projection, and
-the Mamba projections of each Mamba layer directly before an attention layer stay unquantised. `excluded`
+the Mamba projections of each Mamba layer directly before an attention layer stay unquantised (the block kinds'
+records say which, elastic_jax/model/blocks.py). `excluded`
 replaces that list with glob patterns over parameter paths ('layers_3/mixer/*', '*/out_proj/kernel').
 
 Per-tensor scales are the parent's to keep: `quantize_params(..., scales=...)` quantises with given per-tensor
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elastic_jax.config import ModelConfig
+from elastic_jax.model.blocks import BLOCKS
 from elastic_jax.model.declare import ParamDecl, check_declared, unflatten
 from elastic_jax.model.hybrid import model_declarations
 from elastic_jax.quant import fp8, nvfp4
@@ -37,12 +39,13 @@ QUANTISED = (NVFP4Array, FP8Array)
 
 
 def default_excluded(cfg: ModelConfig) -> tuple[str, ...]:
-    """NVIDIA's choice of weights kept unquantised (see the module docstring), as path patterns."""
-    out = ["lm_head/*", "layers_*/mixer/gate"]
-    for i, kind in enumerate(cfg.pattern):
-        before_attention = kind == "M" and i + 1 < cfg.num_layers and cfg.pattern[i + 1] == "*"
-        if kind == "*" or before_attention:
-            out.append(f"layers_{i}/mixer/*")
+    """NVIDIA's choice of weights kept unquantised (see the module docstring), as path patterns: the read-out,
+    and per layer what its block kind keeps (`quant_excluded`, `quant_excluded_before`; elastic_jax/model/blocks.py)."""
+    out = ["lm_head/*"]
+    for i, letter in enumerate(cfg.pattern):
+        kind, following = BLOCKS[letter], cfg.pattern[i + 1:i + 2]
+        patterns = ("*",) if following and following in kind.quant_excluded_before else kind.quant_excluded
+        out += [f"layers_{i}/mixer/{p}" for p in patterns]
     return tuple(out)
 
 

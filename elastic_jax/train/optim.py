@@ -1,7 +1,8 @@
 """AdamW with linear warmup and cosine decay, global-norm clipping, and weight decay only where it belongs.
 
-Weight decay skips rank-1 parameters (norm weights, biases, A_log, D, dt_bias). Routing buffers
-(`e_score_correction_bias`) are not trained by gradients at all: their updates are zero.
+Weight decay skips rank-1 parameters (norm weights, biases, A_log, D, dt_bias). Routing buffers (the block
+kinds' `frozen` weights, elastic_jax/model/blocks.py: `e_score_correction_bias`) are not trained by gradients at
+all: their updates are zero.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import optax
 
 from elastic_jax.distributed import path_str
 from elastic_jax.experiment import TrainConfig
+from elastic_jax.model.blocks import frozen_names
 
-FROZEN_NAMES = ("e_score_correction_bias",)
+FROZEN_NAMES = frozen_names()
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:

@@ -39,7 +39,7 @@ def test_nano_memory_equals_weights_plus_allocated_cache(nano, dtype):
     batch, context = 2, 1024
     cache = _allocated_cache_bytes(nano, batch, context)
     assert accounting.memory_bytes(nano, batch, context, dtype) == accounting.weight_bytes(nano, dtype) + cache
-    bias = accounting.correction_bias_count(nano)
+    bias = accounting.float32_params(nano)
     assert bias == 23 * 128  # one fp32 correction bias per MoE layer
     if dtype == "float32":  # float32 weights are exactly the parameter pytree
         shapes = ej.param_shapes(nano)
@@ -72,3 +72,45 @@ def test_small_configs_memory_and_flops(name):
     attention_layers = cfg.pattern.count("*")
     assert long - short == attention_layers * 4 * cfg.num_attention_heads * cfg.head_dim * (1024 - 16)
     assert short > 2 * (accounting.count_params(cfg)[1] - cfg.vocab_size * cfg.hidden_size) * 0.9
+
+
+def _sliced_spec(cfg, seed: int) -> ElasticSpec:
+    """A random nested spec: every elastic axis cut to a random fraction, and a random depth."""
+    rng = np.random.default_rng(seed)
+    fractions = {axis: float(rng.uniform(0.2, 1.0)) for axis in ("hidden", "mamba_heads", "attention_heads", "ffn",
+                                                                  "experts", "expert_ffn", "shared_ffn", "depth")}
+    order = rng.permutation(cfg.num_layers).tolist()
+    return ElasticSpec.from_fractions(cfg, fractions, layer_order=order, attention_mode=str(
+        rng.choice(["kv_groups", "query_heads"])))
+
+
+def _active_from_tree(cfg, params) -> int:
+    """Active parameters of a real pytree: per-expert arrays (their leading axis the layer's experts) count top-k."""
+    active = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        keys = [str(getattr(k, "key", k)) for k in path]
+        layer = int(keys[0].split("_")[1]) if keys[0].startswith("layers_") else None
+        per_expert = layer is not None and cfg.pattern[layer] == "E" and keys[-1] in ("up_proj", "down_proj")
+        active += leaf.size // leaf.shape[0] * cfg.num_experts_per_tok if per_expert else leaf.size
+    return active
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_counts_from_declarations_equal_the_initialised_tree(seed):
+    """Counting from the declarations equals counting the pytree the model's init makes, and the tree a random
+    spec slices out of it (accounting reads only the declarations and the block kinds' records). Shapes only:
+    init and slicing are evaluated abstractly, so no array is allocated or compiled."""
+    from elastic_jax.elastic.slicing import slice_params
+    from tests.model.random_configs import random_config
+
+    cfg = random_config(seed)
+    params = ej.param_shapes(cfg)  # jax.eval_shape of the model's init
+    assert accounting.count_params(cfg) == (_numel(params), _active_from_tree(cfg, params))
+    for k in range(2):
+        spec = _sliced_spec(cfg, 10 * seed + k)
+        assert not spec.is_full(cfg)
+        sliced = jax.eval_shape(lambda p, spec=spec: slice_params(p, cfg, spec)[0], params)
+        sub = spec.apply_to(cfg)
+        assert accounting.count_params(sub) == (_numel(sliced), _active_from_tree(sub, sliced))
+        assert accounting.weight_bytes(sub, "float32") == _numel(sliced) * 4
+        assert accounting.count_params(sub) == (_numel(ej.param_shapes(sub)), _active_from_tree(sub, sliced))
