@@ -37,6 +37,7 @@ from elastic_jax.distributed import MeshError, check_mesh_config, mesh_shape
 from elastic_jax.elastic.accounting import count_params
 from elastic_jax.elastic.router import Router
 from elastic_jax.experiment import ExperimentConfig, load_experiment
+from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.functional import build
 from elastic_jax.model.hybrid import model_declarations
 from elastic_jax.plan_format import format_plan
@@ -83,8 +84,6 @@ def _mesh_name(sizes: dict[str, int]) -> str:
 def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[str, int], devices: list[Any],
                     platform: str) -> dict[str, Any]:
     """Lower and compile one step for `devices` on the mesh `mesh_cfg`; per-device bytes by kind, FLOPs, time."""
-    from elastic_jax.kernels.target import CompileTarget
-
     cfg, train = exp.model, exp.train
     target = CompileTarget(platform, host_devices=platform == "gpu")  # a GPU plan runs on CPU stand-in devices
     mesh = distributed.make_mesh(mesh_cfg, devices)
