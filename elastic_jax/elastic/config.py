@@ -38,7 +38,9 @@ class ElasticConfig(schema.Section):
     "random" permutes every axis in a random order seeded by train.seed instead (no calibration), the ablation of
     the importance ranking. `budget_search` fixes every budget's architecture from the first step to the
     router-free search's best zero-shot grid spec (elastic/search.py: the Minitron-style choice) instead of the
-    router's, the ablation of the router.
+    router's, the ablation of the router. `budget_sampling` trains one budget per step instead of all of them
+    (Megatron's reference: the full model with probability 0.33, else one of the others drawn by its stage weight);
+    `normalize_weights` divides the joint loss by the sum of the stage's weights.
     """
 
     SECTION = "elastic"
@@ -57,6 +59,8 @@ class ElasticConfig(schema.Section):
     permute: bool = True  #: permute the parent into importance order before training
     importance_order: str = "importance"  #: "importance" (ranked) or "random" (seeded by train.seed: an ablation)
     budget_search: bool = False  #: fix every budget to the router-free search's choice from the start (an ablation)
+    budget_sampling: bool = False  #: each step trains one budget: the full model w.p. 0.33, else one drawn by weight
+    normalize_weights: bool = True  #: the joint loss is the weighted mean over budgets (False: the weighted sum)
 
     def __post_init__(self):
         if isinstance(self.router, dict):
@@ -75,6 +79,9 @@ class ElasticConfig(schema.Section):
                           f"{self.importance_order!r}")
         if self.importance_order == "random" and not self.permute:
             raise invalid(self, "importance_order", "'random' permutes the parent; it needs permute=True")
+        for name in ("budget_sampling", "normalize_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise invalid(self, name, f"must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.budget_search, bool):
             raise invalid(self, "budget_search", f"must be True (the router-free search's architectures) or False "
                           f"(the router's), got {self.budget_search!r}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -50,6 +51,7 @@ class JointLossConfig:
     execution: LayerExecution = PLAIN  # rematerialisation and the layer scan of every forward pass (same values)
     micro_batches: int = 1  # gradients accumulated over this many slices of the batch (train/micro_batches.py)
     target: CompileTarget | None = None  # what the step is compiled for (kernels/target.py; None: these devices)
+    normalize: bool = True  # the weighted mean over budgets (False: the weighted sum; elastic.normalize_weights)
 
     def __post_init__(self):
         if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
@@ -131,12 +133,13 @@ def budget_losses(cfg: ModelConfig, router: Router, lc: JointLossConfig, params:
 def joint_loss(cfg: ModelConfig, router: Router, lc: JointLossConfig, params: dict, teacher_params: dict,
                batch: Batch, key: jax.Array, progress: jax.Array, mesh: Mesh | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """sum_b w_b * loss_b over budgets, with the teacher's forward pass computed once."""
+    """sum_b w_b * loss_b / sum_b w_b over budgets (without the division when not `lc.normalize`), with the
+    teacher's forward pass computed once."""
     teacher_params = jax.lax.stop_gradient(teacher_params)
     teacher = head_of(build(cfg, execution=lc.execution, target=lc.target), teacher_params, batch["inputs"],
                       segment_ids=batch.get("segment_ids"))
     losses, metrics = budget_losses(cfg, router, lc, params, teacher, batch, key, progress, mesh)
-    norm = sum(lc.weights)
+    norm = sum(lc.weights) if lc.normalize else 1.0
     total = sum(w / norm * loss for w, loss in zip(lc.weights, losses))
     return total, metrics
 
@@ -211,3 +214,21 @@ def stage_weights(num_budgets: int, stage2: Sequence[float] | None, stage: int) 
     if len(stage2) != num_budgets:
         raise ElasticError(f"elastic.stage2_weights needs one weight per budget ({num_budgets}), got {list(stage2)}")
     return tuple(float(w) for w in stage2)
+
+
+FULL_MODEL_PROBABILITY = 0.33  # Megatron's per-step budget sampling (METHOD §5)
+
+
+def sampled_weights(weights: Sequence[float], budgets: Sequence[float], seed: int, index: int) -> tuple[float, ...]:
+    """`elastic.budget_sampling`: one budget trains at step `index` (weight 1, the others 0): the full model with
+    probability FULL_MODEL_PROBABILITY, else one of the others drawn by its weight. A function of (seed, index)
+    alone, so a resumed run draws the same budgets."""
+    rng = np.random.default_rng([seed, index])
+    full = budgets.index(max(budgets))
+    others = [i for i in range(len(budgets)) if i != full and weights[i] > 0]
+    if not others or rng.random() < FULL_MODEL_PROBABILITY:
+        pick = full
+    else:
+        p = np.array([weights[i] for i in others], dtype=np.float64)
+        pick = others[int(rng.choice(len(others), p=p / p.sum()))]
+    return tuple(1.0 if i == pick else 0.0 for i in range(len(budgets)))

@@ -46,6 +46,7 @@ from elastic_jax.train.elastic_step import (
     StepCache,
     StepShardings,
     make_elastic_optimizer,
+    sampled_weights,
     stage_weights,
 )
 from elastic_jax.train.loop import (
@@ -172,7 +173,8 @@ def _metadata(spec: RunSpec, ec: ElasticTrainConfig, ranking: Any, current: dict
 # Fields newer than some checkpoints, at the behaviour those had: left out of the run settings at that value, so
 # such a run resumes; at another value (e.g. nested=True) its resume names the field instead.
 LEGACY_RUN_VALUES = {"elastic.router.nested": False, "elastic.importance_order": "importance",
-                     "elastic.budget_search": False}
+                     "elastic.budget_search": False, "elastic.budget_sampling": False,
+                     "elastic.normalize_weights": True}
 
 
 def _run_settings(spec: RunSpec, ec: ElasticTrainConfig) -> dict[str, Any]:
@@ -340,7 +342,10 @@ def elastify_task(run: ElasticRun, steps: StepCache) -> LoopTask:
     def step(state: TrainState, index: int) -> tuple[TrainState, dict[str, Any]]:
         stage = stage_of(index)
         run.specs = _fixed_specs(ec, router, state, index, run.specs)
-        lc = JointLossConfig(weights=stage_weights(len(ec.budgets), ec.stage2_weights, stage),
+        weights = stage_weights(len(ec.budgets), ec.stage2_weights, stage)
+        if ec.budget_sampling:  # one budget this step (Megatron's per-step sampling)
+            weights = sampled_weights(weights, ec.budgets, spec.train.seed, index)
+        lc = JointLossConfig(weights=weights, normalize=ec.normalize_weights,
                              fixed_specs=tuple(run.specs.get(b) for b in ec.budgets),
                              router_weight=ec.router.loss_weight,
                              ce_weight=ec.ce_weight, kd_temperature=ec.kd_temperature,
