@@ -19,17 +19,22 @@ from typing import Any
 import jax
 import numpy as np
 
+from elastic_jax.checkpoint import load_params
 from elastic_jax.config import ModelConfig
+from elastic_jax.data import load_tokenizer
+from elastic_jax.data.tokenizer import tokenizer_from_dict
 from elastic_jax.elastic.accounting import WEIGHT_DTYPES, count_params, weight_bytes
 from elastic_jax.elastic.router import Router, RouterConfig
 from elastic_jax.elastic.router.resource import tolerance_for
 from elastic_jax.elastic.spec import Budget, ElasticError, ElasticSpec
+from elastic_jax.experiment import model_config_from
 from elastic_jax.inference import decoder
 from elastic_jax.inference.decoder import CAPACITY_MULTIPLE, Batch, capacity_for  # noqa: F401 (API)
 from elastic_jax.inference.programs import PROGRAMS
 from elastic_jax.inference.sampling import check_sampling
 from elastic_jax.model.cache import bytes_by_kind, cache_bytes, init_cache
 from elastic_jax.model.functional import InputError
+from elastic_jax.model_io import read_metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +50,6 @@ class Arch:
 
 def check_elastic_checkpoint(path: str | Path) -> dict[str, Any]:
     """The metadata of an elastic checkpoint, or one clear error saying what the path is instead."""
-    from elastic_jax.model_io import read_metadata
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint: {path} is not a directory (expected an elastic checkpoint directory, "
@@ -66,9 +69,6 @@ class Engine:
     """One elastic checkpoint in memory (the parent's weights once, the router, the metadata), serving any budget."""
 
     def __init__(self, cfg: ModelConfig, params: dict, meta: dict[str, Any]):
-        from elastic_jax.data import load_tokenizer
-        from elastic_jax.data.tokenizer import tokenizer_from_dict
-
         if "router" not in params or "model" not in params:
             raise ElasticError(f"engine: parameters must hold 'model' and 'router' (an elastic checkpoint), got "
                                f"{sorted(params)}")
@@ -86,9 +86,6 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path) -> Engine:
         """Read an elastic checkpoint (the newest step); a path that is not one fails before anything is read."""
-        from elastic_jax.checkpoint import load_params
-        from elastic_jax.experiment import model_config_from
-
         meta = check_elastic_checkpoint(path)
         cfg = model_config_from(meta["model"])
         return cls(cfg, load_params(path), meta)
