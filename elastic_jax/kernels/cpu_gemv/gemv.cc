@@ -15,10 +15,13 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "checks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -75,8 +78,22 @@ long share_start(long total, int threads, int t) {
 class Team {
  public:
   explicit Team(int threads) : threads_(std::max(1, threads)) {
-    for (int t = 1; t < threads_; ++t) std::thread([this, t] { helper(t); }).detach();
+    helpers_.reserve(threads_ - 1);
+    for (int t = 1; t < threads_; ++t) helpers_.emplace_back([this, t] { helper(t); });
   }
+
+  // Stops and joins the helpers (the last call on this team has returned: callers hold it by shared_ptr).
+  ~Team() {
+    stop_.store(true);
+    {
+      std::lock_guard<std::mutex> lock(sleep_);
+      wake_.notify_all();
+    }
+    for (std::thread& helper : helpers_) helper.join();
+  }
+
+  Team(const Team&) = delete;
+  Team& operator=(const Team&) = delete;
 
   int threads() const { return threads_; }
 
@@ -103,24 +120,30 @@ class Team {
   }
 
  private:
+  // Waits for the next call's generation (spinning, then asleep after 2 ms); false once the team stops.
+  bool await(uint64_t seen) {
+    auto since = std::chrono::steady_clock::now();
+    unsigned spins = 0;
+    while (generation_.load(std::memory_order_acquire) == seen) {
+      if (stop_.load(std::memory_order_relaxed)) return false;
+      // pause, and let any other runnable thread (XLA's own workers) have this core: a helper that spun
+      // through a time slice would delay the step it waits for
+      _mm_pause();
+      if ((++spins & 15) == 0) sched_yield();
+      if ((spins & 1023) == 0 && std::chrono::steady_clock::now() - since > std::chrono::milliseconds(2)) {
+        std::unique_lock<std::mutex> lock(sleep_);
+        sleepers_.fetch_add(1);
+        wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+        sleepers_.fetch_sub(1);
+        since = std::chrono::steady_clock::now();
+      }
+    }
+    return true;
+  }
+
   void helper(int t) {
     uint64_t seen = 0;
-    for (;;) {
-      auto since = std::chrono::steady_clock::now();
-      unsigned spins = 0;
-      while (generation_.load(std::memory_order_acquire) == seen) {
-        // pause, and let any other runnable thread (XLA's own workers) have this core: a helper that spun
-        // through a time slice would delay the step it waits for
-        _mm_pause();
-        if ((++spins & 15) == 0) sched_yield();
-        if ((spins & 1023) == 0 && std::chrono::steady_clock::now() - since > std::chrono::milliseconds(2)) {
-          std::unique_lock<std::mutex> lock(sleep_);
-          sleepers_.fetch_add(1);
-          wake_.wait(lock, [&] { return generation_.load() != seen; });
-          sleepers_.fetch_sub(1);
-          since = std::chrono::steady_clock::now();
-        }
-      }
+    while (await(seen)) {
       seen = generation_.load(std::memory_order_acquire);
       run_columns(segments_, count_, share_start(total_, threads_, t), share_start(total_, threads_, t + 1));
       pending_.fetch_sub(1, std::memory_order_release);
@@ -135,70 +158,85 @@ class Team {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
   std::mutex sleep_;
   std::condition_variable wake_;
+  std::vector<std::thread> helpers_;
 };
 
-std::atomic<int> requested_threads{1};
+// The current team and its size; never destroyed (a static's destructor would join helpers at exit).
 std::mutex team_mutex;
-std::atomic<Team*> team_ptr{nullptr};
+int requested_threads = 1;  // guarded by team_mutex
+std::shared_ptr<Team>& current_team = *new std::shared_ptr<Team>();
 
-// The team of the requested size (a new one after ej_set_threads changes it; an old team's helpers stay asleep).
-Team& team() {
-  Team* t = team_ptr.load(std::memory_order_acquire);
-  if (t != nullptr && t->threads() == requested_threads.load()) return *t;
+// The team of the requested size, made on the first call after ej_set_threads changed it.
+std::shared_ptr<Team> team() {
   std::lock_guard<std::mutex> lock(team_mutex);
-  t = team_ptr.load();
-  if (t == nullptr || t->threads() != requested_threads.load()) {
-    t = new Team(requested_threads.load());  // never freed: its detached helpers hold it
-    team_ptr.store(t, std::memory_order_release);
-  }
-  return *t;
+  if (current_team == nullptr) current_team = std::make_shared<Team>(requested_threads);
+  return current_team;
 }
 
-ffi::Error check_f32(const ffi::AnyBuffer& b, const char* what) {
-  if (b.element_type() != ffi::DataType::F32) return ffi::Error::InvalidArgument(std::string(what) + " must be float32");
-  return ffi::Error::Success();
-}
+constexpr const char* kProducts = "elastic_jax_products";
+constexpr const char* kExperts = "elastic_jax_experts";
 
 // x [K] times each w_i [K, N_i] -> y_i [N_i].
 ffi::Error Products(ffi::AnyBuffer x, ffi::RemainingArgs weights, ffi::RemainingRets outputs) {
-  if (auto e = check_f32(x, "x"); e.failure()) return e;
-  if (weights.size() != outputs.size()) return ffi::Error::InvalidArgument("one output per weight");
-  long k = static_cast<long>(x.element_count());
-  std::vector<Segment> segments;
+  EJ_CHECK(ej::expect_f32(kProducts, "x", x, {-1}));
+  if (weights.size() != outputs.size())
+    return ffi::Error::InvalidArgument(std::string(kProducts) + ": one output per weight, got " +
+                                       std::to_string(weights.size()) + " weights and " +
+                                       std::to_string(outputs.size()) + " outputs");
+  const long k = x.dimensions()[0];
+  std::vector<Segment> segments(weights.size());
   long total = 0;
   for (size_t i = 0; i < weights.size(); ++i) {
     auto w = weights.get<ffi::AnyBuffer>(i);
     auto y = outputs.get<ffi::AnyBuffer>(i);
-    if (!w.has_value() || !y.has_value()) return ffi::Error::InvalidArgument("bad operand");
-    if (auto e = check_f32(*w, "weight"); e.failure()) return e;
-    auto dims = w->dimensions();
-    if (dims.size() != 2 || dims[0] != k) return ffi::Error::InvalidArgument("weight must be [K, N]");
-    segments.push_back({x.typed_data<float>(), w->typed_data<float>(), (*y)->typed_data<float>(), k, dims[1]});
-    total += dims[1];
+    const std::string index = " " + std::to_string(i);
+    if (!w.has_value()) return ffi::Error::InvalidArgument(std::string(kProducts) + ": weight" + index + " unreadable");
+    if (!y.has_value()) return ffi::Error::InvalidArgument(std::string(kProducts) + ": output" + index + " unreadable");
+    EJ_CHECK(ej::expect_f32(kProducts, "weight" + index, *w, {k, -1}));
+    const long n = w->dimensions()[1];
+    EJ_CHECK(ej::expect_f32(kProducts, "output" + index, **y, {n}));
+    segments[i] = {x.typed_data<float>(), w->typed_data<float>(), (*y)->typed_data<float>(), k, n};
+    total += n;
   }
-  team().run(segments.data(), static_cast<int>(segments.size()), total);
+  team()->run(segments.data(), static_cast<int>(segments.size()), total);
   return ffi::Error::Success();
 }
 
+// The shapes of Experts' buffers: x [R, K] (R = 1 or one row per pick), w [E, K, N], idx [picks], y [picks, N].
+ffi::Error check_experts(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, const ffi::AnyBuffer& idx,
+                         const ffi::AnyBuffer& y) {
+  EJ_CHECK(ej::expect_f32(kExperts, "w", w, {-1, -1, -1}));
+  const int64_t k = w.dimensions()[1], n = w.dimensions()[2];
+  EJ_CHECK(ej::expect(kExperts, "idx", idx, ffi::DataType::S32, {-1}));
+  const int64_t picks = idx.dimensions()[0];
+  EJ_CHECK(ej::expect_f32(kExperts, "x", x, {-1, k}));
+  if (x.dimensions()[0] != 1 && x.dimensions()[0] != picks)
+    return ej::mismatch(kExperts, "x", "float32 [1, " + std::to_string(k) + "] or [" + std::to_string(picks) +
+                        ", " + std::to_string(k) + "] (one row, or one per expert)",
+                        ej::describe(x.element_type(), x.dimensions()));
+  return ej::expect_f32(kExperts, "y", y, {picks, n});
+}
+
 // Rows x [R, K] (R = 1: the same row for every expert) times the experts idx [k] of w [E, K, N] -> y [k, N].
-ffi::Error Experts(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> idx, ffi::Result<ffi::AnyBuffer> y) {
-  if (auto e = check_f32(x, "x"); e.failure()) return e;
-  if (auto e = check_f32(w, "w"); e.failure()) return e;
-  auto wd = w.dimensions();
-  auto xd = x.dimensions();
-  if (wd.size() != 3 || xd.size() != 2 || xd[1] != wd[1]) return ffi::Error::InvalidArgument("x [R, K], w [E, K, N]");
-  long experts = wd[0], k = wd[1], n = wd[2], picks = static_cast<long>(idx.element_count());
-  if (xd[0] != 1 && xd[0] != picks) return ffi::Error::InvalidArgument("x has 1 row or one per expert");
+ffi::Error Experts(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer idx, ffi::Result<ffi::AnyBuffer> y) {
+  EJ_CHECK(check_experts(x, w, idx, *y));
+  const long experts = w.dimensions()[0], k = w.dimensions()[1], n = w.dimensions()[2];
+  const long picks = idx.dimensions()[0], rows = x.dimensions()[0];
   std::vector<Segment> segments(picks);
-  const int32_t* chosen = idx.typed_data();
+  const int32_t* chosen = idx.typed_data<int32_t>();
   for (long j = 0; j < picks; ++j) {
-    long e = std::min<long>(std::max<int32_t>(chosen[j], 0), experts - 1);
-    segments[j] = {x.typed_data<float>() + (xd[0] == 1 ? 0 : j * k), w.typed_data<float>() + e * k * n,
+    const long e = chosen[j];
+    if (e < 0 || e >= experts)
+      return ffi::Error::InvalidArgument(std::string(kExperts) + ": idx[" + std::to_string(j) + "] = " +
+                                         std::to_string(e) + " is not an expert of w (allowed: 0 to " +
+                                         std::to_string(experts - 1) + ")");
+    segments[j] = {x.typed_data<float>() + (rows == 1 ? 0 : j * k), w.typed_data<float>() + e * k * n,
                    y->typed_data<float>() + j * n, k, n};
   }
-  team().run(segments.data(), static_cast<int>(picks), picks * n);
+  team()->run(segments.data(), static_cast<int>(picks), picks * n);
   return ffi::Error::Success();
 }
 
@@ -210,8 +248,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(EjExperts, Experts,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
 
-extern "C" void ej_set_threads(int threads) { requested_threads.store(std::max(1, threads)); }
-extern "C" int ej_threads() { return team().threads(); }
+// Threads per product from the next call on; the old team's helpers are joined once no call runs on it.
+extern "C" void ej_set_threads(int threads) {
+  std::shared_ptr<Team> old;
+  {
+    std::lock_guard<std::mutex> lock(team_mutex);
+    requested_threads = std::max(1, threads);
+    if (current_team != nullptr && current_team->threads() != requested_threads) old.swap(current_team);
+  }
+}  // `old` released here, outside the lock
+
+extern "C" int ej_threads() { return team()->threads(); }

@@ -3,41 +3,62 @@
 // XLA:CPU hands the attention's small reductions over the cache to a library call that costs far more than their
 // arithmetic, and fuses the convolution that produces the Mamba inputs into the state update, recomputing it for
 // every state element. Here each is one plain loop over the arrays, in float32, in the reference's order of terms.
+// Each handler first checks every buffer's dtype and shape (checks.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <vector>
 
+#include "checks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
+using Buf = ffi::AnyBuffer;
+using Out = ffi::Result<ffi::AnyBuffer>;
+constexpr const char* kAttention = "elastic_jax_attention";
+constexpr const char* kSsmStep = "elastic_jax_ssm_step";
+
+// The shapes of Attention's buffers, all float32 but the int32 scalar position.
+ffi::Error check_attention(const Buf& q, const Buf& k, const Buf& v, const Buf& key_cache, const Buf& value_cache,
+                           const Buf& position, const Buf& out, const Buf& new_keys, const Buf& new_values) {
+  EJ_CHECK(ej::expect_f32(kAttention, "q", q, {-1, -1, -1}));
+  const int64_t kv = q.dimensions()[0], groups = q.dimensions()[1], d = q.dimensions()[2];
+  EJ_CHECK(ej::expect_f32(kAttention, "key_cache", key_cache, {1, -1, kv, d}));
+  const int64_t slots = key_cache.dimensions()[1];
+  EJ_CHECK(ej::expect_f32(kAttention, "value_cache", value_cache, {1, slots, kv, d}));
+  EJ_CHECK(ej::expect_f32(kAttention, "k", k, {kv, d}));
+  EJ_CHECK(ej::expect_f32(kAttention, "v", v, {kv, d}));
+  EJ_CHECK(ej::expect(kAttention, "position", position, ffi::DataType::S32, {}));
+  EJ_CHECK(ej::expect_f32(kAttention, "out", out, {kv, groups, d}));
+  EJ_CHECK(ej::expect_f32(kAttention, "new_keys", new_keys, {1, slots, kv, d}));
+  return ej::expect_f32(kAttention, "new_values", new_values, {1, slots, kv, d});
+}
+
 // One query q [kv, g, d] whose key and value k, v [kv, d] go to slot `pos` of the caches [1, S, kv, d] (updated in
 // place), attending to slots 0..pos -> out [kv, g, d]; scores scaled by `scale`, softmax in float32.
-ffi::Error Attention(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                     ffi::Buffer<ffi::F32> key_cache, ffi::Buffer<ffi::F32> value_cache,
-                     ffi::Buffer<ffi::S32> position, ffi::Result<ffi::Buffer<ffi::F32>> out,
-                     ffi::Result<ffi::Buffer<ffi::F32>> new_keys, ffi::Result<ffi::Buffer<ffi::F32>> new_values,
-                     float scale) {
-  auto qd = q.dimensions(), cd = key_cache.dimensions(), vd = value_cache.dimensions();
-  if (qd.size() != 3 || cd.size() != 4 || vd.size() != 4 || cd[0] != 1 || cd[2] != qd[0] || cd[3] != qd[2] ||
-      vd[1] != cd[1] || vd[2] != cd[2] || vd[3] != cd[3] || k.element_count() != static_cast<size_t>(qd[0] * qd[2]) ||
-      v.element_count() != k.element_count())
-    return ffi::Error::InvalidArgument("q [kv, g, d], k and v [kv, d], caches [1, S, kv, d]");
-  const long kv = qd[0], groups = qd[1], d = qd[2], slots = cd[1];
-  const long pos = position.typed_data()[0];
-  if (pos < 0 || pos >= slots) return ffi::Error::InvalidArgument("position outside the cache");
-  float* kp = new_keys->typed_data();  // aliases key_cache
-  float* vp = new_values->typed_data();
-  if (kp != key_cache.typed_data()) std::copy_n(key_cache.typed_data(), key_cache.element_count(), kp);
-  if (vp != value_cache.typed_data()) std::copy_n(value_cache.typed_data(), value_cache.element_count(), vp);
-  std::copy_n(k.typed_data(), kv * d, kp + pos * kv * d);
-  std::copy_n(v.typed_data(), kv * d, vp + pos * kv * d);
-  const float* qp = q.typed_data();
-  float* op = out->typed_data();
+ffi::Error Attention(Buf q, Buf k, Buf v, Buf key_cache, Buf value_cache, Buf position, Out out, Out new_keys,
+                     Out new_values, float scale) {
+  EJ_CHECK(check_attention(q, k, v, key_cache, value_cache, position, *out, *new_keys, *new_values));
+  const long kv = q.dimensions()[0], groups = q.dimensions()[1], d = q.dimensions()[2];
+  const long slots = key_cache.dimensions()[1];
+  const long pos = position.typed_data<int32_t>()[0];
+  if (pos < 0 || pos >= slots)
+    return ffi::Error::InvalidArgument(std::string(kAttention) + ": position " + std::to_string(pos) +
+                                       " outside the cache (allowed: 0 to " + std::to_string(slots - 1) + ")");
+  float* kp = new_keys->typed_data<float>();  // aliases key_cache
+  float* vp = new_values->typed_data<float>();
+  if (kp != key_cache.typed_data<float>()) std::copy_n(key_cache.typed_data<float>(), key_cache.element_count(), kp);
+  if (vp != value_cache.typed_data<float>())
+    std::copy_n(value_cache.typed_data<float>(), value_cache.element_count(), vp);
+  std::copy_n(k.typed_data<float>(), kv * d, kp + pos * kv * d);
+  std::copy_n(v.typed_data<float>(), kv * d, vp + pos * kv * d);
+  const float* qp = q.typed_data<float>();
+  float* op = out->typed_data<float>();
   std::vector<float> scores(pos + 1);
   for (long h = 0; h < kv; ++h) {
     for (long g = 0; g < groups; ++g) {
@@ -67,22 +88,41 @@ ffi::Error Attention(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buff
   return ffi::Error::Success();
 }
 
+// The shapes of SsmStep's buffers (all float32): state [h, p, n] or [1, h, p, n], x [h, p], dt, A, D [h],
+// B, C [g, n] with h a multiple of g, y [h, p], and the new state shaped as the old.
+ffi::Error check_ssm_step(const Buf& state, const Buf& x, const Buf& dt, const Buf& a, const Buf& b, const Buf& c,
+                          const Buf& d, const Buf& y, const Buf& new_state) {
+  const bool lead = state.dimensions().size() == 4;
+  EJ_CHECK(lead ? ej::expect_f32(kSsmStep, "state", state, {1, -1, -1, -1})
+                : ej::expect_f32(kSsmStep, "state", state, {-1, -1, -1}));
+  auto sd = state.dimensions();
+  const int64_t heads = sd[sd.size() - 3], p = sd[sd.size() - 2], n = sd[sd.size() - 1];
+  EJ_CHECK(ej::expect_f32(kSsmStep, "B", b, {-1, n}));
+  const int64_t groups = b.dimensions()[0];
+  if (groups < 1 || heads % groups != 0)
+    return ej::mismatch(kSsmStep, "B", "[g, " + std::to_string(n) + "] with " + std::to_string(heads) +
+                        " heads a multiple of g", ej::describe(b.element_type(), b.dimensions()));
+  EJ_CHECK(ej::expect_f32(kSsmStep, "C", c, {groups, n}));
+  EJ_CHECK(ej::expect_f32(kSsmStep, "x", x, {heads, p}));
+  EJ_CHECK(ej::expect_f32(kSsmStep, "dt", dt, {heads}));
+  EJ_CHECK(ej::expect_f32(kSsmStep, "A", a, {heads}));
+  EJ_CHECK(ej::expect_f32(kSsmStep, "D", d, {heads}));
+  EJ_CHECK(ej::expect_f32(kSsmStep, "y", y, {heads, p}));
+  return ej::expect(kSsmStep, "new_state", new_state, ffi::DataType::F32, sd);
+}
+
 // Mamba-2 state update of one token: state [h, p, n] <- state * exp(dt A) + dt x B; y = state . C + D x.
 // x [h, p], dt, A, D [h], B, C [g, n] (head h reads group h / (h / g)). `state` is updated in place.
-ffi::Error SsmStep(ffi::Buffer<ffi::F32> state, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dt,
-                   ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> c, ffi::Buffer<ffi::F32> d,
-                   ffi::Result<ffi::Buffer<ffi::F32>> y, ffi::Result<ffi::Buffer<ffi::F32>> new_state) {
-  auto sd = state.dimensions(), bd = b.dimensions();
-  const size_t r = sd.size();  // [h, p, n] or [1, h, p, n]
-  if (r < 3 || bd.size() != 2 || sd[r - 1] != bd[1] || sd[r - 3] % bd[0] != 0 || state.element_count() !=
-      static_cast<size_t>(sd[r - 3] * sd[r - 2] * sd[r - 1]))
-    return ffi::Error::InvalidArgument("state [h, p, n], B and C [g, n] with h divisible by g");
-  const long heads = sd[r - 3], p = sd[r - 2], n = sd[r - 1], per_group = heads / bd[0];
-  const float* s0 = state.typed_data();
-  float* s1 = new_state->typed_data();  // may alias s0
-  const float *xp = x.typed_data(), *dtp = dt.typed_data(), *ap = a.typed_data(), *bp = b.typed_data(),
-              *cp = c.typed_data(), *dp = d.typed_data();
-  float* yp = y->typed_data();
+ffi::Error SsmStep(Buf state, Buf x, Buf dt, Buf a, Buf b, Buf c, Buf d, Out y, Out new_state) {
+  EJ_CHECK(check_ssm_step(state, x, dt, a, b, c, d, *y, *new_state));
+  auto sd = state.dimensions();
+  const long heads = sd[sd.size() - 3], p = sd[sd.size() - 2], n = sd[sd.size() - 1];
+  const long per_group = heads / b.dimensions()[0];
+  const float* s0 = state.typed_data<float>();
+  float* s1 = new_state->typed_data<float>();  // may alias s0
+  const float *xp = x.typed_data<float>(), *dtp = dt.typed_data<float>(), *ap = a.typed_data<float>(),
+              *bp = b.typed_data<float>(), *cp = c.typed_data<float>(), *dp = d.typed_data<float>();
+  float* yp = y->typed_data<float>();
   for (long h = 0; h < heads; ++h) {
     const float decay = std::exp(dtp[h] * ap[h]);
     const float* bg = bp + (h / per_group) * n;
@@ -105,26 +145,11 @@ ffi::Error SsmStep(ffi::Buffer<ffi::F32> state, ffi::Buffer<ffi::F32> x, ffi::Bu
 
 }  // namespace
 
+// Attention: q, k, v, key_cache, value_cache, position -> out, new_keys, new_values; SsmStep: state, x, dt, A, B,
+// C, D -> y, new_state. Every buffer is an AnyBuffer, its dtype and shape checked by the handler.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EjAttention, Attention,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale"));
+                              ffi::Ffi::Bind().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>().Attr<float>("scale"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EjSsmStep, SsmStep,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              ffi::Ffi::Bind().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Arg<Buf>().Ret<Buf>().Ret<Buf>());
