@@ -53,6 +53,7 @@ class BlockKind:
     declare: Callable[[Sizes], tuple[ParamDecl, ...]]  # the mixer's declarations from its logical axis sizes
     sizes: Callable[[Any, int], dict[str, Any]]  # logical axis sizes of the mixer of (cfg, layer)
     fields: tuple[str, ...]  # the config width fields that may vary per layer of this kind
+    options: tuple[tuple[str, str], ...] = ()  # make_mixer's implementation choice -> the mixer's field for it
     importance: tuple[Activation, ...] = ()
     routed_rows: str | None = None  # what a routing mixer sows of the rows it routed (REAP scores them)
     routed_sizes: Callable[[Any, int], dict[str, Any]] | None = None  # a token's share of per-expert weights
@@ -132,7 +133,7 @@ def _mlp_sizes(cfg: Any, layer: int) -> dict[str, Any]:
 
 
 BLOCKS: dict[str, BlockKind] = {k.letter: k for k in (
-    BlockKind("M", Mamba2Mixer, mamba_declarations, _mamba_sizes, ("mamba_num_heads",),
+    BlockKind("M", Mamba2Mixer, mamba_declarations, _mamba_sizes, ("mamba_num_heads",), (("ssd_impl", "ssd_impl"),),
               importance=(Activation("mamba_heads", ("in_x",), "output"),
                           Activation("mamba_heads_out", ("out_proj",), "input")),
               extra_flops=_mamba_flops, quant_excluded_before=("*",)),
@@ -143,6 +144,7 @@ BLOCKS: dict[str, BlockKind] = {k.letter: k for k in (
               gguf_layer=(("head_count_kv", "num_key_value_heads"),)),
     BlockKind("E", MoE, moe_declarations, _moe_sizes,
               ("n_routed_experts", "moe_intermediate_size", "moe_shared_expert_intermediate_size"),
+              (("moe_strategy", "strategy"),),
               importance=(Activation("shared_ffn", ("shared_experts", "down_proj"), "input"),),
               routed_rows=ROUTED_ROWS,
               routed_sizes=lambda cfg, layer: {"routing_groups": 1, "group_experts": cfg.num_experts_per_tok},

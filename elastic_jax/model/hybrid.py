@@ -11,14 +11,10 @@ import jax.numpy as jnp
 
 from elastic_jax.config import ModelConfig
 from elastic_jax.kernels.target import CompileTarget
-from elastic_jax.model.attention import Attention
-from elastic_jax.model.blocks import norm_declaration, outer_declarations
+from elastic_jax.model.blocks import BLOCKS, norm_declaration, outer_declarations
 from elastic_jax.model.declare import ParamDecl, linear, prefixed
 from elastic_jax.model.layer_groups import PLAIN, REMAT_POLICIES, LayerExecution, Segment, plan_segments
-from elastic_jax.model.mamba2 import Mamba2Mixer
 from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks, Masks
-from elastic_jax.model.mlp import MLP
-from elastic_jax.model.moe import MoE
 from elastic_jax.model.norms import RMSNorm
 
 
@@ -31,14 +27,9 @@ def make_mixer(cfg: ModelConfig, layer: int, *, ssd_impl: str = "auto", moe_stra
     """The mixer module of `layer`, with that layer's (possibly per-layer) widths, for `target`; `module` holds
     flax's name / parent (default: the submodule "mixer" of the module being built)."""
     module = {"name": "mixer", "target": target, **module}
-    kind, dtype = cfg.pattern[layer], compute_dtype(cfg)
-    if kind == "M":
-        return Mamba2Mixer.from_config(cfg, layer, dtype=dtype, ssd_impl=ssd_impl, **module)
-    if kind == "*":
-        return Attention.from_config(cfg, layer, dtype=dtype, **module)
-    if kind == "E":
-        return MoE.from_config(cfg, layer, dtype=dtype, strategy=moe_strategy, **module)
-    return MLP.from_config(cfg, layer, dtype=dtype, **module)
+    kind, chosen = BLOCKS[cfg.pattern[layer]], {"ssd_impl": ssd_impl, "moe_strategy": moe_strategy}
+    options = {field: chosen[option] for option, field in kind.options}
+    return kind.mixer.from_config(cfg, layer, dtype=compute_dtype(cfg), **options, **module)
 
 
 def block_declarations(cfg: ModelConfig, layer: int) -> tuple[ParamDecl, ...]:

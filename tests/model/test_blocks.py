@@ -29,8 +29,11 @@ def test_records_declare_what_the_modules_declare(cfg):
     """Each record's sizes give exactly the declarations the layer's module makes, and its elastic axes are those
     the declarations use."""
     for layer, letter in enumerate(cfg.pattern):
-        kind, mixer = BLOCKS[letter], make_mixer(cfg, layer, name=None, parent=None)
-        assert isinstance(mixer, kind.mixer)
+        kind = BLOCKS[letter]
+        mixer = make_mixer(cfg, layer, ssd_impl="xla", moe_strategy="dense", name=None, parent=None)
+        expected = {"M": {"ssd_impl": "xla"}, "E": {"strategy": "dense"}}.get(letter, {})
+        assert type(mixer) is kind.mixer and {field for _, field in kind.options} == set(expected)
+        assert {field: getattr(mixer, field) for field in expected} == expected
         decls = kind.declarations(cfg, layer)
         assert decls == mixer.declarations()
         assert kind.elastic == elastic_axes_of(decls)

@@ -79,6 +79,17 @@ def test_default_exclusions_follow_nvidia(parent):
     assert "layers_1/mixer/q_proj/kernel" in everything and "layers_2/mixer/gate" in everything
 
 
+def test_default_exclusions_per_block_kind():
+    """MM*-E*M: the Mamba layer before attention and both attention layers stay whole in bf16; the MoE layer
+    before attention keeps only its router; the other Mamba layers and the MLP are quantised."""
+    cfg = PARITY_CONFIGS["deep_mqa"]
+    candidates = set(quantised_names(cfg, excluded=["lm_head/*"])) | {"lm_head/kernel"}
+    kept = candidates - set(quantised_names(cfg))
+    whole = {n for n in candidates if n.startswith(("layers_1/", "layers_2/", "layers_5/"))}
+    assert kept == {"lm_head/kernel", "layers_4/mixer/gate"} | whole
+    assert "layers_1/mixer/in_x/kernel" in whole and "layers_2/mixer/o_proj/kernel" in whole
+
+
 @pytest.mark.parametrize("fmt, per_channel", [("nvfp4", False), ("fp8", False), ("fp8", True)])
 def test_slicing_the_quantised_parent_equals_quantising_the_slice(parent, fmt, per_channel):
     qparent = quantize_params(parent, CFG, fmt, per_channel=per_channel)
