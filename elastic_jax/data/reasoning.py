@@ -4,9 +4,10 @@ A sample is `prompt <think> trace </think> answer <eos>`, e.g.
 
     ((7+5)*3)-4=<think>7+5=12;12*3=36;36-4=32</think>32
 
-Every step is `(left op operand) mod modulus`, so answers stay short at any depth. The number of steps, the
-operand range, the op set and the modulus are the difficulty knobs. The train/eval split is decided by a hash
-of the prompt text alone, so the two splits can never share a problem (for any seed).
+Every step is `(left op operand) mod modulus`, so answers stay short at any depth. The answer is the last step's
+result, or (`answer="sum"`, the "chain_sum" preset) the sum of every step's result, which the trace never shows.
+The number of steps, the operand range, the op set and the modulus are the difficulty knobs. The train/eval split
+is decided by a hash of the prompt text alone, so the two splits can never share a problem (for any seed).
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # small model needs the trace (configs/reasoning.py: thinking length changes accuracy).
     "chain": dict(min_steps=4, max_steps=8, max_operand=9, ops="+-", modulus=10),
 }
+# Tasks whose answer is not the trace's last result (so `evaluate_prompt` does not give it). "chain_sum": the trace
+# runs 2-5 additions/subtractions mod 10 and the answer is the sum of the step results (0-45), an operation the trace
+# never shows: the answering model must compute it from the thoughts, so a larger answering model can do better. Its
+# prompt is flat (`6-9+9+8=`, left to right): copying each step's operator out of nested parentheses was what a
+# ~1M-parameter parent got wrong most.
+ANSWER_PRESETS: dict[str, dict[str, Any]] = {
+    "chain_sum": dict(min_steps=2, max_steps=5, max_operand=9, ops="+-", modulus=10, answer="sum", flat=True),
+}
+ANSWERS = ("last", "sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +60,8 @@ class ReasoningTaskConfig:
     modulus: int = 100  #: every intermediate result is taken mod this
     eval_fraction: float = 0.1  #: share of problems held out for evaluation (by hash)
     seed: int = 0  #: seed of the problem generator
+    answer: str = "last"  #: "last": the last step's result; "sum": the sum of every step's result (not reduced)
+    flat: bool = False  #: write the prompt without parentheses (`6-9+9=`: left to right, as the trace computes)
 
     def __post_init__(self):
         def check(ok: bool, name: str, message: str) -> None:
@@ -70,13 +82,16 @@ class ReasoningTaskConfig:
         check(isinstance(self.eval_fraction, (int, float)) and 0.0 < self.eval_fraction < 1.0, "eval_fraction",
               f"must be in (0, 1), got {self.eval_fraction!r}")
         check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        check(self.answer in ANSWERS, "answer", f"must be one of {ANSWERS}, got {self.answer!r}")
+        check(isinstance(self.flat, bool), "flat", f"must be True or False, got {self.flat!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ReasoningTaskConfig:
-        """One of PRESETS ("easy", "medium", "hard"), with optional field overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"data.reasoning: unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        """One of PRESETS or ANSWER_PRESETS ("easy", ..., "chain_sum"), with optional field overrides."""
+        presets = {**PRESETS, **ANSWER_PRESETS}
+        if name not in presets:
+            raise ValueError(f"data.reasoning: unknown preset {name!r}; choose from {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,16 +141,18 @@ def _generate(rng: random.Random, cfg: ReasoningTaskConfig) -> ReasoningExample:
     value = rng.randint(0, cfg.max_operand)
     expr = str(value)
     steps: list[str] = []
+    results: list[int] = []
     for k in range(num_steps):
         op = rng.choice(cfg.ops)
         operand = rng.randint(0, cfg.max_operand)
         result = apply_op(value, op, operand, cfg.modulus)
-        expr = f"({expr}){op}{operand}" if k > 0 else f"{expr}{op}{operand}"
+        expr = f"({expr}){op}{operand}" if k > 0 and not cfg.flat else f"{expr}{op}{operand}"
         steps.append(f"{value}{op}{operand}={result}")
+        results.append(result)
         value = result
     prompt = f"{expr}="
     trace = ";".join(steps)
-    answer = str(value)
+    answer = str(sum(results) if cfg.answer == "sum" else value)
     return ReasoningExample(prompt=prompt, trace=trace, answer=answer,
                             text=f"{prompt}{THINK}{trace}{END_THINK}{answer}", num_steps=num_steps)
 
@@ -167,6 +184,15 @@ def evaluate_prompt(prompt: str, modulus: int) -> int:
     for op, operand in zip(tokens[1::2], tokens[2::2], strict=True):
         value = apply_op(value, op, int(operand), modulus)
     return value
+
+
+def answer_of_trace(trace: str, cfg: ReasoningTaskConfig) -> str | None:
+    """The answer that the results written in `trace` (`7+5=2;2-3=9`) imply, right or wrong: what an answering model
+    reading those thoughts should say. None when the trace holds no result."""
+    results = [int(r) for r in re.findall(r"=(\d+)", trace)]
+    if not results:
+        return None
+    return str(sum(results) if cfg.answer == "sum" else results[-1])
 
 
 def encode_example(example: ReasoningExample, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
