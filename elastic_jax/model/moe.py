@@ -53,7 +53,7 @@ def choose_strategy(tokens: int, top_k: int, num_experts: int) -> str:
     - "grouped" beyond: the arithmetic is that of the routed rows (training, prefill).
     Measured (MEASURED)
     """
-    if tokens * top_k <= num_experts:
+    if tokens * top_k < num_experts:
         return "gathered"
     return "dense" if tokens <= DENSE_MAX_TOKENS else "grouped"
 
@@ -178,7 +178,8 @@ class MoE(nn.Module):
         strategy = self.strategy
         if strategy == "auto":
             strategy = choose_strategy(tokens * max(1, self.target.sequences), self.top_k, self.num_experts)
-        recording = self.is_mutable_collection("intermediates")  # importance reads every routed row
+        recording = self.is_mutable_collection("intermediates")  # importance reads every routed row, sorted
+        strategy = "grouped" if recording else strategy
         if recording or (strategy == "gathered" and self.target.decode != "xla"):  # one device: no mesh
             routed = self._routed(x, *weights, strategy=strategy, recording=recording)
         else:

@@ -19,6 +19,7 @@ from elastic_jax.elastic.spec import ElasticError
 from elastic_jax.inference.engine import Engine
 from elastic_jax.inference.programs import VIEWS_MIN_TOKENS
 from elastic_jax.model.functional import InputError
+from elastic_jax.model.moe import choose_strategy
 
 TOKENIZER = ByteTokenizer()
 # lengths 5, 14 and 38: different feed pieces (1, 4 and 16 tokens), the longest past the scan's chunk of 32
@@ -87,7 +88,9 @@ def test_each_decode_program_gives_a_row_the_same_tokens(engine, budget):
     computes every expert once (dense), other batches gather each row's experts under vmap: one row's tokens are the
     same in each."""
     prompts = PROMPTS + [PROMPTS[0][:3]]  # 4 rows x top-k 2 >= 8 experts: the dense program
-    assert len(prompts) * engine.cfg.num_experts_per_tok >= engine.cfg.n_routed_experts
+    cfg = engine.cfg
+    assert choose_strategy(len(prompts), cfg.num_experts_per_tok, cfg.n_routed_experts) == "dense"
+    assert choose_strategy(1, cfg.num_experts_per_tok, cfg.n_routed_experts) == "gathered"
     new = max(VIEWS_MIN_TOKENS, 16)
     batched = engine.generate(prompts, budget, max_new_tokens=new, eos_id=-1)
     for prompt, row in zip(prompts, batched):
