@@ -10,19 +10,21 @@ ratio, and each budget's decode speed-up over the full model beside its share of
 come from a second, interleaved measurement (the budgets decode in turns, `--repeats` rounds, medians compared), so
 that load from other work on a shared machine hits every budget alike.
 Usage: python benchmarks/decode.py [--config small] [--budgets 1.0,0.7,0.4] [--batches 1,8] [--new 64]
+    [--out benchmarks/results/decode.json]   (then `python benchmarks/render_docs.py`)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import tempfile
 import time
 
 import jax
 import numpy as np
 import torch
-from timing import interleaved_times
+from timing import add_out_arguments, entry_name, interleaved_times, load_text, save_entries
 from transformers import NemotronHForCausalLM
 
 import elastic_jax as ej
@@ -105,7 +107,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-hf", action="store_true", help="ours only")
     parser.add_argument("--torch-device", default="cpu", help="where transformers runs (cpu, cuda)")
+    add_out_arguments(parser)
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     budgets = [float(b) for b in args.budgets.split(",")]
     engine = Engine.load(args.checkpoint) if args.checkpoint else random_engine(args.config, budgets)
     cfg = engine.cfg
@@ -114,6 +118,7 @@ def main() -> None:
           f"{args.new} new tokens per row; torch threads {torch.get_num_threads()}")
     rng = np.random.default_rng(0)
     ours: dict[tuple[float, int], float] = {}
+    figures: dict[str, list] = {"rows": [], "in_turns": [], "speedups": []}
     for budget in budgets:
         arch = engine.arch(budget)
         active = ej.count_params(arch.cfg)[1] / ej.count_params(cfg)[1]
@@ -125,16 +130,21 @@ def main() -> None:
             prompts = rng.integers(5, cfg.vocab_size, (batch, args.prompt)).tolist()
             ours[budget, batch], hf_tps = measure(engine, budget, prompts, model, args.new, args.repeats)
             line = f"budget {budget:g} (active {active:.2f}) batch {batch}: ours {ours[budget, batch]:.1f} tok/s"
+            rate = None if hf_tps is None else ours[budget, batch] / hf_tps
             if hf_tps is not None:
-                line += f", transformers {hf_tps:.1f} tok/s, ratio {ours[budget, batch] / hf_tps:.2f}x"
-            print(line, flush=True)
+                line += f", transformers {hf_tps:.1f} tok/s, ratio {rate:.2f}x"
+            print(f"{line} | {load_text()}", flush=True)
+            figures["rows"].append({"budget": budget, "active": active, "batch": batch, "ours": ours[budget, batch],
+                                    "peer": hf_tps, "ratio": rate})
     full = max(budgets)
     interleaved = {}
     for batch in (int(b) for b in args.batches.split(",")):
         prompts = rng.integers(5, cfg.vocab_size, (batch, args.prompt)).tolist()
         interleaved[batch] = interleaved_speeds(engine, budgets, prompts, args.new, args.repeats)
         print(f"batch {batch}, budgets in turns: " + ", ".join(f"{b:g} {tps:.1f} tok/s"
-                                                             for b, tps in interleaved[batch].items()), flush=True)
+                                                             for b, tps in interleaved[batch].items())
+              + f" | {load_text()}", flush=True)
+        figures["in_turns"] += [{"batch": batch, "budget": b, "tok_s": v} for b, v in interleaved[batch].items()]
     for budget in budgets:
         if budget == full:
             continue
@@ -142,7 +152,13 @@ def main() -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             speedup = interleaved[batch][budget] / interleaved[batch][full]
             print(f"budget {budget:g} vs {full:g}, batch {batch}: decode speed-up {speedup:.2f}x; active-parameter "
-                  f"ratio {1 / share:.2f}x; speed-up / ratio {speedup * share:.2f} (target >= 0.6)")
+                  f"ratio {1 / share:.2f}x; speed-up / ratio {speedup * share:.2f} (target >= 0.6) | {load_text()}")
+            figures["speedups"].append({"budget": budget, "full": full, "batch": batch, "speedup": speedup,
+                                        "active_ratio": 1 / share})
+    if args.out:
+        save_entries(args.out, {entry_name("decode per budget", parser, args): figures},
+                     f"median of {args.repeats} decodes per budget; speed-ups with the budgets in turns",
+                     [{"load": [load_start, os.getloadavg()[0]]}])
 
 
 if __name__ == "__main__":

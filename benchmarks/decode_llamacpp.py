@@ -8,14 +8,14 @@ Ours: the engine's decode after a prefill, no stop token. llama.cpp: `eval` of o
 prompt. Both on `--threads` threads (default 2; ours: the CPU decode kernels' team), measured in turns so that
 background load hits both alike.
 Usage: python benchmarks/decode_llamacpp.py [--config small] [--budgets 1.0,0.7,0.4] [--new 64] [--batch 8]
-Measured (2-core VM, quiet, llama-cpp-python 0.3.36, small with pattern MEM*EMEM*EME, 58.1M total / 26.6M active,
---repeats 5, the CPU decode kernels): budget 1.0 ours 305 vs llama.cpp 287 tok/s (1.06x), 0.7: 466 vs 483 (0.96x),
-0.4: 701 vs 700 (1.00x); with ELASTIC_JAX_CPU_KERNELS=0, 0.55x / 0.55x / 0.62x.
+    [--out benchmarks/results/decode_llamacpp.json]   (then `python benchmarks/render_docs.py`)
+The measured figures are in docs/inference.md ("Against llama.cpp at batch 1").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from decode import decode_seconds, random_engine  # noqa: E402  (a sibling script, like timing.py for the others)
 from llama_cpp import Llama
+from timing import add_out_arguments, entry_name, load_text, save_entries
 
 import elastic_jax as ej
 from elastic_jax.convert.gguf import to_gguf
@@ -65,7 +66,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     parser.add_argument("--batch", type=int, default=8, help="also ours at this batch (0: skip)")
+    add_out_arguments(parser)
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     budgets = [float(b) for b in args.budgets.split(",")]
     if cpu_gemv.available():  # ours on as many threads as llama.cpp's
         set_threads(args.threads)
@@ -77,6 +80,7 @@ def main() -> None:
           f"{active / 1e6:.1f}M; backend {jax.default_backend()}; batch 1, prompt {args.prompt}, {args.new} new "
           f"tokens; llama.cpp threads {args.threads}, f32; ours on the CPU decode kernels: {cpu_gemv.available()}")
     prompt = np.random.default_rng(0).integers(5, cfg.vocab_size, args.prompt).tolist()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for budget in budgets:
             llm = llama_for(engine, budget, Path(tmp) / f"{budget:g}.gguf", args.prompt + args.new + 8, args.threads)
@@ -94,9 +98,15 @@ def main() -> None:
             tps = {name: args.new / float(np.median(s)) for name, s in seconds.items()}
             print(f"budget {budget:g}: ours {tps['ours']:.1f} tok/s, llama.cpp {tps['llama.cpp']:.1f} tok/s, "
                   f"ratio {tps['ours'] / tps['llama.cpp']:.2f}x"
-                  + "".join(f"; {name} {v:.1f} tok/s" for name, v in tps.items() if name.startswith("ours batch")),
-                  flush=True)
+                  + "".join(f"; {name} {v:.1f} tok/s" for name, v in tps.items() if name.startswith("ours batch"))
+                  + f" | {load_text()}", flush=True)
+            rows.append({"budget": budget, "ours": tps["ours"], "peer": tps["llama.cpp"],
+                         "ratio": tps["ours"] / tps["llama.cpp"], "ours_batch": tps.get(f"ours batch {args.batch}")})
             del llm
+    if args.out:
+        save_entries(args.out, {entry_name("decode vs llama.cpp", parser, args): {"batch": args.batch, "rows": rows}},
+                     f"median of {args.repeats} decodes of {args.new} tokens each, ours and llama.cpp in turns",
+                     [{"load": [load_start, os.getloadavg()[0]]}])
 
 
 if __name__ == "__main__":

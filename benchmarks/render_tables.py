@@ -185,7 +185,7 @@ def train_gpu(results: Results) -> str:
     for dtype, suffix in (("bfloat16 compute, fp32 master weights", " --dtype bfloat16"), ("float32", "")):
         e = entry(results, "train_step", f"train step {H100}{suffix}")
         f = e["figures"]
-        rows.append([dtype, f"{tok(f['ours'])} ({f['ours_ms']} ms)", f"{tok(f['peer'])} ({f['peer_ms']} ms)",
+        rows.append([dtype, f"{tok(f['ours'])} ({f['ours_ms']:.0f} ms)", f"{tok(f['peer'])} ({f['peer_ms']:.0f} ms)",
                      f"{f['ratio']:.2f}x"])
         lines.append(f"- {source(e)}")
     return "\n".join([table(["dtype", "elastic_jax", "transformers", "ratio"], rows), "", *lines])

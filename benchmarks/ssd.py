@@ -4,7 +4,9 @@ Reports forward and forward+backward tokens/s (best of several runs), their rati
 buffer size of the compiled fwd+bwd program (`compiled.memory_analysis().temp_size_in_bytes`) to show that memory
 grows linearly with seqlen.
 
-  python benchmarks/ssd.py --seqlens 512 2048 8192
+  python benchmarks/ssd.py --seqlens 512 2048 8192 [--out benchmarks/results/ssd.json]
+
+`--out` stores the rows for the docs (then `python benchmarks/render_docs.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import add_out_arguments, entry_name, load_range, load_text, save_entries
 
 from elastic_jax.kernels.ssd import ssd
 
@@ -88,6 +91,23 @@ def temp_bytes(fn: Callable, args: dict[str, jax.Array]) -> int:
     return int(mem.temp_size_in_bytes) if mem is not None else -1
 
 
+def save(args: argparse.Namespace, parser: argparse.ArgumentParser, rows: dict, loads: list[float]) -> None:
+    """Store every row (tokens/s, their ratios, temp memory; NaN as null) in the results file `--out`."""
+    clean = lambda v: None if v != v else float(v)  # noqa: E731  (NaN: not measured)
+    names = {"xla_fwd": "x_f", "ref_fwd": "r_f", "hf_fwd": "h_f", "xla_fb": "x_fb", "ref_fb": "r_fb",
+             "xla_mem_mib": "mem_x", "ref_mem_mib": "mem_r"}
+    out = {}
+    for seqlen, row in rows.items():
+        out[str(seqlen)] = {name: clean(row[key]) for name, key in names.items()}
+        out[str(seqlen)].update(fwd_xla_over_ref=clean(row["x_f"] / row["r_f"]),
+                                fb_xla_over_ref=clean(row["x_fb"] / row["r_fb"]),
+                                fwd_xla_over_hf=clean(row["x_f"] / row["h_f"]))
+    results = [{"load": loads}]
+    print(f"load {load_range(results)} over the run")
+    save_entries(args.out, {entry_name("ssd", parser, args): {"rows": out, "spread": ""}},
+                 f"best of {args.repeats} timed calls, at least {args.min_time:g} s of calls per figure", results)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=1)
@@ -102,7 +122,9 @@ def main() -> None:
     ap.add_argument("--impl", default="xla", help="implementation compared against the reference")
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) step-by-step reference")
     ap.add_argument("--no-torch", action="store_true", help="skip the transformers comparison")
+    add_out_arguments(ap)
     args = ap.parse_args()
+    load_start = os.getloadavg()[0]
 
     print(f"jax {jax.__version__} backend={jax.default_backend()} cpus={os.cpu_count()} load={os.getloadavg()}")
     print(
@@ -151,13 +173,16 @@ def main() -> None:
                 speed = args.batch * seqlen / timeit(hf, args.repeats, args.min_time)
                 if threads == 0 or speed > h_f:
                     h_f, threads = speed, t
+        row["h_f"] = h_f
         print(
             f"{seqlen:>6} | {fmt(row['x_f'])} {fmt(row['r_f'])} {fmt(h_f)} {threads:>3} | {fmt(row['x_fb'])} "
             f"{fmt(row['r_fb'])} | {row['x_f'] / row['r_f']:9.2f} {row['x_fb'] / row['r_fb']:9.2f} "
-            f"{row['x_f'] / h_f:8.2f} | {row['mem_x']:11.1f} {row['mem_r']:11.1f}",
+            f"{row['x_f'] / h_f:8.2f} | {row['mem_x']:11.1f} {row['mem_r']:11.1f} | {load_text()}",
             flush=True,
         )
     print(f"load average (1, 5, 15 min) at end: {os.getloadavg()}")
+    if args.out:
+        save(args, ap, rows, [load_start, os.getloadavg()[0]])
 
 
 if __name__ == "__main__":

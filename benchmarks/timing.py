@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -50,9 +51,13 @@ def add_step_arguments(parser: argparse.ArgumentParser, warmup_help: str = "call
 RESULT_TAG = "RESULT "
 
 
-def report(result: dict[str, float]) -> None:
-    """One machine-readable line with a process's figures, for `in_fresh_processes` to collect."""
+def report(result: dict, load_start: float | None = None) -> dict:
+    """One machine-readable line with a process's figures (and the load average at its start and end), for
+    `in_fresh_processes` to collect; returns the result."""
+    if load_start is not None:
+        result["load"] = [load_start, os.getloadavg()[0]]
     print(RESULT_TAG + json.dumps(result), flush=True)
+    return result
 
 
 def in_fresh_processes(processes: int, script: str, argv: list[str]) -> list[dict[str, float]]:
@@ -81,6 +86,35 @@ def median_of(results: list[dict[str, float]], key: str) -> tuple[float, str]:
     """The median of one figure over processes, and every process's value for the printout."""
     values = [r[key] for r in results]
     return float(np.median(values)), ", ".join(f"{v:.2f}" for v in values)
+
+
+def median_line(results: list[dict], key: str, label: str, target: str) -> str:
+    """'<label>, median over N processes: 1.23x (target <target>; per process ...; load ...)'."""
+    median, each = median_of(results, key)
+    return (f"{label}, median over {len(results)} processes: {median:.2f}x (target {target}; per process {each}; "
+            f"load {load_range(results)})")
+
+
+def ratio_figures(results: list[dict], key: str, extra: tuple[str, ...] = ()) -> dict:
+    """A ratio's results entry: its median over the processes, each process's, and the two sides' figures (`<key>_ours`,
+    `<key>_peer` and `extra`) from the process with the median ratio."""
+    median, each = median_of(results, key)
+    mid = median_result(results, key)
+    return {"ours": mid[f"{key}_ours"], "peer": mid[f"{key}_peer"], **{k: mid[f"{key}_{k}"] for k in extra},
+            "ratio": median, "per_process": [r[key] for r in results], "spread": f"{each}x"}
+
+
+def summarise(parser: argparse.ArgumentParser, args: argparse.Namespace, results: list[dict],
+              ratios: dict[str, tuple[str, str]], repeats: str, extra: tuple[str, ...] = ()) -> None:
+    """Print each ratio's median over the processes ({result key: (figure, target)}) and, given --out, store one
+    entry per figure."""
+    entries = {}
+    for key, (figure, target) in ratios.items():
+        if len(results) > 1:
+            print(median_line(results, key, f"{figure} ratio", target))
+        entries[entry_name(figure, parser, args)] = ratio_figures(results, key, extra)
+    if args.out:
+        save_entries(args.out, entries, repeats, results)
 
 
 def median_result(results: list[dict], key: str) -> dict:
@@ -168,7 +202,8 @@ def save_entries(path: str, entries: dict[str, dict], repeats: str, results: lis
     the command, date, machine, load, repeats and spread, and the commit."""
     script = Path(sys.argv[0]).resolve()
     root = Path(__file__).resolve().parent.parent
-    command = " ".join([*_env(), "python", str(script.relative_to(root)), *_without_out(sys.argv[1:])])
+    env = [f"{name}={shlex.quote(value)}" for name, value in (e.split("=", 1) for e in _env())]
+    command = " ".join([*env, shlex.join(["python", str(script.relative_to(root)), *_without_out(sys.argv[1:])])])
     commit = _git("rev-parse", "--short", "HEAD")
     if _git("status", "--porcelain", "--", "elastic_jax", "benchmarks"):
         commit += " with uncommitted changes"

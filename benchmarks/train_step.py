@@ -5,13 +5,15 @@ steps take turns (so background load affects both alike); prints best-of-N token
 each of --processes fresh processes, then the median ratio over them.
 Usage: python benchmarks/train_step.py [--config small] [--batch 4 --seq-len 256] [--processes 3]
 On a GPU: add `--torch-device cuda` (transformers on the same GPU) and `--dtype bfloat16` (our compute dtype;
-torch autocast to bfloat16), both with fp32 master weights.
+torch autocast to bfloat16), both with fp32 master weights. `--out benchmarks/results/train_step.json` stores the
+figures for the docs (then `python benchmarks/render_docs.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 import torch
-from timing import add_step_arguments, compare, in_fresh_processes, median_of, report
+from timing import add_out_arguments, add_step_arguments, compare, in_fresh_processes, load_text, report, summarise
 from transformers import NemotronHForCausalLM
 
 import elastic_jax as ej
@@ -70,12 +72,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--torch-device", default="cpu", help="where transformers runs: cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype, both sides")
+    add_out_arguments(parser)
     args = parser.parse_args()
-    if args.processes > 1:
-        median, each = median_of(in_fresh_processes(args.processes, __file__, sys.argv[1:]), "ratio")
-        print(f"train step ratio, median over {args.processes} processes: {median:.2f}x (target >= 1.5x; "
-              f"per process {each})")
-        return
+    results = in_fresh_processes(args.processes, __file__, sys.argv[1:]) if args.processes > 1 else [measure(args)]
+    summarise(parser, args, results, {"ratio": ("train step", ">= 1.5x")}, f"{args.repeats} steps each in turns with "
+              f"transformers after {args.warmup} warm-up steps, in {len(results)} fresh processes; median ratio",
+              extra=("ours_ms", "peer_ms"))
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One process: both steps compiled or warmed up, then timed in turns; prints and returns the figures."""
+    load_start = os.getloadavg()[0]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -98,8 +105,9 @@ def main() -> None:
     t_jax, t_hf, med = compare(jax_step(cfg, params, train, batch), hf_step, args.warmup, args.repeats)
     print(f"train step {args.batch}x{args.seq_len}: jax {n / t_jax:,.0f} tok/s ({t_jax * 1e3:.0f} ms) | "
           f"transformers {n / t_hf:,.0f} tok/s ({t_hf * 1e3:.0f} ms) | ratio {t_hf / t_jax:.2f}x "
-          f"(ratio of medians {med:.2f}x)")
-    report({"ratio": t_hf / t_jax})
+          f"(ratio of medians {med:.2f}x) | {load_text()}")
+    return report({"ratio": t_hf / t_jax, "ratio_ours": n / t_jax, "ratio_peer": n / t_hf,
+                   "ratio_ours_ms": t_jax * 1e3, "ratio_peer_ms": t_hf * 1e3}, load_start)
 
 
 if __name__ == "__main__":
