@@ -186,6 +186,10 @@ def _report_args(p):
     p.add_argument("--max-answer", type=int, default=8)
     p.add_argument("--problems", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-load", type=float, default=1.0,
+                   help="refuse to time when other processes use this many cores or more (before or while timing)")
+    p.add_argument("--allow-busy", action="store_true",
+                   help="time anyway on a busy machine; results.json then marks the latencies as not a result")
 
 
 @verb("quickstart", "pretrain a tiny parent, elastify it into 100/70/40%, slice, evaluate, print the table")

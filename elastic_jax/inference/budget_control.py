@@ -65,8 +65,36 @@ def run_budget_control(engine: Engine, prompts: Sequence[Sequence[int]], think_b
     closing = [[end_think] if f else [] for f in forced]
     if engine.arch(answer_budget).spec == engine.arch(think_budget).spec:
         engine.feed(batch, closing)  # standard: the same caches go on
+        answers = engine.decode(batch, max_answer, stop_ids=(eos,), temperature=temperature, done=finished)
     else:  # elastic: the answering model reads prompt + thoughts into caches of its own
-        texts = [list(p) + t + c for p, t, c in zip(prompts, thoughts, closing)]
-        batch = engine.start(answer_budget, texts, capacity, seed + 1)
-    answers = engine.decode(batch, max_answer, stop_ids=(eos,), temperature=temperature, done=finished)
+        answers = answer_from_thoughts(engine, prompts, ControlResult(thoughts, forced, [], end_think), answer_budget,
+                                       max_answer, capacity=capacity, temperature=temperature, seed=seed + 1)
     return ControlResult(thoughts, forced, answers, end_think)
+
+
+def answer_from_thoughts(engine: Engine, prompts: Sequence[Sequence[int]], thought: ControlResult,
+                         answer_budget: float, max_answer: int, *, capacity: int, temperature: float = 0.0,
+                         seed: int = 0) -> list[list[int]]:
+    """`answer_budget` prefills prompt + `thought`'s thoughts (+ a forced `</think>`) into fresh caches and answers;
+    rows whose thoughts ended with eos get no answer. Any thoughts will do: several budgets can answer the same."""
+    eos = engine.cfg.eos_token_id
+    finished = [bool(t) and t[-1] == eos for t in thought.thoughts]
+    texts = [list(p) + t + ([thought.end_think_id] if f else []) for p, t, f in
+             zip(prompts, thought.thoughts, thought.forced)]
+    batch = engine.start(answer_budget, texts, capacity, seed)
+    return engine.decode(batch, max_answer, stop_ids=(eos,), temperature=temperature, done=finished)
+
+
+def same_thoughts(engine: Engine, prompts: Sequence[Sequence[int]], think_budget: float,
+                  answer_budgets: Sequence[float], max_think: int = 64, max_answer: int = 16,
+                  *, seed: int = 0) -> dict[float, ControlResult]:
+    """`think_budget` thinks once (greedy); each of `answer_budgets` answers from exactly those thoughts. Isolates
+    what the answering model's size is worth (every answer reads the same text)."""
+    capacity = max(check_control(engine, prompts, think_budget, b, max_think, max_answer) for b in answer_budgets)
+    capacity = -(-capacity // CAPACITY_MULTIPLE) * CAPACITY_MULTIPLE
+    own = run_budget_control(engine, prompts, think_budget, think_budget, max_think, max_answer, capacity=capacity,
+                             seed=seed)
+    return {float(b): own if engine.arch(b).spec == engine.arch(think_budget).spec else
+            ControlResult(own.thoughts, own.forced, answer_from_thoughts(engine, prompts, own, b, max_answer,
+                                                                         capacity=capacity, seed=seed + 1),
+                          own.end_think_id) for b in answer_budgets}

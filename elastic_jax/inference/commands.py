@@ -120,15 +120,20 @@ def budget_control_verb(args) -> int:
 
 def report_verb(args) -> int:
     """Standard and elastic budget control over budgets, ordered pairs and caps: table, plot, headline."""
+    from elastic_jax.inference.idle import LoadMonitor
+
     caps = [int(c) for c in args.caps.split(",")]
     if len(caps) < 1 or min(caps) < 1:
         raise InputError(f"--caps: thinking caps must be integers >= 1, got {args.caps!r}")
+    monitor = LoadMonitor(args.max_load, args.allow_busy)  # a bad --max-load fails before loading anything
     engine = Engine.load(args.checkpoint)
     budgets = _budgets(args.budgets) if args.budgets else None
     for b in budgets or ():
         engine.arch(b)
     report = build_report(engine, budgets=budgets, caps=caps, problems=args.problems, batch_size=args.batch_size,
-                          max_answer=args.max_answer, progress=lambda line: print(line, file=sys.stderr, flush=True))
+                          max_answer=args.max_answer, monitor=monitor,
+                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+    report["command"] = " ".join(["elastic-jax", *sys.argv[1:]])  # what the docs show as the command that made it
     paths = write_report(report, args.out)
     print("\n".join(headline_sentences(report["headline"])))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -3,6 +3,8 @@ text so far, forced `</think>` at the cap, and the thinking cap's errors."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from elastic_jax.data import ByteTokenizer
@@ -77,3 +79,71 @@ def test_timed_passes_must_be_positive(engine):
     for repeats in (0, 1.5, True):
         with pytest.raises(InputError, match="repeats"):
             evaluate_settings(engine, [Setting(1.0, 1.0, 2)], held_out_problems(engine, 2), repeats=repeats)
+
+
+def test_same_thoughts_every_budget_reads_the_same_text(engine):
+    from elastic_jax.inference.budget_control import same_thoughts
+
+    results = same_thoughts(engine, PROMPTS, 1.0, [1.0, 0.4], max_think=6, max_answer=4)
+    full, small = results[1.0], results[0.4]
+    assert full.thoughts == small.thoughts and full.forced == small.forced
+    assert full.thoughts == run_budget_control(engine, PROMPTS, 1.0, 1.0, 6, 4).thoughts
+    for row, prompt in enumerate(PROMPTS):
+        read = prompt + small.generated(row)[:len(small.thoughts[row]) + int(small.forced[row])]
+        if not (small.thoughts[row] and small.thoughts[row][-1] == TOKENIZER.eos_id):
+            assert small.answers[row] == engine.generate([read], 0.4, 4)[0]
+
+
+def test_busy_machine_is_refused_with_the_load_and_threshold():
+    from elastic_jax.inference.idle import BusyMachineError, LoadMonitor, check_max_load, require_idle
+
+    with pytest.raises(BusyMachineError, match=r"other processes used 1\.50 cores .* threshold 1; "):
+        require_idle(1.5, 1.0, "before timing")
+    require_idle(0.2, 1.0, "before timing")  # idle enough: no error
+    monitor = LoadMonitor(max_load=1.0)
+    with pytest.raises(BusyMachineError, match="while timing 1 cap 8"):
+        monitor.timed(2.0, "1 cap 8")
+    lenient = LoadMonitor(max_load=1.0, allow_busy=True)
+    lenient.timed(0.5, "a")
+    lenient.timed(2.0, "b")
+    record = lenient.record()
+    assert record["timing_result"] is False and record["other_load_during_max"] == 2.0 and record["allow_busy"]
+    for bad in (0, -1.0, "1", True):
+        with pytest.raises(InputError, match="max_load"):
+            check_max_load(bad)
+
+
+def test_load_window_leaves_out_this_process():
+    from elastic_jax.inference.idle import LoadWindow
+
+    window = LoadWindow().start()
+    total = sum(i * i for i in range(3_000_000))  # this process's own work is not "other processes"
+    assert total > 0
+    assert 0.0 <= window.stop() <= os.cpu_count() + 0.5
+
+
+def test_report_records_load_and_same_thoughts(engine):
+    from elastic_jax.inference.idle import LoadMonitor
+    from elastic_jax.inference.report import build_report, markdown
+
+    report = build_report(engine, budgets=[1.0, 0.4], caps=[3], problems=2, batch_size=2, max_answer=2, repeats=1,
+                          monitor=LoadMonitor(max_load=1.0, allow_busy=True))
+    assert report["load"]["allow_busy"] and report["load"]["other_load_before"] is not None
+    assert all("other_load" in r for r in report["settings"]) and len(report["settings"]) == 4
+    same = report["same_thoughts"]
+    assert same["think_budget"] == 1.0 and [r["answer_budget"] for r in same["answers"]] == [1.0, 0.4]
+    table = markdown(report)
+    assert "Answering from the same thoughts" in table and "timing result" in table
+
+
+def test_docs_section_is_rendered_from_its_json():
+    import json
+
+    from elastic_jax.inference.report_docs import DOCS, JSON_NAME, current_section, render_section
+
+    report = json.loads((DOCS / JSON_NAME).read_text())
+    assert current_section((DOCS / "results.md").read_text()) == render_section(report)
+    by_budget = {r["answer_budget"]: r["accuracy"] for r in report["same_thoughts"]["answers"]}
+    assert by_budget[max(by_budget)] > by_budget[min(by_budget)]  # the task's point: answering needs size
+    if not report["load"]["timing_result"]:
+        assert "not a timing result" in current_section((DOCS / "results.md").read_text())
