@@ -107,6 +107,17 @@ def test_entry_names_hold_the_machine_and_the_changed_arguments(monkeypatch):
     assert timing._without_out(["--out", "a.json", "--batch", "8", "--entry=e"]) == ["--batch", "8"]
 
 
+TIMING_BENCHMARKS = ("forward_vs_transformers", "decode", "decode_llamacpp", "train_step", "elastic_step", "ssd")
+
+
+@pytest.mark.parametrize("name", TIMING_BENCHMARKS)
+def test_timing_benchmarks_store_results_and_print_the_load(name):
+    source = (ROOT / "benchmarks" / f"{name}.py").read_text()
+    assert "add_out_arguments(" in source, f"benchmarks/{name}.py takes no --out"
+    assert "load_text()" in source, f"benchmarks/{name}.py prints no load average beside its figures"
+    assert (render_docs.RESULTS / f"{name}.json").exists(), f"no benchmarks/results/{name}.json"
+
+
 # ---- links ------------------------------------------------------------------------------------------------------
 def github_anchor(heading: str) -> str:
     """The id GitHub gives a heading: markup dropped, lower case, punctuation removed, spaces to hyphens."""
