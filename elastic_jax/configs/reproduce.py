@@ -1,9 +1,8 @@
-"""The "Does nesting work?" experiment's parent (benchmarks/reproduce.py): `tiny` at 1.5x its width (519K parameters,
-298K active) on the "medium" reasoning preset, where a model half the parent's size trained alone (`tiny`, 246K)
-falls clearly behind it. On `tiny`'s "easy" task a 102K model nearly matches the 246K parent, so nesting cannot show
-what it is worth there; here, after 600 steps, the 519K parent's eval loss was 1.149 against 1.233 for `tiny`
-(`elastic-jax pretrain --config reproduce --config.train.total_steps=600`, and with `--config reproduce` at tiny's
-widths), and after the default 1500 steps the parent reached 0.909 and 70.3% accuracy (64 held-out problems).
+"""The parent of "Is nesting worth it?" (benchmarks/reproduce.py): `tiny` at 1.5x its width (519K parameters, 298K
+active) on the "medium" reasoning preset, where models of its smaller budgets' sizes trained alone fall behind it.
+On `tiny`'s "easy" task a 102K model nearly matches the 246K parent, so nesting cannot show what it is worth there.
+The default 2000 steps (4.1M tokens) train it until models of its 0.7 and 0.4 budgets' shapes, trained alone for
+the same tokens plus one elastic run's, no longer beat it (docs/results.md, "The teacher").
 
 `get_config()` is the parent's pretraining experiment; `get_config("elastic")` is `tiny_elastic`'s elastification
 (budgets 1.0 / 0.7 / 0.4 of total parameters) of this parent (benchmarks/reproduce.py sets the schedule's steps).
@@ -33,6 +32,6 @@ def get_config(kind: str = "") -> ml_collections.ConfigDict:
     # traces of up to ~50 tokens; evaluation is benchmarks/reproduce.py's own, at the end of each run
     config.train.update(eval_max_new_tokens=64, log_every=50, eval_every=0, progress_bar=False)
     if kind != "elastic":
-        config.train.total_steps = 1500
+        config.train.total_steps = 2000
     config.checkpoint.update(every_steps=250, max_to_keep=2)
     return config

@@ -242,9 +242,12 @@ def gpu_gemm_advice(backend: str, xla_flags: str) -> str | None:
             "compiles every sliced student's matrix shapes and can take minutes per joint step")
 
 
-def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str, parent: str) -> ElasticRun:
+def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str, parent: str,
+                     searched: dict[float, ElasticSpec] | None = None) -> ElasticRun:
     """Validate, build the mesh, and place the frozen teacher (the ranked and permuted parent), the student's
-    train state and the data feeds on it: fresh, or restored from the newest checkpoint in `workdir`."""
+    train state and the data feeds on it: fresh, or restored from the newest checkpoint in `workdir`. With
+    `elastic.budget_search`, `searched` gives the search's result when an earlier run on the same parent, seed
+    and calibration data computed it (the search is then not repeated)."""
     spec = parse_experiment(experiment_config)
     # train.total_steps is the elastic schedule's length (derived when the tree is parsed; never replaced here)
     ec = ExperimentConfig.from_dict(experiment_config).require_elastic()
@@ -265,7 +268,7 @@ def prepare_elastify(experiment_config: ml_collections.ConfigDict, workdir: str,
         # the student starts as a copy of the teacher (a copy: the step donates the student's buffers)
         state = create_state(layout, lambda t: {"model": jax.tree.map(jnp.copy, t),
                                                 "router": router.init(jax.random.PRNGKey(spec.train.seed))}, teacher)
-        specs = searched_specs(spec, ec, teacher) if ec.budget_search else {}
+        specs = (searched or searched_specs(spec, ec, teacher)) if ec.budget_search else {}
         start, data_states, resumed = 0, [], None
     else:
         start, state, data_states, meta = found
