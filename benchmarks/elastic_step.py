@@ -126,4 +126,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    ej.tune_process()  # the malloc settings the command line runs under (elastic_jax/process.py)
     main()

@@ -206,4 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from elastic_jax import tune_process
+
+    tune_process()  # the malloc settings the command line runs under (elastic_jax/process.py)
     sys.exit(main())

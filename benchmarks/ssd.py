@@ -186,4 +186,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from elastic_jax import tune_process
+
+    tune_process()  # the malloc settings the command line runs under (elastic_jax/process.py)
     main()

@@ -111,4 +111,5 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
+    ej.tune_process()  # the malloc settings the command line runs under (elastic_jax/process.py)
     main()

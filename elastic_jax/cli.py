@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from elastic_jax.cli_models import generate_any, importance_verb, load_any, load_hf
+
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
 
@@ -225,47 +227,6 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-def _load_hf(path: str, params: bool = True) -> tuple:
-    """(cfg, params, metadata) of a Hugging Face directory; metadata carries its tokenizer when it has one
-    (with `params=False`: cfg and params None, the directory checked and its metadata read)."""
-    from elastic_jax.checkpoint import checkpoint_steps
-    from elastic_jax.convert.hf import from_hf
-    from elastic_jax.data import load_tokenizer
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such directory (expected a Hugging Face model directory)")
-    if checkpoint_steps(path):
-        raise FileNotFoundError(f"{path} is an elastic_jax checkpoint, not a Hugging Face directory: pass it with "
-                                "--checkpoint")
-    cfg, weights = from_hf(path) if params else (None, None)
-    has_tok = (Path(path) / "tokenizer.json").exists()
-    return cfg, weights, ({"tokenizer": load_tokenizer(path).to_dict()} if has_tok else {})
-
-
-def _load_source(args) -> tuple:
-    """(cfg, params, metadata) from --checkpoint or --hf (an elastic checkpoint gives its full model)."""
-    if getattr(args, "hf", None):
-        return _load_hf(args.hf)
-    from elastic_jax.model_io import load_model
-
-    cfg, params, meta = load_model(args.checkpoint)
-    return cfg, (params["model"] if "router" in params else params), meta
-
-
-def _load_any(args) -> tuple:
-    """(cfg, params, tokenizer) from --checkpoint, --hf or --config."""
-    from elastic_jax.data import load_tokenizer
-    from elastic_jax.data.tokenizer import tokenizer_from_dict
-
-    if getattr(args, "checkpoint", None) or getattr(args, "hf", None):
-        cfg, params, meta = _load_source(args)
-        return cfg, params, tokenizer_from_dict(meta["tokenizer"]) if meta.get("tokenizer") else load_tokenizer(None)
-    import elastic_jax as ej
-
-    cfg = ej.load_config(args.config, args.overrides)
-    return cfg, ej.init_params(cfg, 0), load_tokenizer(None)
-
-
 def run(args) -> int:
     import elastic_jax as ej
     from elastic_jax.elastic.accounting import format_count
@@ -283,7 +244,7 @@ def run(args) -> int:
     elif args.verb == "import-hf":
         from elastic_jax.convert.hf import import_hf
 
-        import_hf(args.hf, args.out, _load_hf(args.hf, params=False)[2], overwrite=args.overwrite)  # tensor by tensor
+        import_hf(args.hf, args.out, load_hf(args.hf, params=False)[2], overwrite=args.overwrite)  # tensor by tensor
         print(f"imported {args.hf} -> {args.out}")
     elif args.verb == "export-hf":
         from elastic_jax.deploy import export_budget
@@ -300,7 +261,7 @@ def run(args) -> int:
             return 0
         if args.quant:
             raise ElasticError("export-hf --quant: pass --budget (the budget of an elastic checkpoint to export)")
-        cfg, params, tokenizer = _load_any(args)  # an elastic checkpoint's full model; its tokenizer
+        cfg, params, tokenizer = load_any(args)  # an elastic checkpoint's full model; its tokenizer
         ej.to_hf(cfg, params, args.out, dtype=args.dtype, layout=args.layout, overwrite=args.overwrite,
                  tokenizer=tokenizer)
         print(f"exported {args.checkpoint} -> {args.out}")
@@ -310,16 +271,7 @@ def run(args) -> int:
         export_gguf(args.checkpoint, args.out, args.dtype, args.budget, overwrite=args.overwrite)
         print(f"exported {args.checkpoint} -> {args.out}")
     elif args.verb == "generate":
-        if args.checkpoint or args.budget is not None:
-            from elastic_jax.inference.commands import generate_verb, is_elastic_checkpoint
-
-            if args.budget is not None or args.quant or is_elastic_checkpoint(args.checkpoint):
-                return generate_verb(args)
-        cfg, params, tokenizer = _load_any(args)
-        prompt = [tokenizer.encode(args.prompt, add_bos=True)]
-        out = ej.generate(cfg, params, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, seed=args.seed, eos_id=tokenizer.eos_id)
-        print(tokenizer.decode(out[0, len(prompt[0]):].tolist(), skip_special=False))
+        return generate_any(args)
     elif args.verb == "pretrain":
         from elastic_jax.train.loop import run_pretrain
 
@@ -356,7 +308,7 @@ def run_elastic_verb(args) -> int:
     import elastic_jax as ej
 
     if args.verb == "importance":
-        _importance(args)
+        importance_verb(args)
     elif args.verb == "elastify":
         from elastic_jax import distributed
         from elastic_jax.train.capacity import check_fits_locally
@@ -387,28 +339,10 @@ def run_elastic_verb(args) -> int:
     return 0
 
 
-def _importance(args) -> None:
-    """Rank the parent on calibration batches of the experiment's data (its own tokenizer), store it permuted."""
-    import elastic_jax as ej
-    from elastic_jax.data.calibration import calibration_batches, calibration_source
-    from elastic_jax.elastic import permute_params, ranking_to_json, run_importance
-    from elastic_jax.model_io import save_model
-
-    cfg, params, meta = _load_source(args)
-    experiment = ej.load_experiment(args.config, args.overrides) if args.config else None
-    data, tokenizer = calibration_source(meta, cfg.vocab_size, experiment)
-    batches = calibration_batches(data, tokenizer, args.batches, args.seq_len, args.batch_size,
-                                  max_seq_len=cfg.max_position_embeddings)
-    _, ranking = run_importance(cfg, params, batches)
-    meta = {k: v for k, v in meta.items() if k not in ("model", "format", "sliced_from")}
-    meta["tokenizer"] = tokenizer.to_dict()
-    meta["elastic"] = {"ranking": ranking_to_json(ranking)}
-    save_model(args.out, cfg, permute_params(params, cfg, ranking), meta, overwrite=args.overwrite)
-    print(f"ranked the parent on {len(batches)} calibration batches ({tokenizer!r}); permuted parent -> {args.out}\n"
-          f"next: elastic-jax elastify --config <experiment> --parent {args.out} --workdir <dir>")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    from elastic_jax.process import tune_process
+
+    tune_process()  # this process is the command's own: malloc and JAX_PLATFORMS settings, before jax starts
     rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(rest)
     args.overrides = overrides

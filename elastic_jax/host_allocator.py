@@ -7,9 +7,10 @@ page-faults its whole working set back in (about 80,000 faults and 15% of a pref
 
 One arena, no mmaps and no trimming keep that memory in the process between calls, so the resident size
 stays at its peak (`release_host_memory()` hands free pages back, e.g. after a checkpoint conversion). The
-settings must be made before XLA starts its threads, so `elastic_jax` applies them on import, before jax is
-imported. Set ELASTIC_JAX_HOST_ALLOCATOR=default to leave glibc's defaults alone; an allocator that is
-LD_PRELOADed (jemalloc, tcmalloc) or any MALLOC_* variable set by the user is respected.
+settings must be made before XLA starts its threads; they are process-wide, so importing elastic_jax never makes
+them: the command line does, first thing (`elastic_jax.tune_process()`). Set ELASTIC_JAX_HOST_ALLOCATOR=default to
+leave glibc's defaults alone; an allocator that is LD_PRELOADed (jemalloc, tcmalloc) or any MALLOC_* variable set by
+the user is respected.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def tune_host_allocator() -> bool:
     ok = [mallopt(_M_ARENA_MAX, 1), mallopt(_M_MMAP_MAX, 0), mallopt(_M_TRIM_THRESHOLD, -1)]
     _applied = all(result == 1 for result in ok)
     return _applied
+
+
+def in_effect() -> bool:
+    """Whether this process runs under the settings (only after tune_host_allocator() applied them)."""
+    return bool(_applied)
 
 
 def release_host_memory() -> None:

@@ -10,6 +10,7 @@ inverse (plain JSON-able values), so a config survives a round trip through chec
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import os
@@ -127,7 +128,8 @@ def join(path: str, name: str) -> str:
 def unknown_field(path: str, name: str, known: Any, section: type | None = None) -> ConfigError:
     """The one error for a field the schema does not have (naming its new place when the section's MOVED says)."""
     moved = getattr(section, "MOVED", {}).get(name)
-    hint = f"; it is now '{join(path, moved)}'" if moved else ""
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f"; it is now '{join(path, moved)}'" if moved else f" (did you mean '{near[0]}'?)" if near else ""
     return ConfigError(f"unknown field '{join(path, name)}'{hint}; allowed: {sorted(known)}", section=path or None)
 
 

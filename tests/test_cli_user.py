@@ -244,3 +244,18 @@ def test_the_elastify_table_says_which_budget_nests_in_the_next(models):
     assert lines[2].endswith(" -")  # the largest budget has nothing to nest in
     assert [line.split()[-2:] for line in lines[3:5]] == [["yes", "1"], ["NO", "0.7"]]
     assert '"step": 3' in lines[-1]
+
+
+def test_generate_budget_says_what_the_path_is_and_a_config_typo_names_the_nearest_field(tmp_path, models):
+    hf, parent = str(models["hf"]), str(models["parent"])
+    generate = ["generate", "--prompt", "1+1=", "--budget", "0.4"]
+    procs = run_all([[*generate, "--checkpoint", "/no/such/dir"], [*generate, "--checkpoint", hf],
+                     [*generate, "--hf", hf], [*generate, "--checkpoint", parent],
+                     ["params", "--config", "tiny", "--config.model.hidden_sizee=8"]], tmp_path)
+    one_line_error(procs[0], "/no/such/dir: no such directory")
+    one_line_error(procs[1], f"{hf} is a Hugging Face model directory", f"pass it as --hf {hf} without --budget")
+    one_line_error(procs[2], "--budget: needs an elastic checkpoint (--checkpoint", f"--hf {hf} is a Hugging Face")
+    one_line_error(procs[3], f"--budget needs an elastic checkpoint; {parent} is a plain model")
+    typo = one_line_error(procs[4], "unknown field 'model.hidden_sizee' (did you mean 'hidden_size'?); allowed: [")
+    assert "'hidden_size'" in typo.split("allowed: ")[1]  # the full list still follows
+    assert list(tmp_path.iterdir()) == []

@@ -36,7 +36,21 @@ def require_budget(path: str, budget: float | None, verb: str) -> None:
         raise ElasticError(f"{verb}: {path} is an elastic checkpoint; pass --budget (a fraction in (0, 1], e.g. "
                            f"--budget 0.7) to choose the nested model")
     if not elastic and budget is not None:
-        raise ElasticError(f"{verb}: --budget needs an elastic checkpoint; {path} is a plain model")
+        raise _not_elastic(path, verb)
+
+
+def _not_elastic(path: str, verb: str) -> Exception:
+    """What `path` is when --budget came with it and it holds no elastic model: missing, a Hugging Face directory
+    (one model: --hf, no --budget), anything else that is no checkpoint, or a plain model."""
+    from elastic_jax.checkpoint import find_checkpoint
+
+    if (Path(path) / "config.json").is_file():
+        use = (f"pass it as --hf {path} without --budget" if verb == "generate" else
+               f"it is already exported; to elastify it, start from `elastic-jax importance --hf {path}`")
+        return ElasticError(f"{verb} --checkpoint: {path} is a Hugging Face model directory, which holds one model "
+                            f"({use}); --budget needs an elastic checkpoint (elastify's output)")
+    find_checkpoint(path, item="metadata")  # raises what `path` is when it is no checkpoint (missing, a file, ...)
+    return ElasticError(f"{verb}: --budget needs an elastic checkpoint; {path} is a plain model")
 
 
 def load_budget(path: str, budget: float) -> tuple[Any, dict, Any]:

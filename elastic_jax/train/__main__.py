@@ -31,6 +31,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from elastic_jax.process import tune_process
+
+    tune_process()  # this process is the command's own (see elastic_jax/process.py)
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(max(logging.WARNING, logging.getLogger().level))  # Orbax's per-save chatter
