@@ -35,7 +35,7 @@ def test_targets_parse_to_devices_topologies_and_memory():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                    reason="needs libtpu (pip install 'elastic_jax[tpu-plan]'; part of the dev extra)")
+                    reason="needs libtpu (pip install 'elastic_jax[tpu-plan]'; part of the peers extra)")
 def test_tpu_plan_on_four_v5p_chips_has_the_pallas_kernel_in_the_sharded_program():
     # batch over fsdp and heads over tensor: the kernel's shard_map splits both
     p = plan.plan("tiny_elastic", "v5p:2x2x1", mode="mask", overrides=SMALL,

@@ -20,7 +20,7 @@ from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.model_io import save_model
 
-gguf = pytest.importorskip("gguf")  # in the `dev` and `gguf` extras
+gguf = pytest.importorskip("gguf")  # in the `peers` and `gguf` extras
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed")
 
