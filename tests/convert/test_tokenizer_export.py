@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from elastic_jax.cli import main
 from elastic_jax.convert.tokenizer_export import byte_tokenizer_json, write_tokenizer
-from elastic_jax.data.tokenizer import ByteTokenizer, HFTokenizer
+from elastic_jax.data.tokenizer import ByteTokenizer, HFTokenizer, tokenizer_from_dict
+from elastic_jax.model_io import read_metadata
 
 TEXTS = ["(3+4)*2=<think>3+4=7, 7*2=14</think>14", "héllo wörld ☃ 日本語 🙂\n\ttabs  spaces", "a</think>b<think>",
          "", "\x00\x7f bytes"]
@@ -53,7 +54,13 @@ def test_sliced_bf16_moe_budget_runs_in_transformers_defaults(elastic_checkpoint
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)  # default attention and MoE implementations
     assert model.dtype == torch.bfloat16
+    ours = tokenizer_from_dict(read_metadata(elastic_checkpoint)["tokenizer"])
     inputs = tokenizer(["(3+4)*2=<think>"], return_tensors="pt")
-    tokens = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert tokens.shape == (1, inputs["input_ids"].shape[1] + 8) or tokens.shape[1] <= inputs["input_ids"].shape[1] + 8
-    assert isinstance(tokenizer.decode(tokens[0]), str) and np.all(tokens.numpy() < config["vocab_size"])
+    tokens = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0]
+    prompt_len = inputs["input_ids"].shape[1]
+    assert tokens[:prompt_len].tolist() == inputs["input_ids"][0].tolist()  # the prompt, then the continuation
+    new = tokens[prompt_len:].tolist()
+    # 8 new tokens, or fewer ending at end-of-sequence (generate's only early stop)
+    assert len(new) == 8 or (1 <= len(new) < 8 and new[-1] == ours.eos_id), new
+    assert np.all(tokens.numpy() < config["vocab_size"])
+    assert tokenizer.decode(tokens) == ours.decode(tokens.tolist(), skip_special=False)

@@ -63,7 +63,7 @@ def test_slicing_is_jit_friendly():
     spec = ElasticSpec(hidden_size=20, mamba_num_heads=2, num_attention_heads=2, n_routed_experts=4, layers=(0, 1, 2))
     jitted = jax.jit(lambda p: slice_params(p, cfg, spec)[0])(jax.tree_util.tree_map(jnp.asarray, params))
     eager, _ = slice_params(params, cfg, spec)
-    for a, b in zip(jax.tree_util.tree_leaves(jitted), jax.tree_util.tree_leaves(eager)):
+    for a, b in zip(jax.tree_util.tree_leaves(jitted), jax.tree_util.tree_leaves(eager), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -125,5 +125,5 @@ def test_ranking_survives_json():
     ranking = random_ranking(cfg, np.random.default_rng(4))
     stored = json.loads(json.dumps(ranking_to_json(ranking)))
     a, b = permute_params(params, cfg, ranking), permute_params(params, cfg, stored)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

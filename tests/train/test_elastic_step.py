@@ -44,7 +44,7 @@ def test_joint_gradient_is_the_weighted_sum_of_budget_gradients(setup):
 
     separate = jax.jit(lambda p: [jax.grad(lambda q, i=i: single(q, i))(p) for i in range(3)])(params)
     expected = jax.tree.map(lambda *g: sum(w * x for w, x in zip(weights, g)) / sum(weights), *separate)
-    for a, b in zip(jax.tree.leaves(joint), jax.tree.leaves(expected)):
+    for a, b in zip(jax.tree.leaves(joint), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     # the static-slice budget reaches the parent's weights; gradients land only inside its prefix
     static_grad = separate[2]["model"]["layers_3"]["mixer"]["up_proj"]["kernel"]

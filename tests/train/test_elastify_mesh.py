@@ -42,9 +42,9 @@ def shards(x):
 def layout_of(run):
     model = run.state.params["model"]
     want = run.layout.state_sharding.params["model"]
-    return {"matches": all(a.sharding == s for a, s in zip(jax.tree.leaves(model), jax.tree.leaves(want))),
+    return {"matches": all(a.sharding == s for a, s in zip(jax.tree.leaves(model), jax.tree.leaves(want), strict=True)),
             "teacher_matches": all(a.sharding == s for a, s in zip(jax.tree.leaves(run.teacher),
-                                                                    jax.tree.leaves(want))),
+                                                                    jax.tree.leaves(want), strict=True)),
             "embedding_shards": shards(model["embeddings"]["embedding"]),
             "expert_shards": shards(model["layers_2"]["mixer"]["up_proj"]),
             "teacher_shards": shards(run.teacher["embeddings"]["embedding"]),

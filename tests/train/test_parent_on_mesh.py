@@ -43,8 +43,8 @@ same_ranking = json.dumps(jax.tree.map(lambda a: np.asarray(a).tolist(), ranking
 permuted = permuted_on_mesh(params, spec.model, ranking, shardings)
 expected = permute_params(host, spec.model, ranking)
 exact = all(np.array_equal(np.asarray(a), np.asarray(b))
-            for a, b in zip(jax.tree.leaves(permuted), jax.tree.leaves(expected)))
-kept = all(x.sharding == s for x, s in zip(jax.tree.leaves(permuted), want))
+            for a, b in zip(jax.tree.leaves(permuted), jax.tree.leaves(expected), strict=True))
+kept = all(x.sharding == s for x, s in zip(jax.tree.leaves(permuted), want, strict=True))
 print(json.dumps({"placed": placed, "split": split, "same_ranking": same_ranking, "exact": exact, "kept": kept}))
 """
 
