@@ -78,16 +78,16 @@ def import_quickstart(run: Path, seconds: float | None) -> None:
     rows = json.loads((run / "budgets.json").read_text())
     checkpoint = run / "elastic" / "checkpoints"
     cfg: ModelConfig = model_config_of(checkpoint, read_metadata(checkpoint))
+    specs = {row["budget"]: ElasticSpec.from_dict(row.pop("spec")) for row in rows}
     for row in rows:
-        larger = [r for r in rows if r["budget"] > row["budget"]]
-        nxt = min(larger, key=lambda r: r["budget"]) if larger else None
-        ok = nxt and nests_in(ElasticSpec.from_dict(row["spec"]), ElasticSpec.from_dict(nxt["spec"]), cfg)
-        row["nests"] = "-" if nxt is None else f"{'yes' if ok else 'NO'} {nxt['budget']:g}"
-        row.pop("spec", None), row.pop("export", None)
-    sys.argv = ["elastic-jax", "quickstart"]
+        row.pop("export", None)
+        larger = [b for b in specs if b > row["budget"]]
+        nxt = min(larger) if larger else None
+        ok = nxt is not None and nests_in(specs[row["budget"]], specs[nxt], cfg)
+        row["nests"] = "-" if nxt is None else f"{'yes' if ok else 'NO'} {nxt:g}"
     figures = {"rows": rows, "seconds": seconds}
     timing.save_entries(str(RESULTS / "quickstart.json"), {f"quickstart on {timing.machine_tag()}": figures},
-                        "the quickstart's default steps", [])
+                        "the quickstart's default steps", [], command="elastic-jax quickstart")
 
 
 def main() -> None:

@@ -197,13 +197,15 @@ def _machine() -> str:
     return text if device.platform == "cpu" else f"{device.device_kind}; {text}"
 
 
-def save_entries(path: str, entries: dict[str, dict], repeats: str, results: list[dict]) -> None:
+def save_entries(path: str, entries: dict[str, dict], repeats: str, results: list[dict],
+                 command: str | None = None) -> None:
     """Write (or replace) `entries` ({name: figures}) in the results file `path`, each with how it was measured:
-    the command, date, machine, load, repeats and spread, and the commit."""
-    script = Path(sys.argv[0]).resolve()
-    root = Path(__file__).resolve().parent.parent
-    env = [f"{name}={shlex.quote(value)}" for name, value in (e.split("=", 1) for e in _env())]
-    command = " ".join([*env, shlex.join(["python", str(script.relative_to(root)), *_without_out(sys.argv[1:])])])
+    the command (default: this script's, with the settings that change it), date, machine, load, repeats and
+    spread, and the commit."""
+    if command is None:
+        script = Path(sys.argv[0]).resolve().relative_to(Path(__file__).resolve().parent.parent)
+        env = [f"{name}={shlex.quote(value)}" for name, value in (e.split("=", 1) for e in _env())]
+        command = " ".join([*env, shlex.join(["python", str(script), *_without_out(sys.argv[1:])])])
     commit = _git("rev-parse", "--short", "HEAD")
     if _git("status", "--porcelain", "--", "elastic_jax", "benchmarks"):
         commit += " with uncommitted changes"
