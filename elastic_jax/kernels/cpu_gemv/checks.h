@@ -40,10 +40,16 @@ inline ffi::Error mismatch(const char* kernel, const std::string& name, const st
   return ffi::Error::InvalidArgument(std::string(kernel) + ": " + name + " must be " + want + ", got " + got);
 }
 
+// The name of a buffer in messages: `name`, or "name i" for the i-th of several (index >= 0).
+inline std::string buffer_name(const char* name, int index) {
+  return index < 0 ? std::string(name) : std::string(name) + " " + std::to_string(index);
+}
+
 // `buffer` (called `name` in `kernel`) holds `type` with dimensions `want` (a negative entry: any size there).
+// Nothing is allocated unless it does not.
 template <typename Dims>
-ffi::Error expect(const char* kernel, const std::string& name, const ffi::AnyBuffer& buffer, ffi::DataType type,
-                  const Dims& want) {
+ffi::Error expect(const char* kernel, const char* name, const ffi::AnyBuffer& buffer, ffi::DataType type,
+                  const Dims& want, int index = -1) {
   auto got = buffer.dimensions();
   bool same = buffer.element_type() == type && got.size() == static_cast<size_t>(want.size());
   size_t i = 0;
@@ -52,17 +58,17 @@ ffi::Error expect(const char* kernel, const std::string& name, const ffi::AnyBuf
     ++i;
   }
   if (same) return ffi::Error::Success();
-  return mismatch(kernel, name, describe(type, want), describe(buffer.element_type(), got));
+  return mismatch(kernel, buffer_name(name, index), describe(type, want), describe(buffer.element_type(), got));
 }
 
-inline ffi::Error expect(const char* kernel, const std::string& name, const ffi::AnyBuffer& buffer,
-                         ffi::DataType type, std::initializer_list<int64_t> want) {
-  return expect<std::initializer_list<int64_t>>(kernel, name, buffer, type, want);
+inline ffi::Error expect(const char* kernel, const char* name, const ffi::AnyBuffer& buffer, ffi::DataType type,
+                         std::initializer_list<int64_t> want, int index = -1) {
+  return expect<std::initializer_list<int64_t>>(kernel, name, buffer, type, want, index);
 }
 
-inline ffi::Error expect_f32(const char* kernel, const std::string& name, const ffi::AnyBuffer& buffer,
-                             std::initializer_list<int64_t> want) {
-  return expect(kernel, name, buffer, ffi::DataType::F32, want);
+inline ffi::Error expect_f32(const char* kernel, const char* name, const ffi::AnyBuffer& buffer,
+                             std::initializer_list<int64_t> want, int index = -1) {
+  return expect(kernel, name, buffer, ffi::DataType::F32, want, index);
 }
 
 // The first failure of a sequence of checks: `EJ_CHECK(expect(...))` returns it from the handler.

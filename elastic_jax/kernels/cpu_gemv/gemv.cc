@@ -15,7 +15,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -82,8 +81,10 @@ class Team {
     for (int t = 1; t < threads_; ++t) helpers_.emplace_back([this, t] { helper(t); });
   }
 
-  // Stops and joins the helpers (the last call on this team has returned: callers hold it by shared_ptr).
-  ~Team() {
+  // Stops and joins the helpers once the call in flight (if any) has returned. The team is never freed: a caller
+  // that read it before it was replaced finds it busy for good and computes alone.
+  void retire() {
+    busy_.lock();  // never unlocked
     stop_.store(true);
     {
       std::lock_guard<std::mutex> lock(sleep_);
@@ -164,16 +165,22 @@ class Team {
   std::vector<std::thread> helpers_;
 };
 
-// The current team and its size; never destroyed (a static's destructor would join helpers at exit).
+// The current team (null until the first call after a change of size) and the size asked for.
 std::mutex team_mutex;
 int requested_threads = 1;  // guarded by team_mutex
-std::shared_ptr<Team>& current_team = *new std::shared_ptr<Team>();
+std::atomic<Team*> team_ptr{nullptr};
 
-// The team of the requested size, made on the first call after ej_set_threads changed it.
-std::shared_ptr<Team> team() {
+// The team of the requested size: one atomic read per call, made on the first call after ej_set_threads.
+Team& team() {
+  Team* t = team_ptr.load(std::memory_order_acquire);
+  if (t != nullptr) return *t;
   std::lock_guard<std::mutex> lock(team_mutex);
-  if (current_team == nullptr) current_team = std::make_shared<Team>(requested_threads);
-  return current_team;
+  t = team_ptr.load();
+  if (t == nullptr) {
+    t = new Team(requested_threads);  // never freed (Team::retire)
+    team_ptr.store(t, std::memory_order_release);
+  }
+  return *t;
 }
 
 constexpr const char* kProducts = "elastic_jax_products";
@@ -192,16 +199,17 @@ ffi::Error Products(ffi::AnyBuffer x, ffi::RemainingArgs weights, ffi::Remaining
   for (size_t i = 0; i < weights.size(); ++i) {
     auto w = weights.get<ffi::AnyBuffer>(i);
     auto y = outputs.get<ffi::AnyBuffer>(i);
-    const std::string index = " " + std::to_string(i);
-    if (!w.has_value()) return ffi::Error::InvalidArgument(std::string(kProducts) + ": weight" + index + " unreadable");
-    if (!y.has_value()) return ffi::Error::InvalidArgument(std::string(kProducts) + ": output" + index + " unreadable");
-    EJ_CHECK(ej::expect_f32(kProducts, "weight" + index, *w, {k, -1}));
+    const int index = static_cast<int>(i);
+    if (!w.has_value() || !y.has_value())
+      return ffi::Error::InvalidArgument(std::string(kProducts) + ": " +
+                                         ej::buffer_name(w.has_value() ? "output" : "weight", index) + " unreadable");
+    EJ_CHECK(ej::expect_f32(kProducts, "weight", *w, {k, -1}, index));
     const long n = w->dimensions()[1];
-    EJ_CHECK(ej::expect_f32(kProducts, "output" + index, **y, {n}));
+    EJ_CHECK(ej::expect_f32(kProducts, "output", **y, {n}, index));
     segments[i] = {x.typed_data<float>(), w->typed_data<float>(), (*y)->typed_data<float>(), k, n};
     total += n;
   }
-  team()->run(segments.data(), static_cast<int>(segments.size()), total);
+  team().run(segments.data(), static_cast<int>(segments.size()), total);
   return ffi::Error::Success();
 }
 
@@ -236,7 +244,7 @@ ffi::Error Experts(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer idx, ffi::
     segments[j] = {x.typed_data<float>() + (rows == 1 ? 0 : j * k), w.typed_data<float>() + e * k * n,
                    y->typed_data<float>() + j * n, k, n};
   }
-  team()->run(segments.data(), static_cast<int>(picks), picks * n);
+  team().run(segments.data(), static_cast<int>(picks), picks * n);
   return ffi::Error::Success();
 }
 
@@ -251,14 +259,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(EjExperts, Experts,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
 
-// Threads per product from the next call on; the old team's helpers are joined once no call runs on it.
+// Threads per product from the next call on; the old team's helpers are joined before this returns.
 extern "C" void ej_set_threads(int threads) {
-  std::shared_ptr<Team> old;
+  Team* old = nullptr;
   {
     std::lock_guard<std::mutex> lock(team_mutex);
     requested_threads = std::max(1, threads);
-    if (current_team != nullptr && current_team->threads() != requested_threads) old.swap(current_team);
+    Team* t = team_ptr.load();
+    if (t != nullptr && t->threads() != requested_threads) {
+      old = t;
+      team_ptr.store(nullptr, std::memory_order_release);
+    }
   }
-}  // `old` released here, outside the lock
+  if (old != nullptr) old->retire();
+}
 
-extern "C" int ej_threads() { return team()->threads(); }
+extern "C" int ej_threads() { return team().threads(); }
