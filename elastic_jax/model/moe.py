@@ -37,7 +37,8 @@ from elastic_jax.model.masks import NO_LAYER_MASKS, LayerMasks
 from elastic_jax.model.mlp import MLP, mlp_declarations
 
 STRATEGIES = ("auto", "grouped", "gathered", "dense")
-DENSE_MAX_TOKENS = 64  # see choose_strategy
+GATHERED_SHARE = 4  # "gathered" while the routed rows are at most 1/4 of the experts (see choose_strategy)
+DENSE_MAX_TOKENS = 32  # "dense" up to this many tokens (see choose_strategy)
 ROUTED_ROWS = "routed_rows"  # what a MoE layer sows when "intermediates" is mutable: each routed (token, expert)
 # row's expert hidden activations and output (before weighting), its routing weight, expert and token
 
@@ -45,15 +46,24 @@ ROUTED_ROWS = "routed_rows"  # what a MoE layer sows when "intermediates" is mut
 def choose_strategy(tokens: int, top_k: int, num_experts: int) -> str:
     """The expert strategy for a call over `tokens` tokens (all the sequences of a vmapped program together).
 
-    - "gathered" while the routed rows (tokens x top_k) are no more than the experts: decoding. Each row reads
-      its own expert's weights once; the other forms would read every expert, or (the loop) walk every expert's
-      block of padded rows.
-    - "dense" up to DENSE_MAX_TOKENS tokens: every expert's weights are read once for all the tokens and the
-      extra arithmetic (experts / top_k times the routed rows) costs less than grouping.
-    - "grouped" beyond: the arithmetic is that of the routed rows (training, prefill).
-    Measured (MEASURED)
+    - "gathered" for one token (a decode step: its routed experts are read once, in place on the CPU decode kernels
+      or the decode views), or while the routed rows are at most 1/GATHERED_SHARE of the experts;
+    - "dense" up to DENSE_MAX_TOKENS tokens: every expert's weights are read once for all the tokens, and the extra
+      arithmetic (experts / top_k times the routed rows) costs less than gathering copies or grouping;
+    - "grouped" beyond (training, long prefills): the arithmetic is that of the routed rows.
+    Measured with `python benchmarks/moe_strategies.py` (`small`'s shape: E=16, top-4, D=F=512, forward, XLA:CPU on
+    the shared 2-core VM under heavy load, strategies in turns; time / fastest):
+      tokens    1: gathered 1.00x, dense 1.41x, grouped 2.86x
+      tokens    2: dense 1.00x, gathered 2.19x, grouped 4.46x
+      tokens    4: dense 1.00x, grouped 2.36x, gathered 3.17x
+      tokens    8: dense 1.00x, grouped 3.23x, gathered 8.16x
+      tokens   16: dense 1.00x, grouped 1.77x, gathered 10.78x
+      tokens   32: dense 1.00x, grouped 1.11x, gathered 7.74x
+    At 32 tokens dense still led grouped by 1.11x and the gap was closing (3.23x at 8, 1.77x at 16), so dense stops
+    at DENSE_MAX_TOKENS = 32; longer calls were not measured in that session.
+    GPU / TPU were not measured; the same bounds apply there (grouped there is `lax.ragged_dot`).
     """
-    if tokens * top_k < num_experts:
+    if tokens == 1 or tokens * top_k * GATHERED_SHARE <= num_experts:
         return "gathered"
     return "dense" if tokens <= DENSE_MAX_TOKENS else "grouped"
 
@@ -239,4 +249,5 @@ class MoE(nn.Module):
         return (routed.reshape(x.shape).astype(self.dtype) + shared).astype(self.dtype), None
 
 
-__all__ = ["DENSE_MAX_TOKENS", "MoE", "ROUTED_ROWS", "STRATEGIES", "choose_strategy", "moe_declarations", "route"]
+__all__ = ["DENSE_MAX_TOKENS", "GATHERED_SHARE", "MoE", "ROUTED_ROWS", "STRATEGIES", "choose_strategy",
+           "moe_declarations", "route"]

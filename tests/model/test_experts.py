@@ -8,9 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.decode_views import decode_views
 from elastic_jax.model.experts import experts_gathered, experts_ragged, experts_switched
 from elastic_jax.model.experts_looped import experts_looped
+from elastic_jax.model.masks import LayerMasks
+from elastic_jax.model.moe import DENSE_MAX_TOKENS, MoE, choose_strategy
 
 NUM_EXPERTS, DIM, FFN = 5, 12, 16
 
@@ -93,3 +96,25 @@ def test_switched_experts_on_decode_rows_match_reference(with_mask):
     got = jax.jit(experts_switched)(x, sizes, mixer["up_proj"], mixer["down_proj"], ffn_mask)
     want = reference(x, sizes, up, down, mask if with_mask else jnp.ones(FFN))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_strategy_follows_the_token_count():
+    """One token (decode) is gathered, so is a few rows per expert; then dense; grouped past DENSE_MAX_TOKENS."""
+    assert choose_strategy(1, 8, 8) == "gathered"
+    assert choose_strategy(2, 2, 16) == "gathered" and choose_strategy(3, 2, 16) == "dense"
+    assert choose_strategy(DENSE_MAX_TOKENS, 2, 16) == "dense"
+    assert choose_strategy(DENSE_MAX_TOKENS + 1, 2, 16) == "grouped"
+
+
+def test_every_strategy_gives_the_layers_output():
+    """A MoE layer (routing, shared expert, masks) computes the same in each strategy, on the CPU and the
+    accelerator forms of grouping (the block loop, ragged_dot)."""
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 5, DIM)), jnp.float32)
+    masks = LayerMasks(experts=jnp.asarray([1, 1, 0.5, 1, 0], jnp.float32), expert_ffn=jnp.linspace(0.2, 1, FFN))
+    layer = MoE(hidden_size=DIM, num_experts=NUM_EXPERTS, top_k=2, expert_size=FFN, shared_size=8)
+    params = layer.init(jax.random.PRNGKey(0), x)
+    want = layer.clone(strategy="gathered").apply(params, x, masks=masks)[0]
+    forms = (("dense", CompileTarget()), ("grouped", CompileTarget()), ("grouped", CompileTarget("gpu")))
+    for strategy, target in forms:
+        got = layer.clone(strategy=strategy, target=target).apply(params, x, masks=masks)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{strategy} {target.platform}")
