@@ -49,8 +49,9 @@ def generate(cfg: ModelConfig, params: dict, prompt_tokens, max_new_tokens: int 
     fold_in(PRNGKey(seed), r), as the engine does.
     """
     prompt = check_tokens(cfg, prompt_tokens, "prompt_tokens")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    max_new_tokens = int(max_new_tokens)
     if prompt.shape[1] + max_new_tokens > cfg.max_position_embeddings:
         raise InputError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"model.max_position_embeddings={cfg.max_position_embeddings}")
