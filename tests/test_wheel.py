@@ -35,18 +35,24 @@ def wheel_env(tmp_path_factory) -> tuple[Path, set[str]]:
             shutil.copytree(ROOT / name, tmp / "src" / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(ROOT / name, tmp / "src" / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp / "dist"), str(tmp / "src")], check=True, capture_output=True, text=True)
+    _check([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
+            str(tmp / "src")])
     (wheel,) = (tmp / "dist").glob("elastic_jax-*.whl")
     env = tmp / "env"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install", "--no-deps",
-                    "-q", str(wheel)], check=True, capture_output=True, text=True)
-    site = subprocess.run([str(env / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                           "['purelib'])"], check=True, capture_output=True, text=True).stdout.strip()
+    _check([sys.executable, "-m", "venv", "--without-pip", str(env)])
+    _check([sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install", "--no-deps", "-q",
+            str(wheel)])
+    site = _check([str(env / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(site) / "_deps.pth").write_text("".join(f"{p}\n" for p in sorted(deps)))
     return env, set(zipfile.ZipFile(wheel).namelist())
+
+
+def _check(command: list[str]) -> str:
+    """stdout of a build step; its stderr in the failure when it fails."""
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, (command, proc.stderr[-3000:])
+    return proc.stdout.strip()
 
 
 def _run(env: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
