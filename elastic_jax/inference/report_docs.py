@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from elastic_jax.inference.report import headline_sentences, load_sentence, markdown, plot
+from elastic_jax.inference.report import markdown, plot
 
 BEGIN = "<!-- budget-control:begin (rendered by elastic_jax/inference/report_docs.py; do not edit by hand) -->"
 END = "<!-- budget-control:end -->"
@@ -38,18 +39,25 @@ def _task_sentence(task: dict[str, Any]) -> str:
 
 
 def size_sentence(report: dict[str, Any]) -> str:
-    """The property the task was built for, from the same-thoughts measurement: full against smallest answerer."""
+    """The property the task was built for, from the same-thoughts measurement: full against smallest answerer, with
+    the binomial noise that says whether the difference is one."""
     same = report["same_thoughts"]
     by_budget = {r["answer_budget"]: r for r in same["answers"]}
     big, small = by_budget[max(by_budget)], by_budget[min(by_budget)]
-    gap = (big["accuracy"] - small["accuracy"]) * 100
-    verdict = "answers better" if gap > 0 else "does not answer better" if gap == 0 else "answers worse"
     n = same["problems"]
-    return (f"From the same thoughts (budget {same['think_budget']:g} thinking, cap {same['max_think']}), the full "
-            f"budget {verdict} than the smallest: {big['correct']} / {n} ({big['accuracy']:.1%}) against "
-            f"{small['correct']} / {n} ({small['accuracy']:.1%}) for budget {small['answer_budget']:g}, {gap:+.1f} "
-            f"points (one problem is {100 / n:.1f}); the answer the thoughts imply, right or wrong, "
-            f"{big['answers_implied']} / {n} against {small['answers_implied']} / {n}.")
+    gap = (big["accuracy"] - small["accuracy"]) * 100
+    noise = 100 * math.sqrt(sum(r["accuracy"] * (1 - r["accuracy"]) for r in (big, small)) / n)
+    verdict = "answers better" if gap > 0 else "does not answer better" if gap == 0 else "answers worse"
+    within = (f"within two standard errors of the difference ({2 * noise:.1f} points): not a measured size effect"
+              if abs(gap) < 2 * noise else f"beyond two standard errors of the difference ({2 * noise:.1f} points)")
+    best = max(same["answers"], key=lambda r: (r["accuracy"], -r["answer_budget"]))
+    return (f"From the same thoughts (budget {same['think_budget']:g} thinking, cap {same['max_think']}; "
+            f"{same['exact_traces']} of {n} traces exact), the full budget {verdict} than the smallest: "
+            f"{big['correct']} / {n} ({big['accuracy']:.1%}) against {small['correct']} / {n} "
+            f"({small['accuracy']:.1%}) for budget {small['answer_budget']:g}, {gap:+.1f} points, {within}. "
+            f"The most accurate answering budget is {best['answer_budget']:g} ({best['correct']} / {n}). "
+            f"Answers equal to what the thoughts imply, right or wrong: {big['answers_implied']} / {n} (full) "
+            f"against {small['answers_implied']} / {n} (smallest).")
 
 
 def render_section(report: dict[str, Any]) -> str:
@@ -60,8 +68,8 @@ def render_section(report: dict[str, Any]) -> str:
     lines = [BEGIN, "", "## Budget control where answering needs size", "",
              _task_sentence(report.get("task") or {}), "", "Trained and measured with:", "", "```",
              TRAINING, command, f"python -m elastic_jax.inference.report_docs {out}/results.json", "```", "",
-             size_sentence(report), "", load_sentence(report), "", *headline_sentences(report["headline"]), "",
-             f"![accuracy vs latency]({PLOT_NAME})", "", markdown(report).rstrip("\n"), "", END]
+             size_sentence(report), "", f"![accuracy vs latency]({PLOT_NAME})", "", markdown(report).rstrip("\n"), "",
+             END]
     return "\n".join(lines) + "\n"
 
 
