@@ -86,7 +86,8 @@ def same_thoughts_rows(engine: Engine, examples: Sequence[ReasoningExample], thi
             faithful[b] += [want is not None and score_answer(result.generated(j), dataclasses.replace(e, answer=want),
                                                               tok) for j, (e, want) in enumerate(zip(chunk, implied))]
     rows = [{"answer_budget": b, "accuracy": sum(hits) / len(hits), "correct": sum(hits),
-             "answers_implied": sum(faithful[b]), "implied_share": sum(faithful[b]) / len(hits)}
+             "answers_implied": sum(faithful[b]), "implied_share": sum(faithful[b]) / len(hits),
+             "hits": "".join("1" if h else "0" for h in hits)}  # per problem, for paired comparisons
             for b, hits in correct.items()]
     return {"think_budget": float(think_budget), "max_think": max_think, "problems": len(examples),
             "exact_traces": sum(exact), "answers": rows}

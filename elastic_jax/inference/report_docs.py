@@ -40,13 +40,17 @@ def _task_sentence(task: dict[str, Any]) -> str:
 
 def size_sentence(report: dict[str, Any]) -> str:
     """The property the task was built for, from the same-thoughts measurement: full against smallest answerer, with
-    the binomial noise that says whether the difference is one."""
+    the standard error of the difference (paired over the same problems when the JSON has per-problem hits)."""
     same = report["same_thoughts"]
     by_budget = {r["answer_budget"]: r for r in same["answers"]}
     big, small = by_budget[max(by_budget)], by_budget[min(by_budget)]
     n = same["problems"]
     gap = (big["accuracy"] - small["accuracy"]) * 100
     noise = 100 * math.sqrt(sum(r["accuracy"] * (1 - r["accuracy"]) for r in (big, small)) / n)
+    if "hits" in big and "hits" in small:  # paired (same problems, same thoughts): only the problems they split count
+        only_big = sum(a == "1" and b == "0" for a, b in zip(big["hits"], small["hits"]))
+        only_small = sum(a == "0" and b == "1" for a, b in zip(big["hits"], small["hits"]))
+        noise = 100 * math.sqrt(max(only_big + only_small - (only_big - only_small) ** 2 / n, 0.0)) / n
     verdict = "answers better" if gap > 0 else "does not answer better" if gap == 0 else "answers worse"
     within = (f"within two standard errors of the difference ({2 * noise:.1f} points): not a measured size effect"
               if abs(gap) < 2 * noise else f"beyond two standard errors of the difference ({2 * noise:.1f} points)")
