@@ -175,8 +175,8 @@ class _BiasedMLP(MLP):
     def __call__(self, x, cache=None, pos=None, masks=None):
         bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,), jnp.float32)
         decl, init = by_name(self.declarations()), nn.initializers.normal(0.02)
-        return linear(decl["down_proj/kernel"], jnp.float32, init)(linear(decl["up_proj/kernel"], jnp.float32,
-                                                                          init)(x)) + bias, None
+        up = linear(decl["up_proj/kernel"], jnp.float32, init, self.target)
+        return linear(decl["down_proj/kernel"], jnp.float32, init, self.target)(up(x)) + bias, None
 
 
 def test_an_undeclared_parameter_fails_every_derived_function(params):
