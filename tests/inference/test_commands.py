@@ -53,7 +53,8 @@ def test_budget_control_and_eval(elastic_checkpoint, capsys):
 def test_report_writes_table_plot_and_headline(elastic_checkpoint, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", "--checkpoint", str(elastic_checkpoint), "--out", str(out), "--budgets", "1.0,0.4",
-                 "--caps", "1,2,3", "--problems", "3", "--batch-size", "3", "--max-answer", "3"]) == 0
+                 "--caps", "1,2,3", "--problems", "3", "--batch-size", "3", "--max-answer", "3",
+                 "--allow-busy"]) == 0  # the suite's own workers keep the machine busy
     printed = capsys.readouterr().out
     assert "accuracy gain" in printed and "latency ratio" in printed
     report = json.loads((out / "results.json").read_text())
