@@ -1,17 +1,18 @@
-"""Does nesting work? The Nemotron Elastic table at small scale, in one command.
+"""Is nesting worth it? One elastic run against Minitron-style compression at equal tokens, in one command.
 
-    python benchmarks/reproduce.py --workdir runs/reproduce [--scale default|smoke] [--jobs N]
+    python benchmarks/reproduce.py --workdir runs/reproduce [--scale default|smoke] [--jobs N] [--inline]
 
-Pretrains a parent (configs/reproduce.py) for T tokens and elastifies it into budgets 1.0 / 0.7 / 0.4 for E tokens;
-for each smaller budget's deployed architecture trains a model of exactly that shape from scratch (for T + E and for
-T tokens) and a Minitron-style baseline (the permuted parent pruned to that shape, distilled from the parent for E
-tokens); runs the ablations as separate elastic runs from the same parent; repeats the parent, the elastic run and
-the twins over three seeds. Every model is scored on the same held-out loss batches and reasoning problems.
-Writes <workdir>/results.json, results.md (the table) and loss_vs_params.png / accuracy_vs_params.png.
+Pretrains one parent (configs/reproduce.py) for T tokens; elastifies it at E tokens with each setting of the joint
+training (reproduce_plan.SETTINGS) and keeps the best on the smallest budget; trains that setting at the curve's
+other token counts (0.5E, 2E); prunes the parent to each seed's deployed shapes and distils each size alone for
+half of each point's tokens (Minitron-style); trains models of those shapes from scratch for T + E (the check that
+the parent is trained enough). Every row has three seeds, every model the same held-out loss batches and
+reasoning problems. Writes <workdir>/results.json, results.md and the plots (reproduce_report.py).
 
 Each row runs as its own subprocess (`--row NAME`, the same script) in <workdir>/rows/NAME, so a crash loses only
-that row; a finished row has a DONE file, and rerunning the command skips finished rows and resumes the others
-from their checkpoints. `--jobs N` runs independent rows side by side, each pinned to its share of the CPUs.
+that row (`--inline`: every row in this process instead, for the smoke test); a finished row has a DONE file, and
+rerunning the command skips finished rows and resumes the others from their checkpoints. `--jobs N` runs
+independent rows side by side, each pinned to its share of the CPUs.
 """
 
 from __future__ import annotations
@@ -23,51 +24,57 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_rows import Row, Scale, plan, run_row  # noqa: E402
+from reproduce_plan import SETTINGS, Row, Scale, plan  # noqa: E402
+from reproduce_rows import run_row  # noqa: E402
 
 # The default scale. The parent (configs/reproduce.py: 519K parameters, every block type) learns the "medium"
-# reasoning preset (2-4 operations over operands up to 20), which a model 0.4x its size trained alone does not
-# match in the same tokens, unlike tiny's "easy" task. T = 1500 steps of 16 x 128 tokens (3.1M tokens) and E =
-# 300 + 150 elastic steps (1.2M tokens, E/T = 0.4, stage 2 at 256 tokens) keep the whole experiment (25 runs,
-# 41 evaluated models) within 90 minutes on 2 CPU cores: see STEP_SECONDS and estimate().
-DEFAULT = Scale("default", pretrain_steps=1500, stage1_steps=300, stage2_steps=150, seeds=(0, 1, 2), problems=128,
-                eval_batches=8)
-# Smoke: every kind of row, with a 4-layer model far below `tiny`, a handful of steps, one seed, both elastic stages at
-# one length and architectures fixed from the first elastic step (one joint-step compilation, no mask mode), and one
-# ablation (the router-free budget search, the ablation furthest from the default path; the other knobs have their
-# own tests): the test's end-to-end run.
-SMOKE = Scale("smoke", pretrain_steps=6, stage1_steps=4, stage2_steps=2, seeds=(0,), problems=4, eval_batches=1,
+# reasoning preset mixed with Python source; T = 2000 steps of 16 x 128 tokens (4.1M tokens), long enough that
+# models of its smaller budgets' shapes trained alone for T + E do not beat it (results.json: parent_check).
+# E = 60 stage-1 steps at 128 tokens + 20 stage-2 steps at 256 (205K tokens, E / T = 0.05; the paper's is smaller
+# still); the curve has points 0.5E, E and 2E, every row three seeds.
+DEFAULT = Scale("default", pretrain_steps=2000, stage1_steps=60, stage2_steps=20, points=(0.5, 1.0, 2.0),
+                seeds=(0, 1, 2), problems=256, eval_batches=8)
+# Smoke: every kind of row, with a 4-layer model far below `tiny`, a handful of steps, one seed, two points, the two
+# settings the plan needs, both elastic stages at one length (the test's end-to-end run, in one process).
+SMOKE = Scale("smoke", pretrain_steps=6, stage1_steps=4, stage2_steps=2, points=(0.5, 1.0), seeds=(0,), problems=4,
+              eval_batches=1, settings=("fixed", "router"),
               overrides=("model.hidden_size=16", "model.pattern=M*E-", "model.mamba_head_dim=8", "model.head_dim=8",
                          "model.ssm_state_size=8", "model.intermediate_size=32", "model.n_routed_experts=4",
                          "model.moe_intermediate_size=16", "model.moe_shared_expert_intermediate_size=16",
                          "train.global_batch=2", "train.seq_len=64", "train.eval_max_new_tokens=4",
                          "train.warmup_steps=1", "checkpoint.every_steps=1000"),
-              elastic_overrides=("elastic.stage1_seq_len=64", "elastic.stage2_seq_len=64", "elastic.static_after=0.0",
-                                 "elastic.importance_batches=1"), ablations=("router_free",))
+              elastic_overrides=("elastic.stage1_seq_len=64", "elastic.stage2_seq_len=64",
+                                 "elastic.importance_batches=1"))
 SCALES = {"default": DEFAULT, "smoke": SMOKE}
+assert set(DEFAULT.settings) <= set(SETTINGS)
 
-# Measured on 2 CPU cores (default scale; busy-machine timings divided by the load factor, docs/results.md):
-# seconds per optimizer step by row kind, and the fixed cost of a row (start, compilation) and of one evaluation.
-STEP_SECONDS = {"parent": 0.10, "twin_0.7": 0.08, "twin_0.4": 0.065, "elastic": 0.42, "minitron_0.7": 0.11,
-                "minitron_0.4": 0.095}
+# Seconds on 2 quiet CPU cores (default scale) per 16 x 128 tokens of training by row kind: the parent's and the
+# twins' steps were measured on 2 cores; the elastic step with fixed architectures is the teacher's forward pass
+# plus each budget's sliced step, the router's adds its masked steps (measured). Plus a fixed cost per row (start,
+# compilation) and per evaluated model (256 problems).
+STEP_SECONDS = {"parent": 0.10, "twin_0.7": 0.08, "twin_0.4": 0.065, "elastic_router": 0.42, "elastic": 0.28,
+                "minitron_0.7": 0.11, "minitron_0.4": 0.095}
 ROW_SECONDS = {"pretrain": 15.0, "elastify": 30.0, "distill": 20.0}
-EVAL_SECONDS = 20.0
+EVAL_SECONDS = 25.0
 
 
 def row_seconds(scale: Scale, row: Row) -> float:
     """Estimated seconds of one row on 2 cores (default scale)."""
-    from reproduce_rows import row_steps
+    from reproduce_plan import row_tokens
 
-    if row.kind == "elastify" or row.method == "parent":
-        key = "elastic" if row.kind == "elastify" else "parent"
+    if row.kind == "elastify":
+        key = "elastic_router" if row.setting == "router" else "elastic"
+    elif row.method == "parent":
+        key = "parent"
     else:
         key = f"{'minitron' if row.kind == 'distill' else 'twin'}_{row.budget:g}"
     evals = 3 if row.kind == "elastify" else 1
-    return ROW_SECONDS[row.kind] + row_steps(scale, row) * STEP_SECONDS[key] + evals * EVAL_SECONDS
+    return ROW_SECONDS[row.kind] + row_tokens(scale, row) / 2048 * STEP_SECONDS[key] + evals * EVAL_SECONDS
 
 
 def estimate(scale: Scale, rows: list[Row], jobs: int, cores: int) -> float:
@@ -77,7 +84,7 @@ def estimate(scale: Scale, rows: list[Row], jobs: int, cores: int) -> float:
     slowdown = (2.0 / min(max(cores / jobs, 0.5), 2.0)) ** 0.7
     finish: dict[str, float] = {}
     running: list[float] = []
-    for row in (r for r in rows if not r.unavailable):
+    for row in rows:
         ready = max((finish[d] for d in row.deps), default=0.0)
         running.sort()
         start = ready if len(running) < jobs else max(ready, running.pop(0))
@@ -112,14 +119,13 @@ def run_all(args: argparse.Namespace, scale: Scale, rows: list[Row]) -> list[str
     """Run every unfinished row (dependencies first, up to --jobs at a time); returns the names that failed."""
     root = Path(args.workdir)
     done = {r.name for r in rows if (root / "rows" / r.name / "DONE").exists()}
-    todo = [r for r in rows if r.name not in done and not r.unavailable]
+    todo = [r for r in rows if r.name not in done]
     failed: list[str] = []
     sets = cpu_sets(args.jobs) if args.jobs > 1 else [None]
     free = list(range(len(sets)))
     running: dict[subprocess.Popen, tuple[Row, int, float]] = {}
     total, t0 = len(todo), time.perf_counter()
-    print(f"{len(done)} row(s) already done, {total} to run, {sum(r.unavailable for r in rows)} unavailable",
-          flush=True)
+    print(f"{len(done)} row(s) already done, {total} to run", flush=True)
     try:
         while todo or running:
             for row in list(todo):
@@ -156,6 +162,23 @@ def run_all(args: argparse.Namespace, scale: Scale, rows: list[Row]) -> list[str
     return failed
 
 
+def run_inline(workdir: Path, scale: Scale, rows: list[Row]) -> list[str]:
+    """Every unfinished row in this process, in plan order (a row whose dependency failed is skipped)."""
+    failed: list[str] = []
+    for row in rows:
+        if any(d in failed for d in row.deps):
+            failed.append(row.name)
+            continue
+        try:
+            ok = run_row(workdir, scale, row) == 0
+        except Exception:  # noqa: BLE001 - one row's failure is reported, the others still run
+            traceback.print_exc()
+            ok = False
+        if not ok:
+            failed.append(row.name)
+    return failed
+
+
 def _progress_line(root: Path, row: Row, ok: bool, done: int, total: int, started: float, t0: float) -> str:
     from reproduce_report import row_summary
 
@@ -172,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="default")
     parser.add_argument("--jobs", type=int, default=1, help="rows run side by side, each on its share of the CPUs")
     parser.add_argument("--row", help="run one row in this process (what each subprocess does)")
+    parser.add_argument("--inline", action="store_true", help="run every row in this process, one after another")
+    parser.add_argument("--report", action="store_true", help="only write the report of the rows finished so far")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -190,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"estimated wall time with --jobs {jobs} on {cores} cores: "
                   f"{estimate(scale, rows, jobs, cores) / 60:.0f} min (2 quiet cores, --jobs 1: "
                   f"{estimate(scale, rows, 1, 2) / 60:.0f} min)", flush=True)
-    for row in rows:
-        if row.unavailable:
-            print(f"  unavailable: {row.name} ({row.note})", flush=True)
-    failed = run_all(args, scale, rows)
+    if args.report:
+        failed = []
+    else:
+        failed = run_inline(args.workdir, scale, rows) if args.inline else run_all(args, scale, rows)
     from reproduce_report import write_report
 
     paths = write_report(args.workdir, scale, rows)

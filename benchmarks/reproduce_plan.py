@@ -106,7 +106,7 @@ def elastic_name(setting: str, point: float, seed: int) -> str:
 
 def plan(scale: Scale) -> list[Row]:
     """Every row, dependencies before dependents, seed by seed: each seed's curve (elastic and Minitron-style at E,
-    then at the other points), its other settings and its twins, so that an experiment cut short has every part
+    then at the other points), its twins and its other settings, so that an experiment cut short has every part
     at the same number of seeds (the twins of the later seeds come last: they are the longest rows)."""
     if 1.0 not in scale.points or CURVE not in scale.settings or REFERENCE not in scale.settings:
         raise ConfigError(f"scale {scale.name}: points must include 1 and settings {CURVE!r} and {REFERENCE!r}")
@@ -127,8 +127,8 @@ def plan(scale: Scale) -> list[Row]:
             rows.append(elastic(CURVE, p, k))
             rows += [Row(f"minitron_{b:g}_{_fmt(p)}_s{k}", "distill", "minitron", k, b, p,
                          deps=("parent", elastic_name(CURVE, 1.0, k))) for b in SMALL_BUDGETS]
+        rows += twins(k) if k == scale.seeds[0] else []  # long rows early: they run beside the settings
         rows += [elastic(s, 1.0, k) for s in scale.settings if s != CURVE]
-        rows += twins(k) if k == scale.seeds[0] else []
     return rows + [row for k in scale.seeds[1:] for row in twins(k)]
 
 

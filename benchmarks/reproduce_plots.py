@@ -34,7 +34,7 @@ def plots(summary: dict[str, Any], root: Path) -> list[Path]:
 
     out = []
     for metric, ylabel in (("loss", "eval loss (held-out)"), ("accuracy", "reasoning accuracy")):
-        fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharey=True)
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharey=metric == "accuracy")
         for ax, budget in zip(axes, ("1", "0.7", "0.4")):
             _panel(ax, summary, budget, metric)
         axes[0].set_ylabel(ylabel)

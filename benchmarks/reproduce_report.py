@@ -41,6 +41,8 @@ def curves(root: Path, scale: Scale, e_tokens: int) -> dict[str, Any]:
     for method, points in curve_rows(scale).items():
         for p, names in points.items():
             results = [r for n in names if (r := load_result(root, n))]
+            if not results:
+                continue
             budgets = ["1", "0.7", "0.4"] if method == "elastic" else [method.split("_")[1]]
             for b in budgets:
                 kind = "elastic" if method == "elastic" else "minitron"
@@ -110,7 +112,7 @@ def aggregate(root: Path, scale: Scale, rows: list[Row]) -> dict[str, Any]:
             "T": row_tokens(scale, rows[0]), "E": e_tokens, "E_steps": e_steps(scale),
             "problems": scale.problems, "parent": parent, "parent_check": parent_check(root, scale, parent),
             "settings": table, "choice": choice, "curves": curve, "headline": headline(curve, e_tokens),
-            "missing": [r.name for r in rows if r.name not in results], "rows": results}
+            "planned": len(rows), "missing": [r.name for r in rows if r.name not in results], "rows": results}
 
 
 def write_report(root: Path, scale: Scale, rows: list[Row]) -> list[Path]:

@@ -52,7 +52,7 @@ def what_lines(s: dict[str, Any]) -> list[str]:
         f"**What it trains** (scale `{s['scale']}`). One parent, `configs/reproduce.py` (`tiny`'s pattern at 1.5x "
         "its width, the \"medium\" reasoning preset mixed 70 / 30 with Python source), pretrained for "
         f"T = {tok(s['T'])} tokens ({parent_steps} steps). Every other row starts from it, with seeds {seeds} "
-        "(the seed sets the row's data order, initialisation and router, never the parent). E is "
+        "planned (the seed sets the row's data order, initialisation and router, never the parent). E is "
         f"{tok(s['E'])} tokens; the curve has the points {points}.", "",
         "| row | what | tokens beyond the parent |", "|---|---|---|",
         "| elastic, curve | the parent elastified into budgets 1.0 / 0.7 / 0.4 of total parameters (KD from the "
@@ -69,7 +69,9 @@ def what_lines(s: dict[str, Any]) -> list[str]:
         f"Every model is scored alike (`benchmarks/reproduce_eval.py`): eval loss on the same held-out batches, "
         f"then accuracy by greedy decoding of the first {s['problems']} held-out reasoning problems. One model's "
         f"accuracy carries a binomial standard error of up to {binomial_points(0.5, s['problems']):.1f} points; "
-        "± is the standard deviation over seeds.", ""]
+        "± is the standard deviation over seeds.", ""] + ([
+            f"Finished: {s['planned'] - len(s['missing'])} of the {s['planned']} planned rows (the others are listed "
+            f"at the end); every point of the curve has {curve_seeds(s)} seed(s).", ""] if s["missing"] else [])
 
 
 def parent_lines(s: dict[str, Any]) -> list[str]:
@@ -82,18 +84,22 @@ def parent_lines(s: dict[str, Any]) -> list[str]:
         twins.append(f"at {b} ({t['total_params']['mean'] / 1e3:.0f}K parameters) {values}")
     verdict = ("**The parent is trained long enough:** every twin's eval loss is above the parent's."
                if check["holds"] else "**The parent is not trained long enough:** a twin matches or beats it.")
-    return [f"**The teacher.** The parent ({p['total_params'] / 1e3:.0f}K parameters) reaches eval loss "
+    head = (f"**The teacher.** The parent ({p['total_params'] / 1e3:.0f}K parameters) reaches eval loss "
             f"{p['loss']:.4f} and {p['accuracy']:.1%} accuracy (± {binomial_points(p['accuracy'], p['problems']):.1f} "
-            "points binomial). Models of its smaller budgets' shapes trained alone for T + E reach, per seed, "
-            + ("; ".join(twins) or "(not finished)") + ". " + (verdict if twins else ""), ""]
+            "points binomial). ")
+    if not twins:
+        return [head + "The models of its smaller budgets' shapes trained alone for T + E have not finished, so "
+                "whether they beat it is not measured.", ""]
+    return [head + "Models of its smaller budgets' shapes trained alone for T + E reach, per seed, "
+            + "; ".join(twins) + ". " + verdict, ""]
 
 
 def settings_lines(s: dict[str, Any], heading: bool = True) -> list[str]:
     table, choice = s["settings"], s["choice"]
     lines = ["### Which setting trains every budget", ""] if heading else []
-    lines += [f"Each setting trained at E ({tok(s['E'])} tokens) on every seed; eval loss / accuracy, mean ± spread "
-              "over seeds. Δ is the setting minus `router` (the old default), ± the standard error of that "
-              "difference:", "",
+    lines += [f"Each setting trained at E ({tok(s['E'])} tokens) from the same parent; eval loss / accuracy, mean ± "
+              "spread over the seeds finished (column seeds). Δ is the setting minus `router` (the old default), "
+              "± the standard error of that difference:", "",
               "| setting | seeds | budget 1 | budget 0.7 | budget 0.4 | Δ loss at 0.4 | Δ loss at 1 |",
               "|---|---|---|---|---|---|---|"]
     for name, t in table.items():
@@ -127,11 +133,13 @@ def curve_lines(s: dict[str, Any]) -> list[str]:
     parent = s["parent"]
     for b in ("1", "0.7", "0.4"):
         minitron = {e["point"]: e for e in curves["minitron"].get(b, [])}
-        for e in curves["elastic"].get(b, []):
-            other = (cell(minitron[e["point"]]) if e["point"] in minitron else
+        elastic = {e["point"]: e for e in curves["elastic"].get(b, [])}
+        for p in sorted({*minitron, *elastic}):
+            other = (cell(minitron[p]) if p in minitron else
                      f"the parent itself: {parent['loss']:.4f} / {parent['accuracy']:.1%}" if b == "1" and parent
                      else "-")
-            lines.append(f"| {b} | {_x(e['point'])} = {tok(e['tokens'])} | {cell(e)} | {other} |")
+            mine = cell(elastic[p]) if p in elastic else "not finished"
+            lines.append(f"| {b} | {_x(p)} = {tok(round(p * s['E']))} | {mine} | {other} |")
     return lines + [""]
 
 
@@ -164,9 +172,16 @@ def headline_lines(s: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|"]
     for b, h in heads.items():
         spread = h["per_seed_ratio"]
-        spread = f"{spread['mean']:.2f}E ± {spread['spread']:.2f}E" if spread else "-"
+        spread = f"{spread['mean']:.2f}E ± {spread['spread']:.2f}E" if spread and spread["n"] > 1 else "-"
         lines.append(f"| {b} | {loss(h['target_loss'])} | {_match(h, e)} | {_seeds(h, e)} | {spread} |")
     return lines + ["", headline_sentence(s), ""]
+
+
+def _times(r: float) -> str:
+    """A token ratio against Minitron-style at E in words."""
+    if round(r, 2) == 1:
+        return "as many tokens as Minitron-style"
+    return f"{1 / r:.1f}x fewer tokens than Minitron-style" if r < 1 else f"{r:.1f}x the tokens of Minitron-style"
 
 
 def headline_sentence(s: dict[str, Any]) -> str:
@@ -175,28 +190,35 @@ def headline_sentence(s: dict[str, Any]) -> str:
     for b, h in heads.items():
         m = h["mean_curve"]
         if m["bound"] == "never":
-            parts.append(f"at {b} it never matches Minitron-style at E within {_x(max(s['points']))}")
+            reached = max(e["point"] for e in s["curves"]["elastic"][b])
+            parts.append(f"at {b} it does not match Minitron-style at E within {_x(reached)} (the largest point "
+                         "measured)")
             worst = math.inf
             continue
         r = m["tokens"] / s["E"]
         worst = max(worst, r)
         bound = "at most " if m["bound"] == "at_most" else ""
-        parts.append(f"at {b} it needs {bound}{r:.2f}E, " + (f"{1 / r:.1f}x fewer tokens" if r < 1 else
-                                                              f"{r:.1f}x more tokens"))
+        parts.append(f"at {b} it needs {bound}{r:.2f}E, {_times(r)}")
     if worst == math.inf:
-        family = "so for the family it never matches Minitron-style within the measured tokens"
+        family = "so for the family (both sizes) it does not match Minitron-style within the measured tokens"
     else:
-        family = (f"so the family (both sizes) needs {worst:.2f}E: " +
-                  (f"{1 / worst:.1f}x fewer tokens than Minitron-style" if worst < 1 else
-                   f"{worst:.1f}x the tokens of Minitron-style") + " (the paper: about 7x fewer)")
+        family = f"so the family (both sizes) needs {worst:.2f}E, {_times(worst)} (the paper: about 7x fewer)"
     return "**The result:** " + "; ".join(parts) + "; " + family + "."
+
+
+def curve_seeds(s: dict[str, Any]) -> int:
+    """The seeds every point of the curve has finished (elastic and Minitron-style)."""
+    entries = [e for kind in ("elastic", "minitron") for c in s["curves"][kind].values() for e in c]
+    return min((e["seeds"] for e in entries), default=0)
 
 
 def readme_paragraph(s: dict[str, Any]) -> str:
     """The README's paragraph: the question, the headline sentence, the teacher check, where to read more."""
     check = "beats" if s["parent_check"]["holds"] else "does not beat"
+    n = curve_seeds(s)
     return ("**Is nesting worth it?** `benchmarks/reproduce.py` elastifies one small parent and compresses it "
-            "Minitron-style (prune, then distil each size alone) at equal total tokens, three seeds per row, "
+            f"Minitron-style (prune, then distil each size alone) at equal total tokens, {n} seed{'s' * (n != 1)} "
+            "per point, "
             f"{s['problems']} held-out problems per model; the parent {check} models of its smaller shapes trained "
             f"alone for T + E. Against Minitron-style at E ({tok(s['E'])} tokens for the pair): "
             + headline_sentence(s).removeprefix("**The result:** ")
