@@ -214,12 +214,13 @@ def curve_seeds(s: dict[str, Any]) -> int:
 
 def readme_paragraph(s: dict[str, Any]) -> str:
     """The README's paragraph: the question, the headline sentence, the teacher check, where to read more."""
-    check = "beats" if s["parent_check"]["holds"] else "does not beat"
+    check = ("the parent beats" if s["parent_check"]["holds"] else "the parent does not beat" if
+             s["parent_check"]["budgets"] else "not yet measured: whether the parent beats")
     n = curve_seeds(s)
     return ("**Is nesting worth it?** `benchmarks/reproduce.py` elastifies one small parent and compresses it "
             f"Minitron-style (prune, then distil each size alone) at equal total tokens, {n} seed{'s' * (n != 1)} "
-            "per point, "
-            f"{s['problems']} held-out problems per model; the parent {check} models of its smaller shapes trained "
-            f"alone for T + E. Against Minitron-style at E ({tok(s['E'])} tokens for the pair): "
+            f"per point{' so far' if s['missing'] else ''}, "
+            f"{s['problems']} held-out problems per model ({check} models of its smaller shapes trained alone for "
+            f"T + E). Against Minitron-style at E ({tok(s['E'])} tokens for the pair), the elastic run: "
             + headline_sentence(s).removeprefix("**The result:** ")
             + " Curves, settings and every figure: [docs/results.md](docs/results.md).")
