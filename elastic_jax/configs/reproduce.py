@@ -1,8 +1,9 @@
 """The parent of "Is nesting worth it?" (benchmarks/reproduce.py): `tiny` at 1.5x its width (519K parameters, 298K
 active) on the "medium" reasoning preset, where models of its smaller budgets' sizes trained alone fall behind it.
 On `tiny`'s "easy" task a 102K model nearly matches the 246K parent, so nesting cannot show what it is worth there.
-The default 2000 steps (4.1M tokens) train it until models of its 0.7 and 0.4 budgets' shapes, trained alone for
-the same tokens plus one elastic run's, no longer beat it (docs/results.md, "The teacher").
+The default 2000 steps (4.1M tokens) are meant to train it until models of its 0.7 and 0.4 budgets' shapes,
+trained alone for the same tokens plus one elastic run's, no longer beat it; docs/results.md ("The teacher") says
+whether they do.
 
 `get_config()` is the parent's pretraining experiment; `get_config("elastic")` is `tiny_elastic`'s elastification
 (budgets 1.0 / 0.7 / 0.4 of total parameters) of this parent (benchmarks/reproduce.py sets the schedule's steps).
