@@ -33,8 +33,9 @@ from reproduce_plan import SETTINGS, Row, Scale, plan  # noqa: E402
 from reproduce_rows import run_row  # noqa: E402
 
 # The default scale. The parent (configs/reproduce.py: 519K parameters, every block type) learns the "medium"
-# reasoning preset mixed with Python source; T = 2000 steps of 16 x 128 tokens (4.1M tokens), long enough that
-# models of its smaller budgets' shapes trained alone for T + E do not beat it (results.json: parent_check).
+# reasoning preset mixed with Python source; T = 2000 steps of 16 x 128 tokens (4.1M tokens), meant to be long
+# enough that models of its smaller budgets' shapes trained alone for T + E do not beat it (results.json:
+# parent_check says whether they do).
 # E = 60 stage-1 steps at 128 tokens + 20 stage-2 steps at 256 (205K tokens, E / T = 0.05; the paper's is smaller
 # still); the curve has points 0.5E, E and 2E, every row three seeds.
 DEFAULT = Scale("default", pretrain_steps=2000, stage1_steps=60, stage2_steps=20, points=(0.5, 1.0, 2.0),
