@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import reproduce  # noqa: E402
 from reproduce_choice import choose  # noqa: E402
-from reproduce_plan import BUDGETS, REFERENCE, plan  # noqa: E402
+from reproduce_plan import BUDGETS, CURVE, REFERENCE, plan  # noqa: E402
 from reproduce_render import RESULTS, render  # noqa: E402
 from reproduce_report import tokens_to_match  # noqa: E402
 
@@ -38,8 +38,8 @@ def _check_results(workdir: Path, scale) -> dict:
             assert sizes == sorted(sizes, reverse=True), (row.name, sizes)
     best = summary["choice"]["best"]
     assert best in scale.settings and REFERENCE in summary["choice"]["eligible"]
-    # Minitron-style students and twins have exactly the shapes of the best setting's elastic run at E
-    source = summary["rows"][f"elastic_{best}_x1_s0"]["budgets"]
+    # Minitron-style students and twins have exactly the shapes of the curve's elastic run at E
+    source = summary["rows"][f"elastic_{CURVE}_x1_s0"]["budgets"]
     for name in ("twin_0.4_s0", "minitron_0.7_x0.5_s0", "minitron_0.4_x1_s0"):
         budget, entry = next(iter(summary["rows"][name]["budgets"].items()))
         assert entry["total_params"] == source[budget]["total_params"], name
