@@ -1,4 +1,4 @@
-"""Evaluation of one model of the "Does nesting work?" experiment: eval loss and reasoning accuracy.
+"""Evaluation of one model of the "Is nesting worth it?" experiment: eval loss and reasoning accuracy.
 
 Every row is scored the same way, whatever trained it: a parent's weights (`params`, config `cfg`) and the
 architecture kept of it (`spec`, the whole parent for a model trained alone). The loss is the token-weighted
