@@ -161,7 +161,11 @@ def _without_out(argv: list[str]) -> list[str]:
 
 
 def _env() -> list[str]:
-    return [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(_ENV)]
+    """The user's settings that shape the run (not JAX_PLATFORMS as tune_process() set it)."""
+    from elastic_jax import platforms
+
+    return [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(_ENV)
+            and not (k == "JAX_PLATFORMS" and v == platforms.SET_BY_US)]
 
 
 def machine_tag() -> str:

@@ -22,6 +22,10 @@ def _has(module: str) -> bool:
         return False
 
 
+# The JAX_PLATFORMS value this module set (None: the user's own, or none): a benchmark's recorded command leaves it out.
+SET_BY_US: str | None = None
+
+
 def skip_absent_tpu() -> str | None:
     """Set JAX_PLATFORMS without "tpu" when libtpu is installed but this host has no TPU; returns what was set."""
     if os.environ.get("JAX_PLATFORMS") or not _has("libtpu"):
@@ -29,7 +33,8 @@ def skip_absent_tpu() -> str | None:
     if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
         return None  # a TPU host
     cuda = any(_has(f"jax_cuda{v}_plugin") for v in (12, 13)) and bool(glob.glob("/dev/nvidia[0-9]*"))
-    os.environ["JAX_PLATFORMS"] = platforms = "cuda,cpu" if cuda else "cpu"
+    global SET_BY_US
+    os.environ["JAX_PLATFORMS"] = platforms = SET_BY_US = "cuda,cpu" if cuda else "cpu"
     if "jax" in sys.modules:  # jax read the variable on import; its flag still counts until a backend starts
         sys.modules["jax"].config.update("jax_platforms", platforms)
     return platforms
