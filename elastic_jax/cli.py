@@ -201,6 +201,14 @@ def _quickstart_args(p):
     p.add_argument("--elastic-steps", type=int, default=240)
 
 
+@verb("serve", "serve every budget of an elastic checkpoint over an OpenAI-compatible HTTP API "
+                "(models <name>@<budget>, <name>@auto; continuous batching; /metrics)")
+def _serve_args(p):
+    from elastic_jax.serve.server import add_serve_args
+
+    add_serve_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elastic-jax", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -332,6 +340,10 @@ def run_elastic_verb(args) -> int:
         from elastic_jax.inference.commands import run_inference_verb
 
         return run_inference_verb(args)
+    elif args.verb == "serve":
+        from elastic_jax.serve.server import run_serve
+
+        return run_serve(args)
     elif args.verb == "quickstart":
         from elastic_jax.quickstart import run_quickstart
 
