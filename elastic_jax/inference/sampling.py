@@ -14,6 +14,12 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: in
     """Next token ids [batch] from last-position logits [batch, vocab]; temperature 0 means greedy."""
     if temperature <= 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1).astype(jnp.int32)
+
+
+def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    """The logits [batch, vocab] that sampling draws from (temperature > 0): scaled by 1 / temperature, tokens
+    outside the top-k and the top-p set at -inf. Their softmax is the distribution `sample_next` samples."""
     logits = logits / temperature
     if top_k > 0:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
@@ -25,7 +31,7 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_k: in
         cutoff_idx = jnp.sum(cum < top_p, axis=-1, keepdims=True)
         cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
         logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    return logits
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, vocab: int) -> None:
@@ -38,4 +44,4 @@ def check_sampling(temperature: float, top_k: int, top_p: float, vocab: int) -> 
         raise InputError(f"top_p must be in (0, 1], got {top_p}")
 
 
-__all__ = ["check_sampling", "sample_next"]
+__all__ = ["check_sampling", "filter_logits", "sample_next"]

@@ -11,6 +11,9 @@ one token reads its weights:
   program builds once per call and passes as the variable collection `decode_views`;
 - "kernels": a single float32 row's products, the routed experts read in place, one query's attention and the
   Mamba state update as `DecodeKernels` (the CPU's are kernels/cpu_gemv).
+`step_states` asks a cached pass of several tokens to keep every position's Mamba conv window and SSM state (the
+recurrence run token by token, the products over all the tokens at once), so that a caller can return to the
+state after any of them (speculative decoding's verification, inference/speculative.py).
 The decode programs choose the target (inference/programs.py: `decode_target`); training and plans use a
 platform's plain target.
 """
@@ -47,13 +50,16 @@ class CompileTarget:
     """platform: 'cpu', 'gpu' or 'tpu'; host_devices: compiled on CPU devices standing in for `platform` (a
     plan); decode: one of DECODES; kernels: the DecodeKernels when decode is "kernels"; sequences: > 0 when the
     program runs the model under `vmap`, one sequence at a time, over that many sequences (the engine's
-    programs): what a MoE layer sees is one sequence, the strategy is chosen for all of them."""
+    programs): what a MoE layer sees is one sequence, the strategy is chosen for all of them; step_states: a cached
+    pass returns each Mamba layer's conv window and SSM state after every one of its tokens (CONV [batch, length,
+    K-1, channels], SSM [batch, length, heads, head_dim, state]) instead of the last ones."""
 
     platform: str = "cpu"
     host_devices: bool = False
     decode: str = "xla"
     kernels: DecodeKernels | None = None
     sequences: int = 0
+    step_states: bool = False
 
     def __post_init__(self):
         if self.platform not in PLATFORMS:
@@ -64,6 +70,8 @@ class CompileTarget:
             raise ValueError("CompileTarget.kernels: give DecodeKernels exactly when decode is 'kernels'")
         if isinstance(self.sequences, bool) or not isinstance(self.sequences, int) or self.sequences < 0:
             raise ValueError(f"CompileTarget.sequences: an integer >= 0, got {self.sequences!r}")
+        if not isinstance(self.step_states, bool):
+            raise ValueError(f"CompileTarget.step_states: True or False, got {self.step_states!r}")
 
     @property
     def cpu_backward(self) -> bool:

@@ -56,6 +56,27 @@ def causal_depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stat
     return out + bias.astype(x.dtype)
 
 
+def conv_windows(xs: jax.Array, width: int, length: int) -> jax.Array:
+    """The conv state after each of the last `length` inputs of xs [batch, K-1 + length, channels] (the previous
+    state followed by the new inputs): [batch, length, K-1, channels]."""
+    return jnp.stack([xs[:, t + 1:t + width] for t in range(length)], axis=1)
+
+
+def ssd_steps(state: jax.Array, x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array, c: jax.Array,
+              d: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The SSM recurrence one token at a time (each step the one-token decode step), keeping every state: state
+    [batch, H, P, N]; x [batch, L, H, P]; dt [batch, L, H]; b, c [batch, L, G, N] -> (y [batch, L, H, P], states
+    [batch, L, H, P, N], the state after each token)."""
+    def step(s, inputs):
+        xt, dtt, bt, ct = inputs
+        y, s = ssd_decode_step(s, xt, dtt, a, bt, ct, d)
+        return s, (y, s)
+
+    steps = [jnp.moveaxis(v, 1, 0) for v in (x, dt, b, c)]
+    _, (y, states) = jax.lax.scan(step, state, steps)
+    return jnp.moveaxis(y, 0, 1), jnp.moveaxis(states, 0, 1)
+
+
 def _dt_bias_init(min_dt: float, max_dt: float, floor: float):
     """transformers' init: dt ~ log-uniform(min, max), clamped at `floor`, stored as softplus^-1(dt)."""
     def init(key, shape, dtype=jnp.float32):
@@ -187,7 +208,10 @@ class Mamba2Mixer(nn.Module):
         b_ = b_.reshape(batch, length, g, n)
         c_ = c_.reshape(batch, length, g, n)
         kernels = self.target.row_kernels(h) if cache is not None and x.dtype == jnp.float32 else None
-        if kernels is not None:  # batch 1 on the decode kernels: the state updated in place
+        if cache is not None and self.target.step_states:  # every position's state, for a caller to return to
+            y, ssm = ssd_steps(cache[SSM], x, dt, a, b_, c_, d_skip)
+            new_conv_state = conv_windows(xs_all, self.conv_kernel, length)
+        elif kernels is not None:  # batch 1 on the decode kernels: the state updated in place
             y, ssm = kernels.ssm_step(cache[SSM], x[0, 0], dt[0, 0], a, b_[0, 0], c_[0, 0], d_skip)
             y = y[None, None]
         elif cache is not None and length == 1:
@@ -212,4 +236,4 @@ class Mamba2Mixer(nn.Module):
         return out, new_cache
 
 
-__all__ = ["Mamba2Mixer", "causal_depthwise_conv", "mamba_declarations"]
+__all__ = ["Mamba2Mixer", "causal_depthwise_conv", "conv_windows", "mamba_declarations", "ssd_steps"]
