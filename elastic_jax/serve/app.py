@@ -60,6 +60,8 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, f"the request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ApiError(400, "the request body nests JSON too deeply") from None
 
 
 def check_key(state: ServerState, request: Request) -> None:

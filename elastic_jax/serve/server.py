@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 log = logging.getLogger("elastic_jax.serve")
@@ -106,9 +107,14 @@ def build_state(args):
 
 
 def run_serve(args) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from elastic_jax.serve.app import create_app
+        from elastic_jax.serve.app import create_app
+    except ImportError as err:
+        print(f"error: serve needs the server libraries ({err.name} is missing): pip install 'elastic_jax[serve]'",
+              file=sys.stderr)
+        return 2
     from elastic_jax.serve.graceful import GracefulServer
 
     logging.getLogger("elastic_jax").setLevel(min(logging.getLogger().level, logging.INFO))
