@@ -13,6 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+from compile_flags import FAST_COMPILE  # noqa: E402 (tests/ is on sys.path for its conftest)
+
+os.environ["XLA_FLAGS"] = f"{FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')}".strip()  # read when jax starts
 
 import jax  # noqa: E402
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from elastic_jax.checkpoint import load_params
 from elastic_jax.train.metrics import read_metrics
+from tests.compile_flags import FAST_COMPILE
 
 REPO = Path(__file__).resolve().parents[2]
 # Compiled programs are shared between the test subprocesses (and across sessions) to keep them fast.
@@ -39,8 +40,7 @@ def subprocess_env(devices: int | None = None, xla_flags: str = "", **extra: str
         # pool thread until all its participants arrive. One device can have several collectives in flight, so
         # on a 2-core machine 8 fake devices can fill the pool with waiters and deadlock; a larger pool cannot.
         env["PJRT_NPROC"] = str(4 * devices)
-    if xla_flags.strip():
-        env["XLA_FLAGS"] = xla_flags.strip()
+    env["XLA_FLAGS"] = f"{FAST_COMPILE} {xla_flags}".strip()
     env.update(extra)
     return env
 
