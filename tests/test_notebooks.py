@@ -19,8 +19,6 @@ from tests.train.helpers import subprocess_env
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 USES_CHECKPOINT = {"02_budget_control.ipynb", "03_to_pytorch.ipynb"}
-# Skipping the CPU backend's optimisations halves the compile time (as in tests/train/test_elastify_mesh.py).
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _code(cell: dict) -> str:
@@ -50,7 +48,7 @@ def test_notebook_runs(path: Path, tmp_path: Path, request):
     import nbformat
     from nbclient import NotebookClient
 
-    env = subprocess_env(xla_flags=FAST_COMPILE, ELASTIC_JAX_NOTEBOOK_FAST="1")
+    env = subprocess_env(ELASTIC_JAX_NOTEBOOK_FAST="1")
     if path.name in USES_CHECKPOINT:
         env["ELASTIC_JAX_NOTEBOOK_CHECKPOINT"] = str(request.getfixturevalue("elastic_checkpoint"))
     nb = nbformat.read(path, as_version=4)

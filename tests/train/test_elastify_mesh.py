@@ -21,8 +21,6 @@ OVERRIDES = ["model.pattern='M*E-'", "model.hidden_size=32", "elastic.budgets=(1
              "train.global_batch=4", "train.warmup_steps=1", "train.log_every=1", "train.progress_bar=False",
              "checkpoint.every_steps=0"]
 MESH = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
-# Partitioning happens before the CPU backend; skipping its optimisations halves the compile time.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 # Trains (no per-budget evaluation), then resumes from the final checkpoint; prints one JSON line.
 SCRIPT = """
@@ -70,7 +68,7 @@ print(json.dumps({"devices": jax.device_count(), "batch_error": batch_error, "co
 
 
 def _start(workdir, parent, overrides, devices: int):
-    env = subprocess_env(devices, xla_flags=FAST_COMPILE)
+    env = subprocess_env(devices)
     return subprocess.Popen([sys.executable, "-c", SCRIPT, str(workdir), str(parent), *overrides], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

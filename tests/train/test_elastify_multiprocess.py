@@ -30,8 +30,6 @@ RUN = [*MODEL, "elastic.router.budgets=(1.0, 0.5)", "elastic.ce_weight=1.0", "el
        "elastic.permute=False", "train.global_batch=2", "train.data_loading='global'",
        "train.warmup_steps=1", "train.eval_prompts=0", "train.eval_batches=1", "train.log_every=1",
        "train.progress_bar=False", "checkpoint.every_steps=0"]
-# Skipping the CPU backend's optimisations halves the compile time (as in test_elastify_mesh.py).
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _free_port() -> int:
@@ -69,9 +67,9 @@ def runs(tmp_path_factory) -> Path:
     cfg = ej.load_config("tiny", MODEL)
     save_model(root / "parent", cfg, ej.init_params(cfg, 0))
     one = subprocess.run([sys.executable, "-m", "elastic_jax.cli", *_args(root / "one", root / "parent")], cwd=REPO,
-                         env=subprocess_env(xla_flags=FAST_COMPILE), capture_output=True, text=True, timeout=600)
+                         env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, f"{one.stdout[-2000:]}\n{one.stderr[-6000:]}"
-    env = subprocess_env(xla_flags=FAST_COMPILE, PYTHON=sys.executable, PORT=str(_free_port()))
+    env = subprocess_env(PYTHON=sys.executable, PORT=str(_free_port()))
     two = subprocess.run(["bash", str(REPO / "launch" / "local_multiprocess.sh"), "2",
                           *_args(root / "two", root / "parent")], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)

@@ -31,8 +31,6 @@ RUN = [*MODEL, "elastic.budgets=(1.0, 0.5)", "elastic.stage2_weights=(0.7, 0.3)"
        "train.eval_batches=1", "train.log_every=1", "train.progress_bar=False", "checkpoint.every_steps=2",
        "checkpoint.max_to_keep=10"]
 FIX_STEP = 4  # static_after * total steps
-# Skipping the CPU backend's optimisations halves the compile time (as in test_elastify_mesh.py).
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _cmd(workdir: Path, parent: Path, overrides: list[str]) -> list[str]:
@@ -42,7 +40,7 @@ def _cmd(workdir: Path, parent: Path, overrides: list[str]) -> list[str]:
 
 def _start(workdir: Path, parent: Path, overrides: list[str] = RUN, **env: str) -> subprocess.Popen:
     return subprocess.Popen(_cmd(workdir, parent, overrides), cwd=REPO,
-                            env=subprocess_env(xla_flags=FAST_COMPILE, **env), stdout=subprocess.PIPE,
+                            env=subprocess_env(**env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -122,7 +120,7 @@ def test_resume_with_another_schedule_names_the_fields(reference, tmp_path):
     metrics = (reference / "whole" / "metrics.jsonl").read_text()
     proc = subprocess.run(_cmd(reference / "whole", reference / "parent",
                                [*RUN, "elastic.stage2_steps=4", "elastic.static_after=0.25"]),
-                          cwd=REPO, env=subprocess_env(xla_flags=FAST_COMPILE), capture_output=True, text=True,
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
