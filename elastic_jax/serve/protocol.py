@@ -32,6 +32,7 @@ class GenRequest:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (load tests)
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float, *, open_low: bool = False) -> float:
@@ -142,7 +143,8 @@ def parse_request(body: Any, kind: str, *, parse_model: Callable[[Any], float | 
                                                                                 open_low=True),
         top_k=max(_integer(body, "top_k", 0, -1, vocab), 0),  # vLLM's -1 and 0 both mean off
         seed=random.getrandbits(31) if seed is None else seed % 2**31, stop=_stops(body),
-        stream=_flag(body, "stream"), include_usage=bool((options or {}).get("include_usage", False)))
+        stream=_flag(body, "stream"), include_usage=bool((options or {}).get("include_usage", False)),
+        ignore_eos=_flag(body, "ignore_eos"))
 
 
 __all__ = ["CHAT", "COMPLETION", "GenRequest", "parse_request"]

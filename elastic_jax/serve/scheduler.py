@@ -186,8 +186,8 @@ class Scheduler:
             if batch is None or not batch.free:
                 continue
             req = job.req
-            settings = RowSettings(req.max_tokens, (self.engine.cfg.eos_token_id,), req.temperature, req.top_k,
-                                   req.top_p, req.seed)
+            stops = () if req.ignore_eos else (self.engine.cfg.eos_token_id,)
+            settings = RowSettings(req.max_tokens, stops, req.temperature, req.top_k, req.top_p, req.seed)
             job.slots, job.row = batch, batch.admit(len(req.prompt), settings)
             self.waiting.remove(job)
             self.running.append(job)
@@ -230,7 +230,7 @@ class Scheduler:
                 self.scaler.observe("tpot", per_token, now)
             self.metrics.generation_tokens.labels(label).inc(len(ids))
             job.tokens(ids, now)
-        if job.text.stopped or (ids and ids[-1] == self.engine.cfg.eos_token_id):
+        if job.text.stopped or (ids and ids[-1] == self.engine.cfg.eos_token_id and not job.req.ignore_eos):
             self._end(job, STOP)
         elif not job.slots.decoding[job.row]:
             self._end(job, LENGTH)

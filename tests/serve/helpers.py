@@ -42,7 +42,12 @@ class Server:
         cmd = [sys.executable, "-m", "elastic_jax.cli", "serve", "--checkpoint", str(checkpoint), "--port",
                str(self.port), "--served-model-name", NAME, *SMALL, *args]
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # nobody would stop it otherwise
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def _wait_ready(self) -> None:
         start = time.monotonic()
