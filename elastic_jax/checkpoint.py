@@ -9,13 +9,12 @@ experiment config and a free-form "elastic" field (JSON). Arrays are chunked fin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -230,31 +229,6 @@ class Checkpointer:
 
 
 # ---- reading (Orbax's public API; nothing here creates, locks or changes a directory) -------------------------
-def bytes_read() -> int:
-    """Bytes read by tensorstore key-value stores in this process so far (all drivers)."""
-    total = 0
-    for metric in ts.experimental_collect_matching_metrics("/tensorstore/kvstore/"):
-        if metric["name"].endswith("/bytes_read"):
-            total += sum(int(v.get("value", 0)) for v in metric["values"])
-    return total
-
-
-class ReadCounter:
-    """Bytes read inside a `with count_bytes_read() as counter:` block (`counter.bytes`)."""
-
-    bytes: int = 0
-
-
-@contextlib.contextmanager
-def count_bytes_read() -> Iterator[ReadCounter]:
-    """Measure storage bytes read by tensorstore (e.g. by restore_slice) within the block."""
-    counter, start = ReadCounter(), bytes_read()
-    try:
-        yield counter
-    finally:
-        counter.bytes = bytes_read() - start
-
-
 def _steps_in(path: Path, item: str) -> list[int]:
     """Committed steps of a checkpoint directory (Orbax writes a step under a temporary name, then renames it)."""
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / item).is_dir())

@@ -13,12 +13,12 @@ from elastic_jax.checkpoint import (
     Checkpointer,
     CheckpointMismatchError,
     abstract_like,
-    count_bytes_read,
     load_params,
     restore_slice,
 )
 from elastic_jax.experiment import load_config
 from elastic_jax.model.functional import param_shapes
+from elastic_jax.storage_reads import count_bytes_read
 from elastic_jax.train import CheckpointConfig, TrainConfig, TrainState, make_optimizer
 from tests.train.helpers import assert_trees_equal
 

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import elastic_jax as ej
-from elastic_jax.checkpoint import count_bytes_read
 from elastic_jax.cli import VERBS, main
 from elastic_jax.config import ConfigError
 from elastic_jax.data import HFTokenizer
@@ -28,6 +27,7 @@ from elastic_jax.data.calibration import calibration_batches, calibration_source
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.elastic.spec import ElasticSpec
 from elastic_jax.model_io import load_model, read_metadata, save_model
+from elastic_jax.storage_reads import count_bytes_read
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SCRIPT = Path(sys.executable).with_name("elastic-jax")
