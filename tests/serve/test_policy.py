@@ -1,0 +1,45 @@
+"""The @auto policy and the incremental text of a stream, without a server: pure Python, no device."""
+
+from __future__ import annotations
+
+from elastic_jax.serve.policy import AutoScaler
+from elastic_jax.serve.textstream import TextStream
+
+
+def test_auto_steps_down_under_load_and_back_up_when_it_falls():
+    changes = []
+    scaler = AutoScaler([0.4, 1.0, 0.7], slo_tpot_ms=50, window_s=1.0, on_change=lambda *c: changes.append(c))
+    assert scaler.budget == 1.0
+    scaler.update(load=0, now=0.0)  # opens the first window
+    for t in range(10):
+        scaler.observe("tpot", 0.080, now=0.1 * t)  # 80 ms per token against a 50 ms target
+    scaler.update(load=12, now=1.0)
+    assert scaler.budget == 0.7 and changes[-1][:2] == (1.0, 0.7)
+    scaler.observe("tpot", 0.030, now=1.5)
+    scaler.update(load=10, now=2.0)  # inside the target, but the load is what made 1.0 miss: stay
+    assert scaler.budget == 0.7
+    scaler.observe("tpot", 0.030, now=2.5)
+    scaler.update(load=4, now=3.0)  # the load fell below 3/4 of 12
+    assert scaler.budget == 1.0 and len(changes) == 2
+
+
+def test_auto_without_targets_is_the_largest_budget():
+    scaler = AutoScaler([1.0, 0.7, 0.4])
+    for t in range(5):
+        scaler.observe("ttft", 10.0, now=t)
+        scaler.update(load=100, now=t)
+    assert scaler.budget == 1.0
+
+
+def test_a_stop_string_split_over_tokens_ends_the_text_before_it():
+    stream = TextStream(lambda ids: bytes(ids).decode("utf-8", errors="replace"), stops=["END"])
+    out = [stream.push(list(b"ab")), stream.push(list(b"cE")), stream.push(list(b"N")), stream.push(list(b"Dxyz"))]
+    assert "".join(out) + stream.flush() == "abc" and stream.stopped
+
+
+def test_an_unfinished_character_is_held_back_until_complete():
+    stream = TextStream(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    e_acute = list("é".encode())
+    assert stream.push([ord("a"), e_acute[0]]) == "a"
+    assert stream.push([e_acute[1]]) == "é"
+    assert stream.flush() == ""
