@@ -16,6 +16,7 @@ from elastic_jax.inference.engine import Engine
 from elastic_jax.inference.evaluate import evaluate_settings, held_out_problems, settings_grid
 from elastic_jax.inference.load import is_quantized_checkpoint, load_engine
 from elastic_jax.inference.report import build_report, headline_sentences, write_report
+from elastic_jax.inference.speculative import speculative_generate
 from elastic_jax.model.functional import InputError
 from elastic_jax.model_io import read_metadata
 
@@ -75,6 +76,8 @@ def generate_verb(args) -> int:
     engine = load_engine(args.checkpoint, getattr(args, "quant", None))  # --quant: a quantised parent
     engine.arch(args.budget)
     prompt = _encode(engine, args.prompt)
+    if getattr(args, "draft_budget", None) is not None:  # --draft-budget / --draft-tokens, where the verb has them
+        return _generate_speculative(engine, args, prompt)
     tokens: list[int] = []
     shown = ""
     for token in engine.stream(prompt, args.budget, args.max_new_tokens, temperature=args.temperature,
@@ -88,6 +91,20 @@ def generate_verb(args) -> int:
             shown = text
     text = engine.tokenizer.decode(tokens, skip_special=False)
     sys.stdout.write((text[len(shown):] if text.startswith(shown) else "") + "\n")
+    return 0
+
+
+def _generate_speculative(engine, args, prompt: list[int]) -> int:
+    """One prompt at --budget, drafted by --draft-budget (--draft-tokens per round); the text, then on stderr how
+    many drafts were accepted."""
+    tokens, stats = speculative_generate(engine, [prompt], args.budget, args.draft_budget,
+                                         getattr(args, "draft_tokens", 4), args.max_new_tokens,
+                                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                         seed=args.seed)
+    print(engine.tokenizer.decode(tokens[0], skip_special=False))
+    print(f"speculative decoding: {stats.accepted[0]} of {stats.drafted} drafted tokens accepted "
+          f"({stats.acceptance_rate:.2f}), {stats.tokens_per_round:.2f} tokens per pass of {args.budget:g}",
+          file=sys.stderr)
     return 0
 
 
