@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 
 from elastic_jax.kernels.ssd import IMPLS, ssd, ssd_decode_step
 from elastic_jax.kernels.ssd.api import resolve_impl
+from tests.kernels.ssd_helpers import make_inputs, numpy_recurrence, rel_err, run, upcast
 
 jax.config.update("jax_enable_x64", False)
 
@@ -22,48 +22,6 @@ ON_GPU = jax.default_backend() == "gpu"
 ON_TPU = jax.default_backend() == "tpu"
 
 
-def make_inputs(seed, b, seqlen, h, p, g, n, *, with_d=True, with_state=True, dtype=jnp.float32):
-    """Random inputs with realistic magnitudes: dt = softplus(N(0,1) - 1) (~0.05-2), A in [-8, -0.5]."""
-    rng = np.random.default_rng(seed)
-    f = lambda *s: rng.standard_normal(s).astype(np.float32)
-    args = {
-        "x": f(b, seqlen, h, p),
-        "dt": np.log1p(np.exp(f(b, seqlen, h) - 1.0)),
-        "A": -rng.uniform(0.5, 8.0, (h,)).astype(np.float32),
-        "B": f(b, seqlen, g, n),
-        "C": f(b, seqlen, g, n),
-        "D": f(h) if with_d else None,
-        "initial_state": f(b, h, p, n) if with_state else None,
-    }
-    return {k: None if v is None else jnp.asarray(v, dtype) for k, v in args.items()}
-
-
-def rel_err(got, want) -> float:
-    """max |got - want| / max |want|: robust to elements that are near zero."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-6))
-
-
-def numpy_recurrence(x, dt, A, B, C, D, initial_state):
-    """Independent float64 NumPy loop over time (no compilation; used for many tiny property-test shapes)."""
-    x, dt, A, B, C, D, state = (np.asarray(v, np.float64) for v in (x, dt, A, B, C, D, initial_state))
-    rep = x.shape[2] // B.shape[2]
-    bh, ch = np.repeat(B, rep, axis=2), np.repeat(C, rep, axis=2)
-    ys = []
-    for t in range(x.shape[1]):
-        decay = np.exp(dt[:, t] * A)[..., None, None]
-        state = state * decay + (dt[:, t, :, None] * x[:, t])[..., None] * bh[:, t, :, None, :]
-        ys.append(np.einsum("bhpn,bhn->bhp", state, ch[:, t]) + D[:, None] * x[:, t])
-    return np.stack(ys, axis=1), state
-
-
-def upcast(args):
-    """The same values in float32: the oracle for bf16 runs (shares compiled code with the float32 tests)."""
-    return {k: None if v is None else v.astype(jnp.float32) for k, v in args.items()}
-
-
-def run(args, impl, chunk_size):
-    return ssd(**args, chunk_size=chunk_size, return_final_state=True, impl=impl)
 
 
 @functools.cache
@@ -373,79 +331,3 @@ def test_works_under_outer_jit_and_vmap():
     assert rel_err(f(args), y_ref) < 1e-4
     stacked = jax.tree.map(lambda v: jnp.stack([v, v]), args)
     assert rel_err(jax.vmap(f)(stacked)[1], y_ref) < 1e-4
-
-
-def _try_import(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-def _abstract_args(dtype, b=1, seqlen=200, h=4, p=64, g=2, n=128):
-    f32 = jnp.float32
-    shapes = [((b, seqlen, h, p), dtype), ((b, seqlen, h), f32), ((h,), f32), ((b, seqlen, g, n), dtype)]
-    shapes += [((b, seqlen, g, n), dtype), ((h,), f32), ((b, h, p, n), f32)]
-    return [jax.ShapeDtypeStruct(shape, dt) for shape, dt in shapes]
-
-
-def _lower_fwd_and_grad(fn, chunk_size: int, platform: str, dtype, documents: bool = False) -> str:
-    """Lower forward and gradient for `platform` without a device of that kind (catches kernel lowering errors);
-    `documents` adds seq_idx (packed documents)."""
-    args = _abstract_args(dtype)
-    if documents:
-        seq_idx = jnp.asarray(np.repeat(np.arange(4, dtype=np.int32), 50)[None])  # starts every 50 steps
-        fn = functools.partial(fn, seq_idx=seq_idx)
-    fwd = jax.jit(lambda *a: fn(*a, chunk_size=chunk_size))
-    loss = lambda *a: jnp.sum(fn(*a, chunk_size=chunk_size)[0].astype(jnp.float32))
-    grad = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
-    # On a machine of that platform lower for its own device (Triton lowering then reads the real GPU's info).
-    platforms = {} if jax.default_backend() == {"cuda": "gpu"}.get(platform, platform) else {
-        "lowering_platforms": (platform,)}
-    grad.trace(*args).lower(**platforms)
-    return fwd.trace(*args).lower(**platforms).as_text()
-
-
-@pytest.mark.parametrize("dtype,documents", [(jnp.float32, False), (jnp.bfloat16, False), (jnp.float32, True)])
-def test_pallas_gpu_lowers_to_triton(dtype, documents):
-    from elastic_jax.kernels.ssd.pallas_gpu import ssd_pallas_gpu
-
-    assert "triton" in _lower_fwd_and_grad(ssd_pallas_gpu, 64, "cuda", dtype, documents)
-
-
-@pytest.mark.parametrize("dtype,documents", [(jnp.float32, False), (jnp.bfloat16, False), (jnp.float32, True)])
-def test_pallas_tpu_lowers_to_mosaic(dtype, documents, monkeypatch):
-    from elastic_jax.kernels.ssd.pallas_tpu import ssd_pallas_tpu
-
-    if not ON_TPU:  # private: pretend to target a TPU v5e for lowering only (the module moved in newer jax)
-        for name in ("jax._src.pallas.mosaic.tpu_info", "jax._src.tpu_info"):
-            tpu_info = _try_import(name)
-            if tpu_info is not None:
-                monkeypatch.setattr(tpu_info, "get_device_kind", lambda: "TPU v5 lite")
-                monkeypatch.setattr(tpu_info, "get_num_device_cores", lambda: 1)
-    assert "tpu_custom_call" in _lower_fwd_and_grad(ssd_pallas_tpu, 128, "tpu", dtype, documents)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
-@pytest.mark.parametrize("dtype,documents", [(jnp.float32, False), (jnp.bfloat16, False), (jnp.float32, True)])
-def test_pallas_gpu_compiled(dtype, documents):
-    args = make_inputs(12, 2, 200, 4, 64, 2, 64, dtype=dtype)
-    args["initial_state"] = args["initial_state"].astype(jnp.float32)
-    extra = {"seq_idx": jnp.asarray(np.repeat(np.arange(4), [30, 64, 70, 36])[None].repeat(2, 0))} if documents else {}
-    y_ref, s_ref = ssd(**args, chunk_size=64, return_final_state=True, impl="reference", **extra)
-    y, s = ssd(**args, chunk_size=64, return_final_state=True, impl="pallas_gpu", **extra)
-    tol = 1e-4 if dtype == jnp.float32 else 2e-2
-    assert rel_err(y, y_ref) < tol and rel_err(s, s_ref) < tol
-
-
-@pytest.mark.tpu
-@pytest.mark.skipif(not ON_TPU, reason="needs a TPU")
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_pallas_tpu_compiled(dtype):
-    args = make_inputs(13, 2, 300, 4, 64, 2, 128, dtype=dtype)
-    args["initial_state"] = args["initial_state"].astype(jnp.float32)
-    y_ref, s_ref = run(args, "reference", 128)
-    y, s = run(args, "pallas_tpu", 128)
-    tol = 1e-4 if dtype == jnp.float32 else 2e-2
-    assert rel_err(y, y_ref) < tol and rel_err(s, s_ref) < tol
