@@ -179,8 +179,8 @@ def headline_lines(s: dict[str, Any]) -> list[str]:
 
 def _times(r: float) -> str:
     """A token ratio against Minitron-style at E in words."""
-    if round(r, 2) == 1:
-        return "as many tokens as Minitron-style"
+    if 0.9 <= r <= 1.1:  # closer than the curve's points can tell apart
+        return f"about as many tokens as Minitron-style ({r:.2f}x)"
     return f"{1 / r:.1f}x fewer tokens than Minitron-style" if r < 1 else f"{r:.1f}x the tokens of Minitron-style"
 
 
@@ -203,7 +203,11 @@ def headline_sentence(s: dict[str, Any]) -> str:
         family = "so for the family (both sizes) it does not match Minitron-style within the measured tokens"
     else:
         family = f"so the family (both sizes) needs {worst:.2f}E, {_times(worst)} (the paper: about 7x fewer)"
-    return "**The result:** " + "; ".join(parts) + "; " + family + "."
+    plain = ""
+    if worst >= 0.9:
+        plain = (" At this scale nesting saves no training tokens against compressing each size alone; what it "
+                 "saves is runs and storage: one run and one checkpoint for the whole family.")
+    return "**The result:** " + "; ".join(parts) + "; " + family + "." + plain
 
 
 def curve_seeds(s: dict[str, Any]) -> int:
@@ -217,7 +221,7 @@ def readme_paragraph(s: dict[str, Any]) -> str:
     check = ("the parent beats" if s["parent_check"]["holds"] else "the parent does not beat" if
              s["parent_check"]["budgets"] else "not yet measured: whether the parent beats")
     n = curve_seeds(s)
-    return ("**Is nesting worth it?** `benchmarks/reproduce.py` elastifies one small parent and compresses it "
+    return ("`benchmarks/reproduce.py` elastifies one small parent and compresses it "
             f"Minitron-style (prune, then distil each size alone) at equal total tokens, {n} seed{'s' * (n != 1)} "
             f"per point{' so far' if s['missing'] else ''}, "
             f"{s['problems']} held-out problems per model ({check} models of its smaller shapes trained alone for "
