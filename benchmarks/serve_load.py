@@ -33,6 +33,7 @@ import numpy as np
 import openai
 from timing import add_out_arguments, entry_name, save_entries  # a sibling script
 
+from elastic_jax import tune_process
 from elastic_jax.inference.idle import LoadMonitor
 from elastic_jax.model_io import read_metadata
 
@@ -124,7 +125,7 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, args,
         return {"ok": False, "error": str(err)[:200]}
     if first is None:
         return {"ok": False, "error": "no tokens"}
-    tokens = usage or chunks
+    tokens = usage or chunks  # without usage (llama.cpp's server): one token per chunk
     e2e = last - start
     return {"ok": True, "ttft": first - start, "e2e": e2e, "tokens": tokens, "itl": gaps, "model": served,
             "tpot": (e2e - (first - start)) / (tokens - 1) if tokens > 1 else None}
@@ -229,6 +230,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = parser().parse_args()
+    tune_process()  # JAX_PLATFORMS as the command line sets it (this process only asks jax for the machine's name)
     monitor = LoadMonitor(args.max_load, args.allow_busy)
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,8 +238,8 @@ def main() -> int:
         try:
             for budget in args.models.split(","):
                 model = f"m@{budget.strip()}"
-                runs[f"elastic_jax {model}"] = timed_run(f"elastic_jax {model}", url, model, args, monitor,
-                                                         {"ignore_eos": True})
+                runs[f"elastic_jax {model}"] = timed_run(f"elastic_jax {model}", url, model, args, monitor, {
+                    "ignore_eos": True, "stream_options": {"include_usage": True}})  # usage: the token count
         finally:
             stop(proc)
         if args.llamacpp_budget is not None:
