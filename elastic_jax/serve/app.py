@@ -5,6 +5,7 @@ handlers never touch JAX: they validate, submit a job to the scheduler and relay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import json
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from elastic_jax.serve.errors import ApiError
-from elastic_jax.serve.jobs import Job
+from elastic_jax.serve.jobs import LENGTH, Job
 from elastic_jax.serve.metrics import ServerMetrics
 from elastic_jax.serve.models import ModelNames
 from elastic_jax.serve.protocol import CHAT, COMPLETION, GenRequest, parse_request
@@ -122,12 +123,14 @@ async def generate(state: ServerState, request: Request, kind: str) -> Response:
     req = parse_request(body, kind, parse_model=state.names.parse, encode=state.encode, chat=state.chat,
                         vocab=state.vocab, context=state.context)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    job = Job(req, emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+    job = Job(req, emit=relay(loop, events))
     state.scheduler.submit(job)
     first = await next_event(state, request, job, events)
     if first["type"] == "error":
         raise first["error"]
-    writer = ResponseWriter(kind, first["model"])
+    writer = ResponseWriter(kind, first.get("model", req.model))  # none: ended by the shutdown before it began
+    if first["type"] == "done":
+        events.put_nowait(first)
     if req.stream:
         return StreamingResponse(stream(state, job, req, writer, events), media_type="text/event-stream")
     text = []
@@ -141,16 +144,37 @@ async def generate(state: ServerState, request: Request, kind: str) -> Response:
             raise ev["error"]
 
 
+def relay(loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> Callable[[dict], None]:
+    """The scheduler thread's way to hand an event to a handler; once the server's loop is closed (shutdown),
+    nobody is listening and the event is dropped."""
+    def emit(event: dict) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(events.put_nowait, event)
+    return emit
+
+
+async def event_or_deadline(state: ServerState, job: Job, events: asyncio.Queue) -> dict | None:
+    """The job's next event, or None after a poll interval. Past the shutdown grace the job ends here with
+    `length`, even while the scheduler is still inside a long step, so that every client gets its finish."""
+    try:
+        return await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+    except TimeoutError:
+        if not state.scheduler.past_deadline():
+            return None
+        state.scheduler.cancel(job)
+        return {"type": "done", "finish_reason": LENGTH, "usage": job.usage()}
+
+
 async def next_event(state: ServerState, request: Request, job: Job, events: asyncio.Queue) -> dict:
     """The job's next event; if the client leaves meanwhile, the job is cancelled (its slot freed) and the
     handler ends."""
     while True:
-        try:
-            return await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
-        except TimeoutError:
-            if await request.is_disconnected():
-                state.scheduler.cancel(job)
-                raise ClientGone from None
+        event = await event_or_deadline(state, job, events)
+        if event is not None:
+            return event
+        if await request.is_disconnected():
+            state.scheduler.cancel(job)
+            raise ClientGone
 
 
 async def stream(state: ServerState, job: Job, req: GenRequest, writer: ResponseWriter,
@@ -161,7 +185,9 @@ async def stream(state: ServerState, job: Job, req: GenRequest, writer: Response
         if writer.chat:
             yield writer.chunk("", role=True)
         while True:
-            ev = await events.get()
+            ev = await event_or_deadline(state, job, events)
+            if ev is None:
+                continue
             if ev["type"] == "text":
                 yield writer.chunk(ev["text"])
             elif ev["type"] == "done":

@@ -55,7 +55,8 @@ class Scheduler:
         self._lock = threading.Lock()
         self._queued = 0  # submitted, not yet holding a slot (the bounded queue)
         self._accepting = True
-        self._deadline: float | None = None  # set by drain(): unfinished requests end then
+        self._deadline: float | None = None  # set by drain(): unfinished requests end then (this thread's copy)
+        self._drain_until: float | None = None  # the same, as the HTTP side reads it
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="elastic-jax-scheduler", daemon=True)
         self.error: BaseException | None = None
@@ -81,7 +82,12 @@ class Scheduler:
         """Accept nothing new; requests in flight continue for up to `grace_s` seconds, then end ("length")."""
         with self._lock:
             self._accepting = False
-        self.inbox.put(("drain", time.monotonic() + grace_s))
+            self._drain_until = time.monotonic() + grace_s
+        self.inbox.put(("drain", self._drain_until))
+
+    def past_deadline(self) -> bool:
+        """True once drain()'s grace is over."""
+        return self._drain_until is not None and time.monotonic() >= self._drain_until
 
     def idle(self) -> bool:
         with self._lock:
@@ -92,9 +98,12 @@ class Scheduler:
         return self
 
     def stop(self) -> None:
+        """End the thread at its next phase boundary and wait for it: leaving the process while it is inside XLA
+        (a compilation) would abort the process."""
         self._stop.set()
         self.inbox.put(("wake", None))
-        self.thread.join()
+        if self.thread.is_alive():
+            self.thread.join()
 
     # ---- the scheduler thread -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -111,9 +120,10 @@ class Scheduler:
         """One round: inbox, admission, a bounded piece of prefill, one decode call per architecture."""
         self._read_inbox(block=not (self.waiting or self.running))
         self._expire()
-        self._admit()
-        self._prefill()
-        self._decode()
+        for phase in (self._admit, self._prefill, self._decode):
+            if self._stop.is_set():  # shutting down: do not start more device work
+                return
+            phase()
         self.scaler.update(len(self.waiting) + len(self.running), time.monotonic())
         self._gauges()
 
