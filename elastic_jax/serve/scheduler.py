@@ -199,6 +199,7 @@ class Scheduler:
             stops = () if req.ignore_eos else (self.engine.cfg.eos_token_id,)
             settings = RowSettings(req.max_tokens, stops, req.temperature, req.top_k, req.top_p, req.seed)
             job.slots, job.row = batch, batch.admit(len(req.prompt), settings)
+            self.strategy.admitted(batch, job.row)
             self.waiting.remove(job)
             self.running.append(job)
             self._unqueue()
@@ -213,6 +214,7 @@ class Scheduler:
                 continue
             piece = list(job.req.prompt[job.fed:job.fed + room])
             job.slots.feed(job.row, piece, largest=self.config.prefill_chunk)
+            self.strategy.fed(job.slots, job.row, piece)
             job.fed += len(piece)
             room -= len(piece)
             if not job.prefilling:
@@ -253,6 +255,7 @@ class Scheduler:
         if job in self.running:
             self.running.remove(job)
             job.slots.release(job.row)
+            self.strategy.released(job.slots, job.row)
         job.finish(reason)
         label = format_budget(job.budget) if job.budget is not None else "none"
         self.metrics.requests.labels(label, reason).inc()
