@@ -26,7 +26,7 @@ def test_models_are_the_trained_budgets_the_full_model_and_auto(server, serve_en
 def test_every_budget_answers_what_the_engine_generates(server, serve_engine):
     client, tok = server.client(), serve_engine.tokenizer
     for budget in serve_engine.budgets:
-        for prompt in PROMPTS[:2]:
+        for prompt in ("abc", "1+2"):  # with the bos, 4 tokens: one feed piece, one program to compile per budget
             want = engine_text(serve_engine, tok.encode(prompt, add_bos=True), budget, 12)
             got = client.completions.create(model=f"{NAME}@{budget!r}", prompt=prompt, max_tokens=12, temperature=0)
             assert got.model == f"{NAME}@{budget!r}"
