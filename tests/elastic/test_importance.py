@@ -57,9 +57,10 @@ def test_scores_cover_every_axis(ranked_parent):
     assert sorted(ranked_parent.ranking["depth"].tolist()) == list(range(cfg.num_layers))
 
 
-# Each axis alone at ~50%. The hidden size is tested at 75%: at 50% this 64-channel parent collapses (loss ~3
-# against ~1.1) whatever channels are kept, and the comparison becomes noise.
-CASES = [("hidden", 0.75, "kv_groups"), ("mamba_heads", 0.5, "kv_groups"), ("attention_heads", 0.5, "kv_groups"),
+# Each axis alone at ~50%. The hidden size and the Mamba heads are tested at 75%: at 50% this parent collapses
+# (loss ~3 against ~1.04, 64 channels or 8 heads) whatever is kept, and the comparison becomes noise (at 4 of 8 heads
+# the ranked order scored 3.12 against random orders' 2.82-3.16; at 6 of 8, 1.58 against 1.56-1.83).
+CASES = [("hidden", 0.75, "kv_groups"), ("mamba_heads", 0.75, "kv_groups"), ("attention_heads", 0.5, "kv_groups"),
          ("attention_heads", 0.5, "query_heads"), ("ffn", 0.5, "kv_groups"), ("experts", 0.5, "kv_groups"),
          ("expert_ffn", 0.5, "kv_groups"), ("shared_ffn", 0.5, "kv_groups")]
 
