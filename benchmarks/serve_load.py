@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import socket
@@ -182,11 +183,19 @@ def show(label: str, s: dict, load: tuple[float, float]) -> None:
           f"  TPOT {fmt(s['tpot_ms'])} {tag}\n  e2e {fmt(s['e2e_ms'])} {tag}\n  served by {s['served_by']}")
 
 
+def served_models(base_url: str) -> list[str]:
+    """The fixed models a server lists (ours: every trained budget; not @auto, which picks among them)."""
+    with urllib.request.urlopen(f"{base_url}/models", timeout=60) as response:
+        return [m["id"] for m in json.loads(response.read())["data"] if not m["id"].endswith("@auto")]
+
+
 def timed_run(label: str, base_url: str, model: str, args, monitor: LoadMonitor, extra: dict) -> dict:
-    """A warm-up (compilation, not timed), a quiet check, then the load."""
+    """A warm-up of every model the server lists (compilation, not timed: @auto may pick any), a quiet check, then
+    the load."""
     prompts, arrivals = workload(args)
     warm = argparse.Namespace(**{**vars(args), "max_concurrency": 1})
-    asyncio.run(run_load(base_url, model, warm, prompts[:2], [0.0, 0.0], extra))
+    for listed in served_models(base_url):
+        asyncio.run(run_load(base_url, listed, warm, prompts[:2], [0.0, 0.0], extra))
     monitor.quiet_check(args.quiet_s)
     before = os.getloadavg()[0]
     results, duration = asyncio.run(run_load(base_url, model, args, prompts, arrivals, extra))
