@@ -107,7 +107,8 @@ def test_entry_names_hold_the_machine_and_the_changed_arguments(monkeypatch):
     assert timing._without_out(["--out", "a.json", "--batch", "8", "--entry=e"]) == ["--batch", "8"]
 
 
-TIMING_BENCHMARKS = ("forward_vs_transformers", "decode", "decode_llamacpp", "train_step", "elastic_step", "ssd")
+TIMING_BENCHMARKS = ("forward_vs_transformers", "decode", "decode_llamacpp", "train_step", "elastic_step", "ssd",
+                     "speculative")
 
 
 @pytest.mark.parametrize("name", TIMING_BENCHMARKS)
