@@ -105,6 +105,10 @@ def _generate_args(p):
     p.add_argument("--budget", type=float, help="for an elastic checkpoint: the budget to serve, in (0, 1]")
     p.add_argument("--quant", choices=["fp8", "nvfp4"],
                    help="with --budget: hold the parent quantised, dequantised on the fly inside the jit")
+    p.add_argument("--draft-budget", type=float,
+                   help="with --budget: a smaller budget of the same checkpoint drafts tokens that --budget checks in "
+                        "one pass (nested self-speculative decoding; docs/speculative.md)")
+    p.add_argument("--draft-tokens", type=int, default=4, help="with --draft-budget: tokens drafted per round")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)

@@ -68,11 +68,15 @@ def generate_any(args) -> int:
 
 
 def check_generate_source(args) -> None:
-    """--budget and --quant choose inside an elastic checkpoint; --hf and --config models are one model each."""
+    """--budget, --quant and --draft-budget choose inside an elastic checkpoint; --hf and --config models are one
+    model each; a draft budget drafts for --budget."""
+    from elastic_jax.elastic.spec import ElasticError
+
+    if args.draft_budget is not None and args.budget is None:
+        raise ElasticError(f"generate --draft-budget {args.draft_budget:g}: needs --budget, the larger budget of the "
+                           "same elastic checkpoint that checks the drafts")
     flag = "--budget" if args.budget is not None else "--quant" if args.quant else None
     if flag and not args.checkpoint:
-        from elastic_jax.elastic.spec import ElasticError
-
         given = f"--hf {args.hf} is a Hugging Face directory" if args.hf else f"--config {args.config} is random"
         raise ElasticError(f"generate {flag}: needs an elastic checkpoint (--checkpoint, elastify's output); {given}, "
                            f"one model: leave {flag} out")

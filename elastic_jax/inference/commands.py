@@ -76,7 +76,7 @@ def generate_verb(args) -> int:
     engine = load_engine(args.checkpoint, getattr(args, "quant", None))  # --quant: a quantised parent
     engine.arch(args.budget)
     prompt = _encode(engine, args.prompt)
-    if getattr(args, "draft_budget", None) is not None:  # --draft-budget / --draft-tokens, where the verb has them
+    if args.draft_budget is not None:
         return _generate_speculative(engine, args, prompt)
     tokens: list[int] = []
     shown = ""
@@ -98,7 +98,7 @@ def _generate_speculative(engine, args, prompt: list[int]) -> int:
     """One prompt at --budget, drafted by --draft-budget (--draft-tokens per round); the text, then on stderr how
     many drafts were accepted."""
     tokens, stats = speculative_generate(engine, [prompt], args.budget, args.draft_budget,
-                                         getattr(args, "draft_tokens", 4), args.max_new_tokens,
+                                         args.draft_tokens, args.max_new_tokens,
                                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                          seed=args.seed)
     print(engine.tokenizer.decode(tokens[0], skip_special=False))

@@ -27,6 +27,17 @@ def test_generate_streams_a_budget(engine, elastic_checkpoint, capsys):
     assert "router can reach" in capsys.readouterr().err
 
 
+def test_generate_with_a_draft_budget_prints_the_plain_text(engine, elastic_checkpoint, capsys):
+    args = ["generate", "--checkpoint", str(elastic_checkpoint), "--prompt", "3+4=", "--max-new-tokens", "6"]
+    assert main([*args, "--draft-budget", "0.4"]) == 2
+    assert "needs --budget" in capsys.readouterr().err
+    assert main([*args, "--budget", "1.0", "--draft-budget", "0.4", "--draft-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    expected = engine.generate([TOKENIZER.encode("3+4=", add_bos=True)], 1.0, 6)[0]
+    assert captured.out == TOKENIZER.decode(expected, skip_special=False) + "\n"
+    assert "drafted tokens accepted" in captured.err
+
+
 def test_export_hf_needs_a_budget(elastic_checkpoint, tmp_path, capsys):
     ckpt = str(elastic_checkpoint)
     assert main(["export-hf", "--checkpoint", ckpt, "--out", str(tmp_path / "a")]) == 2
