@@ -17,6 +17,7 @@ chooses how a decode step reads its weights (the CPU decode kernels, decode view
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Hashable
 
@@ -58,19 +59,26 @@ def feed_target(rows: int) -> CompileTarget:
 
 
 class ProgramCache:
-    """Jitted programs by key (architecture + static shapes); every key is compiled exactly once, and counted."""
+    """Jitted programs by key (architecture + static shapes), each compiled once while kept, and counted. With a
+    `limit`, at most that many are kept (the least recently used dropped first): a server meets unbounded mixes."""
 
-    def __init__(self):
-        self._programs: dict[Hashable, Callable] = {}
+    def __init__(self, limit: int | None = None):
+        self.limit = limit
+        self.compilations = 0
+        self._programs: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
 
-    @property
-    def compilations(self) -> int:
+    def __len__(self) -> int:
         return len(self._programs)
 
     def get(self, key: Hashable, make: Callable[[], Callable]) -> Callable:
-        if key not in self._programs:
-            self._programs[key] = make()
-            log.info("compiling %s (%d programs so far)", key[0], len(self._programs))
+        if key in self._programs:
+            self._programs.move_to_end(key)
+            return self._programs[key]
+        self._programs[key] = make()
+        self.compilations += 1
+        log.info("compiling %s (%d programs kept)", key[0], len(self._programs))
+        while self.limit is not None and len(self._programs) > self.limit:
+            self._programs.popitem(last=False)
         return self._programs[key]
 
 

@@ -10,9 +10,7 @@ and sampled requests; the sampler computes what `sampling.sample_next` computes 
 
 from __future__ import annotations
 
-import collections
-import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,31 +19,6 @@ from elastic_jax.config import ModelConfig
 from elastic_jax.inference.programs import _hold, _rows, feed_target
 from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.functional import build
-
-log = logging.getLogger(__name__)
-
-
-class BoundedPrograms:
-    """Jitted programs by key, at most `limit` kept (least recently used dropped first); compilations counted."""
-
-    def __init__(self, limit: int = 64):
-        self.limit = limit
-        self.compilations = 0
-        self._programs: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._programs)
-
-    def get(self, key: Hashable, make: Callable[[], Callable]) -> Callable:
-        if key in self._programs:
-            self._programs.move_to_end(key)
-            return self._programs[key]
-        self._programs[key] = make()
-        self.compilations += 1
-        log.info("compiling slot program %s (%d kept)", key[0], len(self._programs))
-        while len(self._programs) > self.limit:
-            self._programs.popitem(last=False)
-        return self._programs[key]
 
 
 def sample_row(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
@@ -132,4 +105,4 @@ def make_decode_rows(sub_cfg: ModelConfig, rows: int, steps: int) -> Callable:
     return jax.jit(run, donate_argnums=(1,))
 
 
-__all__ = ["BoundedPrograms", "make_decode_rows", "make_feed_row", "make_reset", "sample_row"]
+__all__ = ["make_decode_rows", "make_feed_row", "make_reset", "sample_row"]

@@ -24,13 +24,14 @@ import numpy as np
 from elastic_jax.elastic.slicing import slice_params
 from elastic_jax.inference.decoder import FEED_BASE
 from elastic_jax.inference.engine import Arch, Engine
-from elastic_jax.inference.slot_programs import BoundedPrograms, make_decode_rows, make_feed_row, make_reset
+from elastic_jax.inference.programs import ProgramCache
+from elastic_jax.inference.slot_programs import make_decode_rows, make_feed_row, make_reset
 from elastic_jax.model.cache import init_cache
 from elastic_jax.model.functional import InputError
 from elastic_jax.quant.params import dequantize_params
 
 MAX_STOP_IDS = 8  # stop ids per row (the array's width; more are refused)
-PROGRAMS = BoundedPrograms()  # shared by every slot batch of the process
+PROGRAMS = ProgramCache(limit=64)  # shared by every slot batch of the process
 
 
 @dataclasses.dataclass(frozen=True)
