@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -50,3 +51,28 @@ def upcast(args):
 
 def run(args, impl, chunk_size):
     return ssd(**args, chunk_size=chunk_size, return_final_state=True, impl=impl)
+
+
+def documents(seqlen: int, *rows_starts) -> jnp.ndarray:
+    """seq_idx [len(rows_starts), seqlen]: each row's document ids, a new one at every listed start."""
+    seq = np.zeros((len(rows_starts), seqlen), np.int32)
+    for row, starts in enumerate(rows_starts):
+        for t in starts:
+            seq[row, t:] += 1
+    return jnp.asarray(seq)
+
+
+def outputs_and_grads(impl, args, chunk_size, seq_idx=None, seed=2):
+    """(y, final_state, gradients wrt every non-None input) of a random projection of both outputs, jitted once."""
+    b, seqlen, h, p = args["x"].shape
+    rng = np.random.default_rng(seed)
+    wy = jnp.asarray(rng.standard_normal((b, seqlen, h, p)), jnp.float32)
+    ws = jnp.asarray(rng.standard_normal((b, h, p, args["B"].shape[-1])), jnp.float32)
+    diff = {k: v for k, v in args.items() if v is not None}
+
+    def loss(a):
+        y, s = ssd(**a, chunk_size=chunk_size, return_final_state=True, impl=impl, seq_idx=seq_idx)
+        return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(s * ws), (y, s)
+
+    (_, (y, s)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(diff)
+    return y, s, grads
