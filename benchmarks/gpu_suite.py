@@ -112,7 +112,8 @@ def train_mfu(config: str, batch: int, seq_len: int, smoke: bool) -> dict:
     flops = 3 * flops_per_token(cfg, max(1, seq_len // 2)) * batch * seq_len
     total, active = ej.count_params(cfg)
     return {"config": config, "batch": batch, "seq_len": seq_len, "params": total, "active_params": active,
-            "first_call_s": compile_s, "step_ms_median": 1e3 * float(np.median(times)), "step_ms_best": 1e3 * min(times),
+            "first_call_s": compile_s, "step_ms_median": 1e3 * float(np.median(times)),
+            "step_ms_best": 1e3 * min(times),
             "tok_s": batch * seq_len / float(np.median(times)), "model_flops_per_step": float(flops),
             "mfu": flops / (float(np.median(times)) * PEAK_FLOPS), "mfu_best": flops / (min(times) * PEAK_FLOPS),
             "peak_flops": PEAK_FLOPS}

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from elastic_jax.kernels.ssd import ssd
-from elastic_jax.kernels.ssd import pallas_gpu
+from elastic_jax.kernels.ssd import pallas_gpu, ssd
 from tests.kernels.ssd_helpers import documents, make_inputs, outputs_and_grads, rel_err, run
 
 ON_GPU = jax.default_backend() == "gpu"

@@ -1,4 +1,4 @@
-"""Backward Pallas GPU SSD kernels, one program per (batch, chunk, head), as mamba_ssm's ssd_combined backward splits it.
+"""Backward Pallas GPU SSD kernels, one program per (batch, chunk, head), split as mamba_ssm's ssd_combined backward.
 
 `chunk_state_grads` gives the cotangent of each chunk's entry state from that chunk's outputs (C^T (dy * e));
 `pallas_gpu_passing.pass_states_back` carries it back over the chunks; `chunk_grads` then recomputes one chunk's
@@ -72,7 +72,7 @@ def chunk_state_grads(ck: lay.Chunked, dy: jax.Array, q: int, interpret: bool) -
     specs = [lay.rows(q, p), lay.steps(q), lay.group_rows(q, n, h // g)]
     out = jax.ShapeDtypeStruct((b, lp // q, h, n, p), F32)
     return call_per_chunk(_state_grad_kernel, ck, q, specs, [dy, ck.acum, ck.C], lay.state(n, p), out,
-                 "ssd_chunk_state_bwd_gpu", interpret)
+                          "ssd_chunk_state_bwd_gpu", interpret)
 
 
 def chunk_grads(ck: lay.Chunked, A, D, entry, d_out, d_total, dy, q: int, interpret: bool):
@@ -88,4 +88,5 @@ def chunk_grads(ck: lay.Chunked, A, D, entry, d_out, d_total, dy, q: int, interp
     out_shape = (jax.ShapeDtypeStruct(ck.x.shape, ck.x.dtype), jax.ShapeDtypeStruct((b, lp, h), F32),
                  jax.ShapeDtypeStruct((b, lp, h), F32), per_head_rows, per_head_rows)
     out_specs = [lay.rows(q, p), lay.steps(q), lay.steps(q), lay.rows(q, n), lay.rows(q, n)]
-    return call_per_chunk(_chunk_grad_kernel, ck, q, specs, inputs, out_specs, out_shape, "ssd_chunk_bwd_gpu", interpret)
+    return call_per_chunk(_chunk_grad_kernel, ck, q, specs, inputs, out_specs, out_shape, "ssd_chunk_bwd_gpu",
+                          interpret)

@@ -66,7 +66,7 @@ def chunk_states(ck: lay.Chunked, q: int, interpret: bool) -> jax.Array:
     specs = [lay.rows(q, p), lay.steps(q), lay.steps(q), lay.group_rows(q, n, h // g)]
     out = jax.ShapeDtypeStruct((b, lp // q, h, n, p), F32)
     return call_per_chunk(_state_kernel, ck, q, specs, [ck.x, ck.dt, ck.acum, ck.B], lay.state(n, p), out,
-                 "ssd_chunk_state_gpu", interpret)
+                          "ssd_chunk_state_gpu", interpret)
 
 
 def chunk_scan(ck: lay.Chunked, D: jax.Array, entry: jax.Array, q: int, interpret: bool) -> jax.Array:
@@ -77,5 +77,5 @@ def chunk_scan(ck: lay.Chunked, D: jax.Array, entry: jax.Array, q: int, interpre
     specs = [lay.per_head(h), lay.rows(q, p), lay.steps(q), lay.steps(q), lay.group_rows(q, n, r),
              lay.group_rows(q, n, r), lay.state(n, p)]
     inputs = [D, ck.x, ck.dt, ck.acum, ck.B, ck.C, entry]
-    return call_per_chunk(_scan_kernel, ck, q, specs, inputs, lay.rows(q, p), jax.ShapeDtypeStruct(ck.x.shape, ck.x.dtype),
-                 "ssd_chunk_scan_gpu", interpret)
+    out = jax.ShapeDtypeStruct(ck.x.shape, ck.x.dtype)
+    return call_per_chunk(_scan_kernel, ck, q, specs, inputs, lay.rows(q, p), out, "ssd_chunk_scan_gpu", interpret)
