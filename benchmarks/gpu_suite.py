@@ -2,10 +2,13 @@
 
 Steps, each in its own subprocess under its own timeout (a crash, hang or out-of-memory loses only that step), the
 whole suite within --budget seconds (default 690: under 12 minutes on one H100 with start-up):
+  kernel_tests the compiled Pallas kernel tests (`pytest tests/kernels/test_ssd_pallas.py -k compiled`, values and
+               gradients against the reference on the device): whether the kernels compile and are right.
   ssd          Pallas GPU SSD vs XLA at L = 8192 (B=4, H=32, P=64, N=128, G=1, chunk 128, fp32; docs/performance.md's
                command), forward and forward + backward tokens/s.
   train_small  `small`'s bf16 training step (8 x 1024): tokens/s and MFU.
-  train_1b     `hybrid_1b`'s (1.00B parameters) bf16 training step (4 x 2048): tokens/s and MFU.
+  train_1b     `hybrid_1b`'s (1.00B parameters) bf16 training step (4 x 2048): tokens/s and MFU, with cuBLAS GEMMs
+               (XLA's Triton GEMM autotuning of every shape can outlast the step's limit; docs/performance.md).
   decode       batch-1 decode tokens/s of a random `small` parent at budget 1.0.
   plan_8, plan_16   the Nano elastic step compiled for 8 and 16 x H100 with jax's mock GPU topology, where
                elastic_jax.plan offers it ("not available" otherwise).
@@ -30,7 +33,9 @@ from pathlib import Path
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 RESULT_TAG = "GPU_SUITE_RESULT "
 # Seconds each step may take on an H100 (compilation included); the suite's --budget caps their sum.
-STEPS = {"ssd": 120, "train_small": 150, "train_1b": 180, "decode": 90, "plan_8": 75, "plan_16": 75}
+STEPS = {"kernel_tests": 75, "ssd": 120, "train_small": 150, "train_1b": 150, "decode": 90, "plan_8": 75,
+         "plan_16": 75}
+STEP_XLA_FLAGS = {"train_1b": "--xla_gpu_enable_triton_gemm=false"}  # added to the user's XLA_FLAGS on a GPU
 SMOKE_STEP_S = 400
 
 
@@ -145,7 +150,21 @@ def step_plan(devices: int, smoke: bool) -> dict:
     return {"config": config, "target": f"{devices}xH100", "plan": json.loads(json.dumps(result, default=str))}
 
 
+def step_kernel_tests(smoke: bool) -> dict:
+    """The compiled-kernel tests on this machine's device (they skip where there is none, as under --smoke)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, **({} if smoke else {"JAX_PLATFORMS": "cuda"})}  # tests/conftest.py defaults to the CPU
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "compiled",
+                           "tests/kernels/test_ssd_pallas.py"], cwd=root, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if " in " in line and ("passed" in line or "failed" in line
+                                                                               or "skipped" in line)]
+    return {"status": "ok" if proc.returncode == 0 else "failed", "summary": lines[-1] if lines else "",
+            "log_tail": "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]}
+
+
 def run_step(name: str, smoke: bool) -> dict:
+    if name == "kernel_tests":
+        return step_kernel_tests(smoke)
     if name == "ssd":
         return step_ssd(smoke)
     if name == "train_small":
@@ -165,20 +184,27 @@ def child(name: str, smoke: bool) -> None:
 
     ej.tune_process()
     try:
-        import jax
-
-        device = jax.devices()[0]
-        result = {"status": "ok", "device": device.device_kind, "jax": jax.__version__, **run_step(name, smoke)}
+        result = {"status": "ok", **run_step(name, smoke)}
     except Exception as err:  # noqa: BLE001 (the suite records any failure and goes on)
         result = {"status": "failed", "error": f"{type(err).__name__}: {err}"[-2000:]}
+    try:  # after the step: kernel_tests' pytest process must find the GPU's memory free
+        import jax
+
+        result = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                  "xla_flags": os.environ.get("XLA_FLAGS", ""), **result}
+    except Exception as err:  # noqa: BLE001
+        result["device_error"] = f"{type(err).__name__}: {err}"[-500:]
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
 def _spawn(name: str, smoke: bool, timeout: float) -> dict:
     """One step in a fresh process group, killed whole at `timeout` seconds."""
     argv = [sys.executable, __file__, "--step", name] + (["--smoke"] if smoke else [])
+    env = dict(os.environ)
+    if name in STEP_XLA_FLAGS and not smoke:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {STEP_XLA_FLAGS[name]}".strip()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, cwd=Path(__file__).parent)
+                            start_new_session=True, cwd=Path(__file__).parent, env=env)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
