@@ -54,7 +54,7 @@ def _backward_kernel(dl_ref, entry_ref, et_ref, dfinal_ref, dout_ref, dtot_ref, 
 
 
 def _params(rows: int, p: int) -> plgpu.CompilerParams:
-    return plgpu.CompilerParams(num_warps=4 if rows * p <= 1024 else 8, num_stages=1)
+    return plgpu.CompilerParams(num_warps=4 if rows * p <= 1024 else 8, num_stages=2)  # loads of chunk k+1 overlap
 
 
 def pass_states(st: jax.Array, et: jax.Array, s0: jax.Array, interpret: bool) -> tuple[jax.Array, jax.Array]:
