@@ -37,8 +37,7 @@ def dot_nt(a: jax.Array, b: jax.Array) -> jax.Array:
 class Decays(NamedTuple):
     """One chunk's decay factors, with every path that crosses a document start cut to zero."""
 
-    visible: jax.Array  # [q, q] bool: step s (column) reaches step l (row)
-    decay: jax.Array  # [q, q]: exp(acum[l] - acum[s]) where visible, else 0
+    decay: jax.Array  # [q, q]: exp(acum[l] - acum[s]) where step s (column) reaches step l (row), else 0
     e: jax.Array  # [q]: decay of the incoming state to step l
     w: jax.Array  # [q]: decay from step l to the chunk's end (into the outgoing state)
 
@@ -55,7 +54,7 @@ def decays(acum: jax.Array, total: jax.Array, rk: jax.Array | None) -> Decays:
         visible = visible & (rk[:, None] == rk[None, :])
         e, w = jnp.where(rk == 0, e, 0.0), jnp.where(rk == last, w, 0.0)
     decay = jnp.where(visible, jnp.exp(jnp.where(visible, acum[:, None] - acum[None, :], 0.0)), 0.0)
-    return Decays(visible, decay, e, w)
+    return Decays(decay, e, w)
 
 
 def reverse_cumsum(v: jax.Array, rk: jax.Array | None) -> jax.Array:
