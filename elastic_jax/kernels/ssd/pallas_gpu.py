@@ -33,7 +33,8 @@ def supports(x_shape: tuple[int, ...], b_shape: tuple[int, ...], chunk_size: int
         return False
     p, n = x_shape[3], b_shape[3]
     dtype_ok = jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    # Register pressure: a program holds [chunk, chunk], [chunk, state] and the [state, head_dim] state tiles.
+    # Register pressure: a program holds [chunk, chunk] and [chunk, state] tiles and (backward) two [state, head_dim]
+    # states; Triton's tl.dot wants every block dimension a power of two >= 16.
     return dtype_ok and all(_pow2_at_least_16(v) for v in (chunk_size, p, n)) and chunk_size <= 128 and p * n <= 16384
 
 
