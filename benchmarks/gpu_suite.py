@@ -1,4 +1,4 @@
-"""Every GPU measurement of the performance issue in one run, one JSON file: run it whenever a GPU is lent.
+"""Every GPU measurement of the performance issue in one run, one JSON file: run it whenever a GPU is at hand.
 
 Steps, each in its own subprocess under its own timeout (a crash, hang or out-of-memory loses only that step), the
 whole suite within --budget seconds (default 690: under 12 minutes on one H100 with start-up):
