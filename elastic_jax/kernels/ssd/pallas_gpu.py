@@ -87,7 +87,8 @@ def _ssd_bwd(chunk_size, interpret, residuals, cotangents):
     d = jnp.zeros((h,), F32) if D is None else D.astype(F32)
     dx, ddt, dadt, db, dc = chunk_grads(ck, A.astype(F32), d, entry, d_out, d_total, dyp, q, interpret)
     group_sum = lambda v, like: v.reshape(b, lp, g, h // g, n).sum(axis=3)[:, :seqlen].astype(like.dtype)  # noqa: E731
-    dD = None if D is None else jnp.einsum("blhp,blhp->h", dy.astype(F32), x.astype(F32)).astype(D.dtype)
+    # An elementwise product and sum, not an einsum: a dot could run at TF32 on a GPU.
+    dD = None if D is None else jnp.sum(dy.astype(F32) * x.astype(F32), axis=(0, 1, 3)).astype(D.dtype)
     d_s0 = None if initial_state is None else d_s0.transpose(0, 1, 3, 2).astype(initial_state.dtype)
     return (dx[:, :seqlen], ddt[:, :seqlen].astype(dt.dtype), jnp.sum(dadt, axis=(0, 1)).astype(A.dtype),
             group_sum(db, B), group_sum(dc, C), dD, d_s0, None)
