@@ -5,9 +5,9 @@ Implementations (`impl=`):
   "xla"                   chunked SSD in jnp with a hand-written chunked backward (custom_vjp); default on CPU.
   "pallas_tpu"            Mosaic-TPU Pallas forward kernel; backward = the "xla" backward (recomputes from inputs).
   "pallas_tpu_interpret"  the same kernel run by the TPU interpreter (any backend; for testing).
-  "pallas_gpu"            Triton-lowered Pallas forward kernel; backward = the "xla" backward.
+  "pallas_gpu"            Triton-lowered Pallas kernels, chunk-parallel, forward and backward.
   "pallas_gpu_interpret"  the same kernel run by the generic Pallas interpreter (any backend; for testing).
-  "auto"                  first supported of: TPU -> pallas_tpu, xla; GPU -> pallas_gpu, xla; otherwise xla.
+  "auto"                  first supported of: TPU -> pallas_tpu, xla; GPU -> xla; otherwise xla.
 
 Packed documents: `ssd(..., seq_idx=...)` restarts the state at every document start, in every implementation.
 """
@@ -33,9 +33,10 @@ IMPLS: tuple[str, ...] = (
     "pallas_gpu",
     "pallas_gpu_interpret",
 )
-# On an H100 the Pallas GPU kernel (one program per (batch, head), chunks walked in order) ran the forward at
-# 0.48M tokens/s against XLA's 6.4M (B=4, H=32, P=64, N=128, L=8192; docs/performance.md): XLA's chunk-parallel
-# batched matmuls win, so "auto" uses xla on GPU and pallas_gpu stays an explicit choice.
+# On an H100 the earlier Pallas GPU kernel (one program per (batch, head), chunks walked in order) ran the forward
+# at 0.48M tokens/s against XLA's 6.4M (B=4, H=32, P=64, N=128, L=8192; docs/performance.md). The chunk-parallel
+# rewrite has not been timed on a GPU yet (benchmarks/gpu_suite.sh does), so "auto" keeps xla on GPU and
+# pallas_gpu stays an explicit choice until it is measured ahead.
 # The chunked scan is exact for any chunk length, so the CPU path may use shorter chunks than the model's
 # chunk_size: at 64 the [chunk, chunk] blocks fit the caches and fwd+bwd ran about 2x faster than at 128
 # (B=4, H=16, P=N=64, L=256-512; docs/performance.md).
