@@ -28,6 +28,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from serve_load_client import Workload, poisson_workload, run_load, summarise  # sibling scripts
@@ -62,24 +63,18 @@ class Run:
         slo = (self.args.slo_ttft_ms, self.args.slo_tpot_ms)
         summary = {**summarise(results, duration, *slo), "loadavg_1min": [before, os.getloadavg()[0]],
                    "other_cores_before": self.monitor.before, "other_cores_during": others.cores,
-                   "arrival_rate": work_rate(work)}
+                   "arrival_rate": None if work.rate == float("inf") else work.rate}
         self.phases[name] = summary
         self.loads.append({"load": summary["loadavg_1min"]})
         show(name, summary)
         return summary
 
 
-def work_rate(work: Workload) -> float | None:
-    """Requests per second the arrivals were drawn at (None: all at once)."""
-    span = work.arrivals[-1] if work.arrivals else 0.0
-    return len(work.arrivals) / span if span > 0 else None
-
-
 def show(name: str, s: dict) -> None:
     tag = (f"[load {s['loadavg_1min'][0]:.2f}->{s['loadavg_1min'][1]:.2f}, other processes "
            f"{s['other_cores_during']:.2f} of {os.cpu_count()} cores]")
     ms = lambda p: "n/a" if p["p50"] is None else f"p50 {p['p50']:.0f} / p99 {p['p99']:.0f} ms"
-    rate = "all at once" if s["arrival_rate"] is None else f"{s['arrival_rate']:.2f} req/s arriving"
+    rate = "all at once" if s["arrival_rate"] is None else f"Poisson arrivals at {s['arrival_rate']:.2f} req/s"
     print(f"{name}: {s['completed']} of {s['requests']} done ({rate}) in {s['duration_s']:.1f}s {tag}\n"
           f"  throughput {s['request_throughput']:.2f} req/s, {s['output_throughput']:.1f} tok/s {tag}\n"
           f"  goodput {s['goodput']:.2f} req/s {tag}\n  TTFT {ms(s['ttft_ms'])} {tag}\n"
@@ -218,7 +213,7 @@ def main() -> int:
     if start_load > cores and not args.allow_busy:
         raise SystemExit(f"load average {start_load:.2f} on {cores} cores: timings now are not a result; run "
                                f"on a quiet machine or pass --allow-busy")
-    run = Run(args)
+    run, start = Run(args), time.monotonic()
     checkpoint = args.checkpoint or str(cached_checkpoint(Path(args.cache), "small", DEFAULT_PATTERN,
                                                           [1.0, 0.7, 0.4]) / "checkpoints")
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,7 +222,7 @@ def main() -> int:
             peer_phase(run, args, checkpoint, Path(tmp), work)
     figures = {"phases": run.phases, **verdict(run), "auto_changes": run.changes,
                "load_monitor": {**run.monitor.record(), "loadavg_1min_at_start": start_load},
-               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "entry")}}
+               "run_s": time.monotonic() - start, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "entry")}}
     figures["timing_result"] = figures["load_monitor"]["timing_result"] and start_load <= cores
     if not figures["timing_result"]:
         print(f"NOT A RESULT: the machine was busy (load average {start_load:.2f} at the start; other processes' "

@@ -22,6 +22,7 @@ class Workload:
 
     prompts: tuple[str, ...]
     arrivals: tuple[float, ...]
+    rate: float  # requests per second the arrivals were drawn at (inf: all at once)
     max_tokens: int
     max_concurrency: int | None  # None: every request is sent at its arrival (the server queues the rest)
 
@@ -39,7 +40,7 @@ def poisson_workload(seed: int, count: int, rate: float, window_s: float, prompt
             break
         prompts.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(prompt_len)))
         arrivals.append(at)
-    return Workload(tuple(prompts), tuple(arrivals), max_tokens, max_concurrency)
+    return Workload(tuple(prompts), tuple(arrivals), rate, max_tokens, max_concurrency)
 
 
 async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, max_tokens: int, extra: dict) -> dict:
