@@ -49,12 +49,23 @@ def rows(f: dict) -> list[list[str]]:
     return out
 
 
+def goodput_line(f: dict) -> str:
+    auto, full = (f["phases"].get(k, {}).get("goodput") for k in ("high load, @auto", "high load, @1.0"))
+    if auto is None or full is None:
+        return "- The high-load phases did not run."
+    if not full:
+        return (f"- At high load, `@auto`'s goodput is **{auto:.2f} req/s** and the fixed full budget's 0 (no `@1.0` "
+                f"request met the SLO; goal: `@auto` >= 1.5x `@1.0`).")
+    return (f"- At high load, `@auto`'s goodput is **{f['goodput_ratio']:.2f}x** the fixed full budget's ({auto:.2f} "
+            f"against {full:.2f} req/s; goal >= 1.5x).")
+
+
 def verdict(f: dict) -> list[str]:
-    goodput = "-" if f["goodput_ratio"] is None else f"{f['goodput_ratio']:.2f}x"
     peer = "-" if f["throughput_ratio"] is None else f"{f['throughput_ratio']:.2f}x"
-    changes = "; ".join(f"`{c}`" for c in f["auto_changes"]) or "none"
-    return [f"- At high load, `@auto`'s goodput is **{goodput}** the fixed full budget's (goal >= 1.5x). Its budget "
-            f"changes, as the server logged them: {changes}.",
+    high = f["phases"].get("high load, @auto", {}).get("auto_changes", [])
+    changes = "; ".join(f"`{c}`" for c in high) or "none"
+    return [goodput_line(f), f"- `@auto`'s budget changes in its high-load phase, as the server logged them: "
+            f"{changes} ({len(f['auto_changes'])} in the whole run, warm-up included).",
             f"- At low load, `@auto` served {', '.join(f['low_load_served'] or ['-'])} (goal: the full budget).",
             f"- At {f['settings']['concurrency']} concurrent requests, our output throughput is **{peer}** "
             f"llama.cpp's (goal > 1x)."]

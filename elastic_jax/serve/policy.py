@@ -5,10 +5,10 @@ the 90th percentile of the per-token latency (TPOT: a decode call's time over th
 request: they share the device) and of the time to first token (TTFT, of @auto requests: the queue @auto can
 shorten) in that window, counting only requests that arrived since the last change (older ones measured the
 budget before it). When either misses its target, step down to the next smaller budget and remember the arrival
-rate at which the larger one missed. Step back up when both are within 80% of their targets and requests arrive at
-no more than 3/4 of that rate (hysteresis: the arrival rate does not depend on the budget serving it, unlike the
-number of requests in the server, which falls as soon as a smaller budget serves them faster). Without targets,
-@auto is the largest budget. Every change is logged and counted.
+rate at which the larger one missed. Step back up when the window measured both within 80% of their targets (or
+the server is idle) and requests arrive at no more than 3/4 of that rate (hysteresis: the arrival rate does not
+depend on the budget serving it, unlike the number of requests in the server, which falls as soon as a smaller
+budget serves them faster). Without targets, @auto is the largest budget. Every change is logged and counted.
 """
 
 from __future__ import annotations
@@ -82,14 +82,15 @@ class AutoScaler:
             return
         self.window_start = now
         seen = {k: self._window(k, now) for k in self.samples}
-        ratio = max((seen[k] / t for k, t in self.targets.items() if t and seen[k] is not None), default=0.0)
+        measured = [seen[k] / t for k, t in self.targets.items() if t and seen[k] is not None]
+        ratio = max(measured, default=0.0)
         rate = self.rate(now)
         where = f"{rate:.2f} requests/s arriving, {load:g} in the server"
         if ratio > 1.0 and self.level < len(self.budgets) - 1:
             self.missed_rate[self.level] = rate
             self._move(self.level + 1, f"p90 latency at {ratio:.2f}x the target with {where}", now)
-        elif (self.level > 0 and ratio <= HEADROOM
-              and rate <= LOAD_FALL * self.missed_rate.get(self.level - 1, math.inf)):
+        elif (self.level > 0 and (measured or load == 0) and ratio <= HEADROOM  # a busy window without samples
+              and rate <= LOAD_FALL * self.missed_rate.get(self.level - 1, math.inf)):  # says nothing yet
             self._move(self.level - 1, f"p90 latency at {ratio:.2f}x the target, load fell to {where}", now)
 
     def _move(self, level: int, why: str, now: float) -> None:

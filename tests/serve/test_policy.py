@@ -35,7 +35,9 @@ def test_an_idle_server_returns_to_the_full_budget():
     scaler.observe("ttft", 5.0, now=0.5)  # e.g. a compilation: nothing arrived in the rate's windows
     scaler.update(load=0, now=1.0)
     assert scaler.budget == 0.7 and scaler.missed_rate == {0: 0.0}
-    scaler.update(load=0, now=2.0)
+    scaler.update(load=3, now=2.0)  # requests in the server, none measured since the change: no evidence yet
+    assert scaler.budget == 0.7
+    scaler.update(load=0, now=3.0)
     assert scaler.budget == 1.0
 
 
