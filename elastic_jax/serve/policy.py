@@ -4,11 +4,14 @@ Policy (docs/serving.md states it for users): start at the largest trained budge
 the 90th percentile of the per-token latency (TPOT: a decode call's time over the tokens it made per row, any
 request: they share the device) and of the time to first token (TTFT, of @auto requests: the queue @auto can
 shorten) in that window, counting only requests that arrived since the last change (older ones measured the
-budget before it). When either misses its target, step down to the next smaller budget and remember the arrival
-rate at which the larger one missed. Step back up when the window measured both within 80% of their targets (or
-the server is idle) and requests arrive at no more than 3/4 of that rate (hysteresis: the arrival rate does not
-depend on the budget serving it, unlike the number of requests in the server, which falls as soon as a smaller
-budget serves them faster). Without targets, @auto is the largest budget. Every change is logged and counted.
+budget before it). When the TPOT misses its target, or the TTFT does while @auto requests wait for a slot and
+their queue did not shrink over the window (a shrinking one is a budget working off the queue the larger one
+left; an empty one has nobody a smaller budget would serve sooner), step down to the next smaller budget and
+remember the arrival rate at which the larger one missed. Step back up when the window measured both within 80%
+of their targets (or the server is idle) and requests arrive at no more than 3/4 of that rate (hysteresis: the
+arrival rate does not depend on the budget serving it, unlike the number of requests in the server, which falls
+as soon as a smaller budget serves them faster). Without targets, @auto is the largest budget. Every change is
+logged and counted.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class AutoScaler:
         self.arrivals: collections.deque[float] = collections.deque()
         self.window_start: float | None = None
         self.changed_at = -math.inf
+        self.waiting = 0  # @auto requests waiting for a slot at the last decision
 
     @property
     def budget(self) -> float:
@@ -73,8 +77,9 @@ class AutoScaler:
             self.arrivals.popleft()
         return len(self.arrivals) / span
 
-    def update(self, load: float, now: float) -> None:
-        """Decide once per window; `load` (requests running or waiting) is logged with a change."""
+    def update(self, load: float, now: float, waiting: int = 0) -> None:
+        """Decide once per window; `load` (requests running or waiting) is logged with a change, `waiting` (@auto
+        requests waiting for a slot) tells a queue that grows from one being worked off."""
         if not any(self.targets.values()):
             return
         if self.window_start is None or now - self.window_start < self.window_s:
@@ -82,14 +87,17 @@ class AutoScaler:
             return
         self.window_start = now
         seen = {k: self._window(k, now) for k in self.samples}
-        measured = [seen[k] / t for k, t in self.targets.items() if t and seen[k] is not None]
-        ratio = max(measured, default=0.0)
+        ratios = {k: seen[k] / t for k, t in self.targets.items() if t and seen[k] is not None}
+        ratio = max(ratios.values(), default=0.0)
+        # A late first token says the queue is too long only while it is there and not being worked off.
+        queued, self.waiting = waiting > 0 and waiting >= self.waiting, waiting
+        missed = ratios.get("tpot", 0.0) > 1.0 or (ratios.get("ttft", 0.0) > 1.0 and queued)
         rate = self.rate(now)
-        where = f"{rate:.2f} requests/s arriving, {load:g} in the server"
-        if ratio > 1.0 and self.level < len(self.budgets) - 1:
+        where = f"{rate:.2f} requests/s arriving, {load:g} in the server, {waiting} @auto waiting"
+        if missed and self.level < len(self.budgets) - 1:
             self.missed_rate[self.level] = rate
             self._move(self.level + 1, f"p90 latency at {ratio:.2f}x the target with {where}", now)
-        elif (self.level > 0 and (measured or load == 0) and ratio <= HEADROOM  # a busy window without samples
+        elif (self.level > 0 and (ratios or load == 0) and ratio <= HEADROOM  # a busy window without samples
               and rate <= LOAD_FALL * self.missed_rate.get(self.level - 1, math.inf)):  # says nothing yet
             self._move(self.level - 1, f"p90 latency at {ratio:.2f}x the target, load fell to {where}", now)
 

@@ -124,7 +124,8 @@ class Scheduler:
             if self._stop.is_set():  # shutting down: do not start more device work
                 return
             phase()
-        self.scaler.update(len(self.waiting) + len(self.running), time.monotonic())
+        self.scaler.update(len(self.waiting) + len(self.running), time.monotonic(),
+                           waiting=sum(job.budget is None for job in self.waiting))  # @auto's, not yet assigned
         self._gauges()
 
     def _read_inbox(self, block: bool) -> None:

@@ -33,12 +33,31 @@ def test_an_idle_server_returns_to_the_full_budget():
     scaler = AutoScaler([1.0, 0.7, 0.4], slo_ttft_ms=100, window_s=1.0)
     scaler.update(load=0, now=0.0)
     scaler.observe("ttft", 5.0, now=0.5)  # e.g. a compilation: nothing arrived in the rate's windows
-    scaler.update(load=0, now=1.0)
+    scaler.update(load=2, now=1.0, waiting=2)
     assert scaler.budget == 0.7 and scaler.missed_rate == {0: 0.0}
     scaler.update(load=3, now=2.0)  # requests in the server, none measured since the change: no evidence yet
     assert scaler.budget == 0.7
     scaler.update(load=0, now=3.0)
     assert scaler.budget == 1.0
+
+
+def test_a_late_first_token_steps_down_only_while_the_queue_is_there_and_not_shrinking():
+    scaler = AutoScaler([1.0, 0.7, 0.4], slo_ttft_ms=1000, window_s=1.0)
+    scaler.update(load=0, now=0.0)
+    late = lambda t: scaler.observe("ttft", 3.0, now=t, since=t - 0.1)
+
+    late(0.5)
+    scaler.update(load=6, now=1.0, waiting=0)  # nobody waits: a smaller budget would serve nobody sooner
+    assert scaler.budget == 1.0
+    late(1.5)
+    scaler.update(load=12, now=2.0, waiting=4)  # a queue that grew from none
+    assert scaler.budget == 0.7
+    late(2.5)
+    scaler.update(load=10, now=3.0, waiting=2)  # 0.7 works off the queue 1.0 left: give it time
+    assert scaler.budget == 0.7
+    late(3.5)
+    scaler.update(load=12, now=4.0, waiting=3)  # the queue grows again: 0.7 does not keep up either
+    assert scaler.budget == 0.4
 
 
 def test_auto_without_targets_is_the_largest_budget():
