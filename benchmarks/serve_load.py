@@ -35,8 +35,15 @@ from pathlib import Path
 from serve_load_client import Workload, poisson_workload, run_load, summarise  # sibling scripts
 from serve_load_model import DEFAULT_PATTERN, cached_checkpoint
 from serve_load_servers import (
-    OthersWindow, ServerProcess, auto_changes, export_gguf, listed_models, start_llamacpp, start_ours,
-    wait_for_budget)
+    OthersWindow,
+    ServerProcess,
+    auto_changes,
+    export_gguf,
+    listed_models,
+    start_llamacpp,
+    start_ours,
+    wait_for_budget,
+)
 from timing import add_out_arguments, entry_name, load_text, save_entries
 
 from elastic_jax import tune_process
@@ -228,7 +235,8 @@ def main() -> int:
             peer_phase(run, args, checkpoint, Path(tmp), work)
     figures = {"phases": run.phases, **verdict(run), "auto_changes": run.changes,
                "load_monitor": {**run.monitor.record(), "loadavg_1min_at_start": start_load},
-               "run_s": time.monotonic() - start, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "entry")}}
+               "run_s": time.monotonic() - start,
+               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "entry")}}
     figures["timing_result"] = figures["load_monitor"]["timing_result"] and start_load <= cores
     if not figures["timing_result"]:
         print(f"NOT A RESULT: the machine was busy (load average {start_load:.2f} at the start; other processes' "
