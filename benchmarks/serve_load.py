@@ -2,7 +2,7 @@
 budget, and against llama.cpp's own OpenAI server (`python -m llama_cpp.server`) on the GGUF export of that budget.
 
 Phases, each on loopback with the figures `vllm bench serve` reports (serve_load_client.py):
-1. `8 concurrent`: --concurrent-requests requests, --concurrency in flight, on our full budget. Its request
+1. `8 concurrent`: --concurrent-requests requests, --concurrency (8) in flight, on our full budget. Its request
    throughput is the full budget's capacity, which sets the rates of the phases below.
 2. `low load, @auto`: --low-requests Poisson arrivals at --low-load x that capacity: @auto should serve the
    full budget.
@@ -49,8 +49,8 @@ from timing import add_out_arguments, entry_name, load_text, save_entries
 from elastic_jax import tune_process
 from elastic_jax.inference.idle import DEFAULT_MAX_LOAD, LoadMonitor
 
-CONCURRENT, LOW, HIGH_AUTO, HIGH_FULL, PEER = ("8 concurrent, elastic_jax @1.0", "low load, @auto",
-                                              "high load, @auto", "high load, @1.0", "8 concurrent, llama.cpp @1.0")
+LOW, HIGH_AUTO, HIGH_FULL = "low load, @auto", "high load, @auto", "high load, @1.0"
+CONCURRENT, PEER = "{} concurrent, elastic_jax @1.0", "{} concurrent, llama.cpp @1.0"  # .format(--concurrency)
 LOW_WINDOWS = 3  # the low load's arrivals may take this many --window-s: few arrive in one
 OURS_EXTRA = {"ignore_eos": True, "stream_options": {"include_usage": True}}  # every request makes max_tokens
 
@@ -124,7 +124,8 @@ def ours_phases(run: Run, args: argparse.Namespace, checkpoint: str, tmp: Path) 
         warm_up(server, args, OURS_EXTRA)
         concurrent = poisson_workload(args.seed, args.concurrent_requests, float("inf"), args.window_s,
                                       args.prompt_len, args.max_tokens, args.concurrency)
-        capacity = run.phase(CONCURRENT, server, "m@1.0", concurrent, OURS_EXTRA)["request_throughput"]
+        first = run.phase(CONCURRENT.format(args.concurrency), server, "m@1.0", concurrent, OURS_EXTRA)
+        capacity = first["request_throughput"]
         work = workloads(args, capacity)
         for name, model, key in ((LOW, "m@auto", "low"), (HIGH_AUTO, "m@auto", "high"),
                                  (HIGH_FULL, "m@1.0", "high")):
@@ -150,7 +151,7 @@ def peer_phase(run: Run, args: argparse.Namespace, checkpoint: str, tmp: Path, w
         extra = {"logit_bias": {str(eos): -100.0}}
         run_load(server.url, "m", poisson_workload(args.seed + 99, 1, float("inf"), 1.0, args.prompt_len, 8),
                  extra)  # the first request loads what llama.cpp loads lazily
-        run.phase(PEER, server, "m", work, extra)
+        run.phase(PEER.format(args.concurrency), server, "m", work, extra)
     finally:
         server.stop()
 
@@ -160,14 +161,16 @@ def verdict(run: Run) -> dict:
     p = run.phases
     ratio = lambda a, b, key: p[a][key] / p[b][key] if a in p and b in p and p[b][key] else None
     out = {"goodput_ratio": ratio(HIGH_AUTO, HIGH_FULL, "goodput"),
-           "throughput_ratio": ratio(CONCURRENT, PEER, "output_throughput"),
+           "throughput_ratio": ratio(*(n.format(run.args.concurrency) for n in (CONCURRENT, PEER)),
+                                     "output_throughput"),
            "low_load_served": sorted(p[LOW]["served_by"]) if LOW in p else None,
            "high_load_served": p[HIGH_AUTO]["served_by"] if HIGH_AUTO in p else None}
     goodputs = " against ".join(f"{p[k]['goodput']:.2f}" for k in (HIGH_AUTO, HIGH_FULL) if k in p)
     for line in (f"@auto / @1.0 goodput at high load: {out['goodput_ratio']:.2f}x (goal >= 1.5x)"
                  if out["goodput_ratio"] is not None else f"@auto / @1.0 goodput at high load: {goodputs} req/s",
                  f"at low load @auto served {out['low_load_served']} (goal: m@1.0 only)",
-                 f"ours / llama.cpp output throughput at 8 concurrent: {out['throughput_ratio']:.2f}x (goal > 1x)"
+                 f"ours / llama.cpp output throughput at {run.args.concurrency} concurrent: "
+                 f"{out['throughput_ratio']:.2f}x (goal > 1x)"
                  if out["throughput_ratio"] is not None else "llama.cpp: not run"):
         print(f"{line} | {load_text()}", flush=True)
     return out

@@ -7,8 +7,8 @@ from __future__ import annotations
 from render_tables import CPU, Results, entry, source, table
 
 ENTRIES = (f"serve load {CPU}", f"serve load {CPU} --allow-busy")  # a run on a quiet machine first
-ORDER = ("8 concurrent, elastic_jax @1.0", "8 concurrent, llama.cpp @1.0", "low load, @auto", "high load, @auto",
-         "high load, @1.0")
+ORDER = ("concurrent, elastic_jax @1.0", "concurrent, llama.cpp @1.0", "low load, @auto", "high load, @auto",
+         "high load, @1.0")  # the phases' names, less the concurrency before "concurrent"
 
 
 def pick(results: Results) -> tuple[str, dict]:
@@ -40,7 +40,8 @@ def load_cell(s: dict) -> str:
 
 def rows(f: dict) -> list[list[str]]:
     out = []
-    for name in (n for n in ORDER if n in f["phases"]):
+    rank = lambda name: next(i for i, end in enumerate(ORDER) if name.endswith(end))
+    for name in sorted(f["phases"], key=rank):
         s = f["phases"][name]
         phase, model = name.split(", ", 1)
         out.append([phase, model, arrivals(s, f["settings"]), f"{s['completed']}",
