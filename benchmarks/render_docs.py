@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import render_tables as tables
+import serve_load_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -41,6 +42,7 @@ BLOCKS = {
     "elastic-step": tables.elastic_step,
     "decode-budgets": tables.decode_budgets,
     "decode-llamacpp": tables.decode_llamacpp,
+    "serve-load": serve_load_table.serve_load,
     "package": lambda _: tables.layout(ROOT),
 }
 

@@ -108,7 +108,7 @@ def test_entry_names_hold_the_machine_and_the_changed_arguments(monkeypatch):
 
 
 TIMING_BENCHMARKS = ("forward_vs_transformers", "decode", "decode_llamacpp", "train_step", "elastic_step", "ssd",
-                     "speculative")
+                     "speculative", "serve_load")
 
 
 @pytest.mark.parametrize("name", TIMING_BENCHMARKS)

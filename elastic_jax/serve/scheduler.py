@@ -124,7 +124,8 @@ class Scheduler:
             if self._stop.is_set():  # shutting down: do not start more device work
                 return
             phase()
-        self.scaler.update(len(self.waiting) + len(self.running), time.monotonic())
+        self.scaler.update(len(self.waiting) + len(self.running), time.monotonic(),
+                           waiting=sum(job.budget is None for job in self.waiting))  # @auto's, not yet assigned
         self._gauges()
 
     def _read_inbox(self, block: bool) -> None:
@@ -145,18 +146,23 @@ class Scheduler:
             self._deadline = value
 
     def _accept(self, job: Job) -> None:
-        """Resolve the job's budget to an architecture (a 400 for one the router cannot reach) and queue it."""
-        budget = self.scaler.budget if job.req.budget is None else job.req.budget
-        try:
-            self.engine.arch(budget)
-        except (ElasticError, InputError) as err:
-            self._unqueue()
-            job.fail(ApiError(400, f"model: {err}", param="model"))
-            return
+        """Resolve a fixed budget to an architecture (a 400 for one the router cannot reach) and queue the job. An
+        @auto job gets its budget when it takes a slot: the budget @auto serves then, not when it arrived."""
+        self.scaler.arrived(job.arrived)
+        if job.req.budget is not None:
+            try:
+                self.engine.arch(job.req.budget)
+            except (ElasticError, InputError) as err:
+                self._unqueue()
+                job.fail(ApiError(400, f"model: {err}", param="model"))
+                return
+            self._assign(job, job.req.budget)
+        self.waiting.append(job)
+
+    def _assign(self, job: Job, budget: float) -> None:
         tokenizer = self.engine.tokenizer
         text = TextStream(lambda ids: tokenizer.decode(ids), job.req.stop, skip_ids=(self.engine.cfg.eos_token_id,))
         job.accept(budget, self.names.id_of(budget), text)
-        self.waiting.append(job)
 
     def _unqueue(self) -> None:
         with self._lock:
@@ -192,9 +198,12 @@ class Scheduler:
         """Waiting jobs take free rows, oldest first; a job whose architecture has no free row waits (FIFO within
         an architecture, others pass it)."""
         for job in list(self.waiting):
-            batch = self._batch_for(job.budget)
+            budget = self.scaler.budget if job.budget is None else job.budget
+            batch = self._batch_for(budget)
             if batch is None or not batch.free:
                 continue
+            if job.budget is None:
+                self._assign(job, budget)
             req = job.req
             stops = () if req.ignore_eos else (self.engine.cfg.eos_token_id,)
             settings = RowSettings(req.max_tokens, stops, req.temperature, req.top_k, req.top_p, req.seed)
@@ -235,11 +244,12 @@ class Scheduler:
         if ids:
             if job.first_token_at is None:
                 self.metrics.ttft.labels(label).observe(now - job.arrived)
-                self.scaler.observe("ttft", now - job.arrived, now)
+                if job.req.budget is None:  # @auto's queue is what its budget can shorten
+                    self.scaler.observe("ttft", now - job.arrived, now, since=job.arrived)
             else:
                 per_token = (now - job.last_token_at) / len(ids)
                 self.metrics.tpot.labels(label).observe(per_token)
-                self.scaler.observe("tpot", per_token, now)
+                self.scaler.observe("tpot", per_token, now, since=job.arrived)
             self.metrics.generation_tokens.labels(label).inc(len(ids))
             job.tokens(ids, now)
         if job.text.stopped or (ids and ids[-1] == self.engine.cfg.eos_token_id and not job.req.ignore_eos):
