@@ -10,9 +10,12 @@ import sys
 
 import jax
 import pytest
+from jax.sharding import PartitionSpec as P
 
+from elastic_jax import distributed
 from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.expert_parallel import expert_axis
+from elastic_jax.plan import candidate_meshes
 from tests.train.helpers import REPO, subprocess_env
 
 SCRIPT = r"""
@@ -147,3 +150,13 @@ def test_expert_axis_needs_a_mesh_that_splits_experts_and_rows():
         assert expert_axis(8, 8) is None
     assert CompileTarget("tpu").ragged_exchange and CompileTarget("gpu").ragged_exchange
     assert not CompileTarget("cpu").ragged_exchange and not CompileTarget("gpu", host_devices=True).ragged_exchange
+
+
+def test_plans_try_expert_parallel_meshes_and_shard_the_other_weights_over_the_expert_axis_too():
+    meshes = candidate_meshes({"data": -1}, 16)
+    for e in (4, 8, 16):
+        assert {"data": 1, "fsdp": 16 // e, "tensor": 1, "expert": e} in meshes
+    mesh = jax.sharding.AbstractMesh((1, 2, 1, 8), distributed.MESH_AXES)
+    spec = distributed.logical_to_spec
+    assert spec(("experts", "embed", "expert_mlp"), (128, 64, 32), mesh) == P("expert", "fsdp", None)
+    assert spec(("vocab", "embed"), (100, 64), mesh) == P(None, ("fsdp", "expert"))
