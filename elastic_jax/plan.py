@@ -126,7 +126,10 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
         lowered = step.lower(*args)
-        kernels = lowered.as_text().count("ssd_chunk_scan_tpu")  # Pallas TPU SSD calls in the program
+        text = lowered.as_text()
+        kernels = text.count("ssd_chunk_scan_tpu")  # Pallas TPU SSD calls in the program
+        # expert-parallel rows out and back: ragged on GPU / TPU, padded on CPU stand-ins (model/expert_parallel.py)
+        exchanges = {"ragged": text.count("@ragged_all_to_all("), "padded": text.count('"stablehlo.all_to_all"(')}
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as err:  # the TPU compiler refuses a program that cannot fit
@@ -135,7 +138,8 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
                 raise
     seconds = time.perf_counter() - t0
     result = {"mesh": sizes, "mesh_name": _mesh_name(sizes), "seq_len": seq_len, "global_batch": train.global_batch,
-              "compile_seconds": round(seconds, 2), "pallas_tpu_ssd_calls": kernels}
+              "compile_seconds": round(seconds, 2), "pallas_tpu_ssd_calls": kernels,
+              "all_to_all_calls": exchanges}
     if compiled is None:  # temporaries as XLA's refusal states them (GiB); the inputs from the shardings
         found = re.search(r"temporaries \(([\d.]+)G\)", refusal)
         temp_b = int(float(found.group(1)) * GiB) if found else 0

@@ -19,7 +19,7 @@ from elastic_jax.plan import candidate_meshes
 from tests.train.helpers import REPO, subprocess_env
 
 SCRIPT = r"""
-import json
+import dataclasses, json
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -27,6 +27,7 @@ import elastic_jax as ej
 from elastic_jax import distributed
 from elastic_jax.elastic.router import Router, RouterConfig
 from elastic_jax.elastic.spec import ElasticSpec
+from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.train.elastic_step import JointLossConfig, joint_loss
 
 cfg = ej.load_config("tiny", ["model.pattern='E'", "model.hidden_size=32", "model.vocab_size=64",
@@ -47,7 +48,7 @@ key, progress = jax.random.PRNGKey(7), jnp.asarray(0.3)
 masks = [router.sample(params["router"], i, jax.random.split(key, 4)[i], progress)[0] for i in (0, 1)]
 kept = [int((np.asarray(m.layer(0).experts) > 0).sum()) for m in masks]
 
-def loss(p, mesh=None):
+def loss(p, mesh=None, lc=lc):
     with distributed.tracing_on(mesh):
         return joint_loss(cfg, router, lc, p, teacher, batch, key, progress, mesh)[0]
 
@@ -63,7 +64,11 @@ for name, axes in (("expert_fsdp", {"data": 1, "fsdp": 2, "expert": 4}),
     got = compiled(params)
     hlo = compiled.as_text()
     gathers = [line.split("=", 1)[1].split("all-gather(")[0] for line in hlo.splitlines() if "all-gather(" in line]
+    tpu = dataclasses.replace(lc, target=CompileTarget("tpu"))  # lowered only: XLA:CPU cannot compile it
+    text = jax.jit(jax.value_and_grad(lambda p, mesh=mesh: loss(p, mesh, tpu)), in_shardings=(shardings,)).lower(
+        params).as_text()
     out[name] = {"loss": abs(float(got[0]) - float(want[0])),
+                 "tpu_ragged": text.count("@ragged_all_to_all("),
                  "grads": max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(got[1]),
                                                                               jax.tree.leaves(want[1]))),
                  "all_to_all": hlo.count("all-to-all("),
@@ -128,6 +133,7 @@ def test_expert_parallel_joint_step_equals_one_device(parity):
         result = parity[name]
         assert result["loss"] < 1e-5 and result["grads"] < 1e-5, (name, result)
         assert result["all_to_all"] >= 4, (name, result)  # rows out and back, forward and backward
+        assert result["tpu_ragged"] >= 4, (name, result)  # the same step for a TPU: lax.ragged_all_to_all
 
 
 def test_ragged_and_padded_exchanges_bring_every_row_its_own_experts_output(parity):
