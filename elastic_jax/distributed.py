@@ -3,6 +3,9 @@
 The mesh has four named axes (data, fsdp, tensor, expert). Every parameter gets a tuple of *logical* axis
 names from its declaration (`logical_axes`, elastic_jax/model/declare.py); `SHARDING_RULES` maps logical names
 to mesh axes, as data, so a different parallelism layout is a different rule table, not different model code.
+With an `expert` axis the stacked expert weights are split by expert over it (and by embedding over fsdp), every
+other weight by embedding over fsdp x expert, and batch rows over all three (expert parallelism,
+model/expert_parallel.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ SHARDING_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp", "expert")),
     ("batch", ("data", "fsdp")),
     ("batch", "data"),
+    ("embed", ("fsdp", "expert")),  # weights without an experts axis: FSDP over the expert axis too
     ("embed", "fsdp"),
     ("vocab", "tensor"),
     ("mlp", "tensor"),

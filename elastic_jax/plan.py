@@ -126,7 +126,10 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
         lowered = step.lower(*args)
-        kernels = lowered.as_text().count("ssd_chunk_scan_tpu")  # Pallas TPU SSD calls in the program
+        text = lowered.as_text()
+        kernels = text.count("ssd_chunk_scan_tpu")  # Pallas TPU SSD calls in the program
+        # expert-parallel rows out and back: ragged on GPU / TPU, padded on CPU stand-ins (model/expert_parallel.py)
+        exchanges = {"ragged": text.count("@ragged_all_to_all("), "padded": text.count('"stablehlo.all_to_all"(')}
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as err:  # the TPU compiler refuses a program that cannot fit
@@ -135,7 +138,8 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
                 raise
     seconds = time.perf_counter() - t0
     result = {"mesh": sizes, "mesh_name": _mesh_name(sizes), "seq_len": seq_len, "global_batch": train.global_batch,
-              "compile_seconds": round(seconds, 2), "pallas_tpu_ssd_calls": kernels}
+              "compile_seconds": round(seconds, 2), "pallas_tpu_ssd_calls": kernels,
+              "all_to_all_calls": exchanges}
     if compiled is None:  # temporaries as XLA's refusal states them (GiB); the inputs from the shardings
         found = re.search(r"temporaries \(([\d.]+)G\)", refusal)
         temp_b = int(float(found.group(1)) * GiB) if found else 0
@@ -160,11 +164,11 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
 
 # ---- meshes, fitting and the whole plan --------------------------------------------------------------------
 def candidate_meshes(configured: dict[str, int], num_devices: int) -> list[dict[str, int]]:
-    """The experiment's mesh, then FSDP over every device, then FSDP x tensor 2 / 4 and FSDP x expert 2 / 4."""
+    """The experiment's mesh, then FSDP over every device, then FSDP x tensor 2 / 4 and FSDP x expert 4 / 8 / 16
+    (expert parallelism: each device holds 1 / expert of the experts, model/expert_parallel.py)."""
     out: list[dict[str, int]] = []
     wanted = [configured, {"data": 1, "fsdp": -1}, {"data": 1, "fsdp": -1, "tensor": 2},
-              {"data": 1, "fsdp": -1, "tensor": 4}, {"data": 1, "fsdp": -1, "expert": 2},
-              {"data": 1, "fsdp": -1, "expert": 4}]
+              {"data": 1, "fsdp": -1, "tensor": 4}, *({"data": 1, "fsdp": -1, "expert": e} for e in (4, 8, 16))]
     for cand in wanted:
         try:
             sizes = mesh_shape(cand, num_devices)
@@ -180,7 +184,7 @@ def _micro_batches_to_fit(result: dict[str, Any], hbm: int) -> int | None:
     at once (an estimate), or None when even one row per device at a time would not."""
     fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
     compiled = result.get("micro_batches", 1)
-    local_rows = result["global_batch"] // (result["mesh"].get("data", 1) * result["mesh"].get("fsdp", 1))
+    local_rows = result["global_batch"] // math.prod(result["mesh"].get(a, 1) for a in ("data", "fsdp", "expert"))
     per_micro = local_rows // compiled
     for k in (d for d in range(2, per_micro + 1) if per_micro % d == 0):
         if fixed + result["bytes"]["activations_and_temporaries"] / k <= hbm:

@@ -3,9 +3,9 @@
 The model is built for one `CompileTarget` (`model.functional.build(cfg, target=...)`) and its modules read only
 that object, never the default backend or a context variable, so a GPU plan traced on CPU stand-in devices is the
 GPU program. The platform picks the forms that are fastest there: on the CPU the Linear's weight gradient with the
-transpose XLA:CPU handles well (model/linear.py), the expert block loop (model/experts_looped.py), the short SSD
-chunk; on GPU and TPU plain autodiff, `lax.ragged_dot`, the Pallas kernels. `decode` says how a cached step of
-one token reads its weights:
+transpose XLA:CPU handles well (model/linear.py), the expert block loop (model/experts_looped.py), the padded
+all-to-all of expert parallelism, the short SSD chunk; on GPU and TPU plain autodiff, `lax.ragged_dot`,
+`lax.ragged_all_to_all`, the Pallas kernels. `decode` says how a cached step of one token reads its weights:
 - "xla": plain XLA products (any platform, any batch);
 - "views": decode views (model/decode_views.py: per-expert arrays, the fused Mamba input projection) that the
   program builds once per call and passes as the variable collection `decode_views`;
@@ -84,6 +84,12 @@ class CompileTarget:
         CPU stand-in devices the loop's rows size the memory as a GPU's grouped GEMM holds them, and under vmap
         the loop batches where `ragged_dot` has no rule."""
         return self.platform == "cpu" or self.host_devices or self.sequences > 0
+
+    @property
+    def ragged_exchange(self) -> bool:
+        """Expert-parallel rows travel with `lax.ragged_all_to_all` (GPU / TPU); XLA:CPU, and so CPU stand-in
+        devices, have none, and get `lax.all_to_all` with dropless padded slots (model/expert_parallel.py)."""
+        return self.platform != "cpu" and not self.host_devices
 
     @property
     def views(self) -> bool:

@@ -8,6 +8,10 @@ scores, renormalised if `norm_topk_prob`, times `routed_scaling_factor`.
 Expert compute is dropless, in one of three strategies that `choose_strategy` picks by the number of tokens
 (model/experts.py has the forms): "grouped" (rows sorted by expert, each expert multiplying its own rows),
 "gathered" (each row multiplied by its own expert's weights) and "dense" (every expert on every token).
+Under a mesh whose `expert` axis splits the experts and the batch rows, "grouped" is expert-parallel: each
+device keeps its slice of the experts and the routed rows travel to the devices that hold their experts and back
+(model/expert_parallel.py); expert masks and static expert slices route as on one device (a slice whose expert
+count the axis does not divide keeps every expert on every device).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from elastic_jax.kernels.mesh import current_mesh
 from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.declare import HF, ParamDecl, axis, by_name, declare, declared_param, dim, prefixed
 from elastic_jax.model.decode_views import DECODE_VIEWS
+from elastic_jax.model.expert_parallel import across_experts, expert_axis
 from elastic_jax.model.experts import (
     experts_dense,
     experts_gathered,
@@ -194,17 +199,20 @@ class MoE(nn.Module):
             routed = self._routed(x, *weights, strategy=strategy, recording=recording)
         else:
             tensor = _tensor_axis(self.expert_size)
+            experts = expert_axis(self.num_experts, x.shape[0]) if strategy == "grouped" else None
             t = P(tensor) if tensor else P()
-            specs = (P(), P(), P(None, None, tensor), P(None, tensor, None), P(), t)
-            routed = on_local_rows(self._routed, x, weights, specs, strategy=strategy, tensor_axis=tensor)
+            specs = (P(), P(), P(experts, None, tensor), P(experts, tensor, None), P(), t)
+            routed = on_local_rows(self._routed, x, weights, specs, strategy=strategy, tensor_axis=tensor,
+                                   expert_axis=experts)
         return self._with_shared(x, routed, masks)
 
     def _routed(self, x: jax.Array, gate_w: jax.Array, bias: jax.Array, up: jax.Array, down: jax.Array,
                 expert_mask: jax.Array | None, ffn_mask: jax.Array | None, *, strategy: str,
-                tensor_axis: str | None = None, recording: bool = False) -> jax.Array:
+                tensor_axis: str | None = None, expert_axis: str | None = None, recording: bool = False) -> jax.Array:
         """The routed experts' weighted output [..., D] (float32) for tokens x [..., D]: route, then the experts in
         `strategy`'s form, weighted and added back to the tokens. With `tensor_axis`, up / down hold this device's
-        slice of the expert width and the output is summed over it."""
+        slice of the expert width and the output is summed over it; with `expert_axis`, its slice of the experts,
+        and the rows travel to their experts' devices and back."""
         tokens = x.reshape(-1, self.hidden_size)
         idx, weights = route(tokens, gate_w, bias, top_k=self.top_k, n_group=self.n_group,
                              topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
@@ -223,6 +231,10 @@ class MoE(nn.Module):
                 y_rows, hidden = experts_ragged(x_rows, group_sizes, up, down, ffn_mask)
                 self.sow("intermediates", ROUTED_ROWS, {"hidden": hidden, "outputs": y_rows, "tokens": token_of_row,
                                                         "weights": row_weights, "experts": idx.reshape(-1)[order]})
+            elif expert_axis is not None:
+                y_rows = across_experts(x_rows, group_sizes,
+                                        lambda rows, sizes: self._rows(rows, sizes, up, down, ffn_mask, strategy),
+                                        top_k=self.top_k, axis=expert_axis, ragged=self.target.ragged_exchange)
             else:
                 y_rows = self._rows(x_rows, group_sizes, up, down, ffn_mask, strategy)
             y_rows = y_rows.astype(jnp.float32) * row_weights[:, None]
