@@ -180,43 +180,14 @@ def candidate_meshes(configured: dict[str, int], num_devices: int) -> list[dict[
     return out
 
 
-def _micro_batches_to_fit(result: dict[str, Any], hbm: int) -> int | None:
-    """The smallest train.micro_batches that would fit, scaling the compiled temporaries down with the rows alive
-    at once (an estimate), or None when even one row per device at a time would not."""
-    fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
-    compiled = result.get("micro_batches", 1)
-    local_rows = result["global_batch"] // (result["mesh"].get("data", 1) * result["mesh"].get("fsdp", 1))
-    per_micro = local_rows // compiled
-    for k in (d for d in range(2, per_micro + 1) if per_micro % d == 0):
-        if fixed + result["bytes"]["activations_and_temporaries"] / k <= hbm:
-            return k * compiled
-    return None
-
-
-def _fit_advice(result: dict[str, Any], hbm: int) -> str:
-    """Fits as compiled, or the gradient-accumulation count (train.micro_batches) estimated to fit."""
-    if result["total_bytes"] <= hbm:
-        return "fits as compiled"
-    said = f"XLA refused to compile it: {result['compiler_refusal']}; " if "compiler_refusal" in result else ""
-    fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
-    if fixed > hbm:
-        return (f"{said}does not fit: parameters, optimizer state and teacher alone need {fixed / GiB:.1f} GiB per "
-                "device; use more devices or a mesh that shards them further")
-    k = _micro_batches_to_fit(result, hbm)
-    if k is None:
-        return f"{said}does not fit even with one row per device at a time"
-    return (f"{said}estimated to fit with train.micro_batches={k} (the same global batch, gradients accumulated "
-            f"over {k} slices; temporaries scaled from the compiled {result.get('micro_batches', 1)}, so compile "
-            "with it to check)")
-
-
 def _compile_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
                         budgets: Sequence[float] | None, meshes: Sequence[dict[str, int]] | None,
                         programs: Sequence[str], devices: list[Any]) -> dict[str, list[dict[str, Any]]]:
     """Every mesh of every program. When none fits: the best mesh again with train.remat=block and
     train.scan_layers=true (each block's activations recomputed in the backward pass, the repeated layers scanned:
     without the scan the CPU compiler standing in for GPUs schedules every recomputation at once and saves
-    nothing), then, if that does not fit either, with the micro-batch count `_micro_batches_to_fit` estimates."""
+    nothing), then, if that does not fit either, with the micro-batch count plan_targets.micro_batches_to_fit
+    estimates."""
     exp, ec = _experiment(config, overrides, budgets)
     meshes = list(meshes) if meshes else candidate_meshes(exp.mesh.to_dict(), target.num_devices)
     out: dict[str, list[dict[str, Any]]] = {}
@@ -230,7 +201,8 @@ def _compile_candidates(config: str, overrides: Sequence[str], target: Target, m
             best = min(ok, key=lambda r: r["total_bytes"])
             if retry == "micro_batches":  # check the estimate by compiling it
                 fixed = best["total_bytes"] - best["bytes"]["activations_and_temporaries"]
-                k = None if fixed > target.hbm_bytes else _micro_batches_to_fit(best, target.hbm_bytes)
+                fits_k = plan_targets.micro_batches_to_fit
+                k = None if fixed > target.hbm_bytes else fits_k(best, target.hbm_bytes)
                 if k is None:
                     break
                 retry = [f"train.micro_batches={k}"]
@@ -252,7 +224,11 @@ def batch_for_mesh(global_batch: int, sizes: dict[str, int], micro_batches: int 
 def _compile_or_error(exp: Any, ec: Any, program: str, mode: str, sizes: dict[str, int], devices: list[Any],
                       target: Target) -> dict[str, Any]:
     """One mesh's compiled figures (or why it cannot be), at the nearest global batch the mesh takes."""
-    multiple, nearest = batch_for_mesh(exp.train.global_batch, sizes, exp.train.micro_batches)
+    try:
+        multiple, nearest = batch_for_mesh(exp.train.global_batch, mesh_shape(sizes, len(devices)),
+                                           exp.train.micro_batches)
+    except MeshError as err:
+        return {"mesh": sizes, "mesh_name": _mesh_name(sizes), "error": str(err)}
     execution = {"remat": exp.train.remat, "scan_layers": exp.train.scan_layers,
                  "micro_batches": exp.train.micro_batches, "global_batch_multiple": multiple}
     if nearest != exp.train.global_batch:
@@ -266,12 +242,13 @@ def _compile_or_error(exp: Any, ec: Any, program: str, mode: str, sizes: dict[st
 
 def _gpu_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
                     budgets: Sequence[float] | None, meshes: Sequence[dict[str, int]] | None,
-                    programs: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Compile on `target.num_devices` fake CPU devices in a subprocess (the device count is fixed at start-up)."""
+                    programs: Sequence[str], host_gpus: int) -> dict[str, list[dict[str, Any]]]:
+    """Compile in a subprocess (its device count is fixed when jax starts) for `target.num_devices` GPUs: a mocked
+    GPU topology on a GPU host (`host_gpus` > 0), fake CPU devices elsewhere (plan_targets.gpu_compile_env)."""
     job = {"config": config, "overrides": list(overrides), "target": target.name, "mode": mode,
            "budgets": list(budgets) if budgets else None, "meshes": list(meshes) if meshes else None,
            "programs": list(programs)}
-    env = plan_targets.gpu_compile_env(target, os.environ, plan_targets.local_gpus())
+    env = plan_targets.gpu_compile_env(target, os.environ, host_gpus)
     proc = subprocess.run([sys.executable, "-m", "elastic_jax.plan", json.dumps(job)], env=env, capture_output=True,
                           text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -299,10 +276,12 @@ def plan(config: str, target: str, mode: str = "static", budgets: Sequence[float
         raise ConfigError(f"programs: {bad}; allowed: elastic, pretrain", section="programs")
     tgt = parse_target(target)
     exp, ec = _experiment(config, overrides, budgets)  # user errors before any compilation
-    if tgt.platform == "tpu":
-        results = _compile_candidates(config, overrides, tgt, mode, budgets, meshes, programs, tpu_devices(tgt))
-    else:
-        results = _gpu_candidates(config, overrides, tgt, mode, budgets, meshes, programs)
+    host_gpus = 0 if tgt.platform == "tpu" else plan_targets.local_gpus()
+    if tgt.platform == "gpu" and (host_gpus or jax.device_count() < tgt.num_devices):
+        results = _gpu_candidates(config, overrides, tgt, mode, budgets, meshes, programs, host_gpus)
+    else:  # libtpu's devices, or the CPU stand-ins this process already has
+        devices = tpu_devices(tgt) if tgt.platform == "tpu" else jax.devices()[:tgt.num_devices]
+        results = _compile_candidates(config, overrides, tgt, mode, budgets, meshes, programs, devices)
     return _assemble(exp, ec, tgt, mode, results)
 
 
@@ -335,7 +314,7 @@ def _assemble(exp: Any, ec: Any, tgt: Target, mode: str, results: dict[str, list
         ok = [r for r in tried if "error" not in r]
         for r in ok:
             r["fits"] = r["total_bytes"] <= tgt.hbm_bytes
-            r["advice"] = _fit_advice(r, tgt.hbm_bytes)
+            r["advice"] = plan_targets.fit_advice(r, tgt.hbm_bytes)
         best = min(ok, key=lambda r: (not r["fits"], r["total_bytes"])) if ok else None
         out["programs"][program] = {"best": best, "tried": tried,
                                     "accounting_estimate_bytes_per_device": BYTES_PER_PARAM[program] * total

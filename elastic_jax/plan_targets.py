@@ -145,7 +145,7 @@ def tpu_devices(target: Target) -> list[Any]:
     except ImportError as err:  # pragma: no cover - depends on the install
         raise PlanError("TPU plans need libtpu; pip install 'elastic_jax[tpu-plan]'") from err
     options: dict[str, Any] = {"chips_per_host_bounds": target.chips_per_host}
-    if CORES_PER_CHIP[target.topology.split(":")[0]] == 2:
+    if CORES_PER_CHIP.get(target.topology.split(":")[0]) == 2:
         options["chip_config_name"] = "megacore"  # one device per chip (both TensorCores), as slices are run
     try:
         # Only while libtpu starts: left set, TPU_WORKER_HOSTNAMES would make this process (and every process it
@@ -166,7 +166,7 @@ def tpu_devices(target: Target) -> list[Any]:
     return devices
 
 
-# ---- GPU targets: XLA's GPU compiler on a GPU host, CPU stand-ins elsewhere --------------------------------------
+# ---- GPU targets: XLA's GPU compiler on a GPU host, CPU stand-ins elsewhere ------------------------------------
 def local_gpus() -> int:
     """GPUs of this host that jax sees (0 on a host without one). Starts jax's default backend."""
     return jax.local_device_count() if jax.default_backend() == "gpu" else 0
@@ -213,7 +213,37 @@ def host_memory(model: Any, tgt: Target, programs: dict[str, Any]) -> dict[str, 
             "restore_sharded": sharded, "whole_parent": sum(sizes)}
 
 
-# ---- a plan that does not fit: the smallest change that would, from its own figures ------------------------------
+# ---- fitting a compiled program into the target's memory ----------------------------------------------------
+def micro_batches_to_fit(result: dict[str, Any], hbm: int) -> int | None:
+    """The smallest train.micro_batches that would fit, scaling the compiled temporaries down with the rows alive
+    at once (an estimate), or None when even one row per device at a time would not."""
+    fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
+    compiled = result.get("micro_batches", 1)
+    local_rows = result["global_batch"] // (result["mesh"].get("data", 1) * result["mesh"].get("fsdp", 1))
+    per_micro = local_rows // compiled
+    for k in (d for d in range(2, per_micro + 1) if per_micro % d == 0):
+        if fixed + result["bytes"]["activations_and_temporaries"] / k <= hbm:
+            return k * compiled
+    return None
+
+
+def fit_advice(result: dict[str, Any], hbm: int) -> str:
+    """Fits as compiled, or the gradient-accumulation count (train.micro_batches) estimated to fit."""
+    if result["total_bytes"] <= hbm:
+        return "fits as compiled"
+    said = f"XLA refused to compile it: {result['compiler_refusal']}; " if "compiler_refusal" in result else ""
+    fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
+    if fixed > hbm:
+        return (f"{said}does not fit: parameters, optimizer state and teacher alone need {fixed / GiB:.1f} GiB per "
+                "device; use more devices or a mesh that shards them further")
+    k = micro_batches_to_fit(result, hbm)
+    if k is None:
+        return f"{said}does not fit even with one row per device at a time"
+    return (f"{said}estimated to fit with train.micro_batches={k} (the same global batch, gradients accumulated "
+            f"over {k} slices; temporaries scaled from the compiled {result.get('micro_batches', 1)}, so compile "
+            "with it to check)")
+
+
 def smallest_change(best: dict[str, Any], target: Target) -> dict[str, Any]:
     """What would make the best compiled program fit `target`, with each alternative's bytes per device from the
     plan's figures: the stored state (parameters, optimizer state, teacher) is exact from the shardings, so moving or
