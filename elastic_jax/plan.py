@@ -210,6 +210,8 @@ def _compile_candidates(config: str, overrides: Sequence[str], target: Target, m
                        f"train.global_batch={best['global_batch']}"]  # the batch the mesh took
             again, _ = _experiment(config, [*overrides, *current, *retry], budgets)
             results.append(_compile_or_error(again, ec, program, mode, best["mesh"], devices, target))
+            if "configured_global_batch" in best:  # the batch the user configured, not the retry's
+                results[-1]["configured_global_batch"] = best["configured_global_batch"]
         out[program] = results
     return out
 
