@@ -6,9 +6,14 @@
 - TPU targets (`v5p-128`, `v5e-8`, `v6e-16`, or a topology `v5p:2x2x1`) compile for the real topology through
   libtpu's compile-only support (`jax.experimental.topologies`; the `tpu-plan` extra installs libtpu), with the
   Pallas TPU SSD kernel in the program. Every figure is XLA's, for that topology.
-- GPU targets (`8xH100`, `16xH100`, `8xA100-80`) compile the same sharded program on as many fake CPU devices
-  (a subprocess with --xla_force_host_platform_device_count): parameter, optimizer and teacher bytes follow
-  exactly from the shardings; temporaries and FLOPs are the CPU compiler's (an estimate of the GPU's).
+- GPU targets (`8xH100`, `16xH100`, `8xA100-80`) compile the same sharded program in a subprocess: on a GPU
+  host with XLA's GPU compiler for the target as a mocked multi-host topology (`jax_mock_gpu_topology`), elsewhere
+  on as many fake CPU devices (--xla_force_host_platform_device_count): parameter, optimizer and teacher bytes
+  follow exactly from the shardings; temporaries and FLOPs are then the CPU compiler's, an estimate of the GPU's.
+
+The global batch is compiled at the nearest size the mesh takes (a multiple of its batch shards times the
+micro-batches) and the plan says so; a plan that does not fit names the smallest change that would
+(plan_targets.smallest_change).
 
 `check_fits_locally` (train/capacity.py) is the cheap accounting check that pretrain / elastify run before
 compiling anything.
@@ -16,8 +21,8 @@ compiling anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import re
 import subprocess
@@ -31,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from elastic_jax import distributed
+from elastic_jax import distributed, plan_targets
 from elastic_jax.config import ConfigError
 from elastic_jax.distributed import MeshError, check_mesh_config, mesh_shape
 from elastic_jax.elastic.accounting import count_params
@@ -39,9 +44,8 @@ from elastic_jax.elastic.router import Router
 from elastic_jax.experiment import ExperimentConfig, load_experiment
 from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.functional import build
-from elastic_jax.model.hybrid import model_declarations
 from elastic_jax.plan_format import format_plan
-from elastic_jax.plan_targets import GiB, Target, parse_target, tpu_devices  # noqa: F401 (API)
+from elastic_jax.plan_targets import GiB, PlanError, Target, parse_target, tpu_devices  # noqa: F401 (API)
 from elastic_jax.schema import plain
 from elastic_jax.train.capacity import BYTES_PER_PARAM, check_fits_locally  # noqa: F401 (API)
 from elastic_jax.train.elastic_step import JointLossConfig, StepShardings, make_elastic_optimizer, make_elastic_step
@@ -85,7 +89,8 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
                     platform: str) -> dict[str, Any]:
     """Lower and compile one step for `devices` on the mesh `mesh_cfg`; per-device bytes by kind, FLOPs, time."""
     cfg, train = exp.model, exp.train
-    target = CompileTarget(platform, host_devices=platform == "gpu")  # a GPU plan runs on CPU stand-in devices
+    compiled_on = devices[0].platform  # "cpu" for the fake devices standing in for GPUs
+    target = CompileTarget(platform, host_devices=compiled_on != platform)
     mesh = distributed.make_mesh(mesh_cfg, devices)
     sizes = dict(mesh.shape)
     seq_len = ec.stage2_seq_len if program == "elastic" else train.seq_len
@@ -139,7 +144,7 @@ def compile_program(exp: Any, ec: Any, program: str, mode: str, mesh_cfg: dict[s
     seconds = time.perf_counter() - t0
     result = {"mesh": sizes, "mesh_name": _mesh_name(sizes), "seq_len": seq_len, "global_batch": train.global_batch,
               "compile_seconds": round(seconds, 2), "pallas_tpu_ssd_calls": kernels,
-              "all_to_all_calls": exchanges}
+              "all_to_all_calls": exchanges, "compiled_on": compiled_on}
     if compiled is None:  # temporaries as XLA's refusal states them (GiB); the inputs from the shardings
         found = re.search(r"temporaries \(([\d.]+)G\)", refusal)
         temp_b = int(float(found.group(1)) * GiB) if found else 0
@@ -179,43 +184,14 @@ def candidate_meshes(configured: dict[str, int], num_devices: int) -> list[dict[
     return out
 
 
-def _micro_batches_to_fit(result: dict[str, Any], hbm: int) -> int | None:
-    """The smallest train.micro_batches that would fit, scaling the compiled temporaries down with the rows alive
-    at once (an estimate), or None when even one row per device at a time would not."""
-    fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
-    compiled = result.get("micro_batches", 1)
-    local_rows = result["global_batch"] // math.prod(result["mesh"].get(a, 1) for a in ("data", "fsdp", "expert"))
-    per_micro = local_rows // compiled
-    for k in (d for d in range(2, per_micro + 1) if per_micro % d == 0):
-        if fixed + result["bytes"]["activations_and_temporaries"] / k <= hbm:
-            return k * compiled
-    return None
-
-
-def _fit_advice(result: dict[str, Any], hbm: int) -> str:
-    """Fits as compiled, or the gradient-accumulation count (train.micro_batches) estimated to fit."""
-    if result["total_bytes"] <= hbm:
-        return "fits as compiled"
-    said = f"XLA refused to compile it: {result['compiler_refusal']}; " if "compiler_refusal" in result else ""
-    fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
-    if fixed > hbm:
-        return (f"{said}does not fit: parameters, optimizer state and teacher alone need {fixed / GiB:.1f} GiB per "
-                "device; use more devices or a mesh that shards them further")
-    k = _micro_batches_to_fit(result, hbm)
-    if k is None:
-        return f"{said}does not fit even with one row per device at a time"
-    return (f"{said}estimated to fit with train.micro_batches={k} (the same global batch, gradients accumulated "
-            f"over {k} slices; temporaries scaled from the compiled {result.get('micro_batches', 1)}, so compile "
-            "with it to check)")
-
-
 def _compile_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
                         budgets: Sequence[float] | None, meshes: Sequence[dict[str, int]] | None,
                         programs: Sequence[str], devices: list[Any]) -> dict[str, list[dict[str, Any]]]:
     """Every mesh of every program. When none fits: the best mesh again with train.remat=block and
     train.scan_layers=true (each block's activations recomputed in the backward pass, the repeated layers scanned:
     without the scan the CPU compiler standing in for GPUs schedules every recomputation at once and saves
-    nothing), then, if that does not fit either, with the micro-batch count `_micro_batches_to_fit` estimates."""
+    nothing), then, if that does not fit either, with the micro-batch count plan_targets.micro_batches_to_fit
+    estimates."""
     exp, ec = _experiment(config, overrides, budgets)
     meshes = list(meshes) if meshes else candidate_meshes(exp.mesh.to_dict(), target.num_devices)
     out: dict[str, list[dict[str, Any]]] = {}
@@ -229,21 +205,42 @@ def _compile_candidates(config: str, overrides: Sequence[str], target: Target, m
             best = min(ok, key=lambda r: r["total_bytes"])
             if retry == "micro_batches":  # check the estimate by compiling it
                 fixed = best["total_bytes"] - best["bytes"]["activations_and_temporaries"]
-                k = None if fixed > target.hbm_bytes else _micro_batches_to_fit(best, target.hbm_bytes)
+                fits_k = plan_targets.micro_batches_to_fit
+                k = None if fixed > target.hbm_bytes else fits_k(best, target.hbm_bytes)
                 if k is None:
                     break
                 retry = [f"train.micro_batches={k}"]
-            current = [f"train.remat={best['remat']}", f"train.scan_layers={best['scan_layers']}"]
+            current = [f"train.remat={best['remat']}", f"train.scan_layers={best['scan_layers']}",
+                       f"train.global_batch={best['global_batch']}"]  # the batch the mesh took
             again, _ = _experiment(config, [*overrides, *current, *retry], budgets)
             results.append(_compile_or_error(again, ec, program, mode, best["mesh"], devices, target))
+            if "configured_global_batch" in best:  # the batch the user configured, not the retry's
+                results[-1]["configured_global_batch"] = best["configured_global_batch"]
         out[program] = results
     return out
 
 
+def batch_for_mesh(global_batch: int, sizes: dict[str, int], micro_batches: int = 1) -> tuple[int, int]:
+    """(the batch sizes the mesh takes: multiples of this, the nearest of them to `global_batch`): rows split over
+    data x fsdp x expert shards (the batch's mesh axes, distributed.py), each shard's rows into `micro_batches`
+    equal parts."""
+    multiple = sizes.get("data", 1) * sizes.get("fsdp", 1) * sizes.get("expert", 1) * micro_batches
+    return multiple, max(multiple, (global_batch + multiple // 2) // multiple * multiple)
+
+
 def _compile_or_error(exp: Any, ec: Any, program: str, mode: str, sizes: dict[str, int], devices: list[Any],
                       target: Target) -> dict[str, Any]:
+    """One mesh's compiled figures (or why it cannot be), at the nearest global batch the mesh takes."""
+    try:
+        multiple, nearest = batch_for_mesh(exp.train.global_batch, mesh_shape(sizes, len(devices)),
+                                           exp.train.micro_batches)
+    except MeshError as err:
+        return {"mesh": sizes, "mesh_name": _mesh_name(sizes), "error": str(err)}
     execution = {"remat": exp.train.remat, "scan_layers": exp.train.scan_layers,
-                 "micro_batches": exp.train.micro_batches}
+                 "micro_batches": exp.train.micro_batches, "global_batch_multiple": multiple}
+    if nearest != exp.train.global_batch:
+        execution["configured_global_batch"] = exp.train.global_batch
+        exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, global_batch=nearest))
     try:
         return {**compile_program(exp, ec, program, mode, sizes, devices, target.platform), **execution}
     except ConfigError as err:  # e.g. the batch does not split over this mesh
@@ -252,22 +249,25 @@ def _compile_or_error(exp: Any, ec: Any, program: str, mode: str, sizes: dict[st
 
 def _gpu_candidates(config: str, overrides: Sequence[str], target: Target, mode: str,
                     budgets: Sequence[float] | None, meshes: Sequence[dict[str, int]] | None,
-                    programs: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Compile on `target.num_devices` fake CPU devices in a subprocess (the device count is fixed at start-up)."""
+                    programs: Sequence[str], host_gpus: int) -> dict[str, list[dict[str, Any]]]:
+    """Compile in a subprocess (its device count is fixed when jax starts) for `target.num_devices` GPUs: a mocked
+    GPU topology on a GPU host (`host_gpus` > 0), fake CPU devices elsewhere (plan_targets.gpu_compile_env)."""
     job = {"config": config, "overrides": list(overrides), "target": target.name, "mode": mode,
            "budgets": list(budgets) if budgets else None, "meshes": list(meshes) if meshes else None,
            "programs": list(programs)}
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count="
-                        f"{target.num_devices}".strip()}
+    env = plan_targets.gpu_compile_env(target, os.environ, host_gpus)
     proc = subprocess.run([sys.executable, "-m", "elastic_jax.plan", json.dumps(job)], env=env, capture_output=True,
                           text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    where = env.get("JAX_MOCK_GPU_TOPOLOGY") or "fake CPU devices"
     if proc.returncode or not lines:
-        raise RuntimeError(f"plan for {target.name} on fake CPU devices failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"plan for {target.name} on {where} failed:\n{proc.stderr[-4000:]}")
     reply = json.loads(lines[-1])
     if "error" in reply:
         raise ConfigError(reply["error"])
+    for tried in reply.values():
+        for r in tried:
+            r["mock_gpu_topology"] = env.get("JAX_MOCK_GPU_TOPOLOGY")
     return reply
 
 
@@ -283,24 +283,35 @@ def plan(config: str, target: str, mode: str = "static", budgets: Sequence[float
         raise ConfigError(f"programs: {bad}; allowed: elastic, pretrain", section="programs")
     tgt = parse_target(target)
     exp, ec = _experiment(config, overrides, budgets)  # user errors before any compilation
-    if tgt.platform == "tpu":
-        results = _compile_candidates(config, overrides, tgt, mode, budgets, meshes, programs, tpu_devices(tgt))
-    else:
-        results = _gpu_candidates(config, overrides, tgt, mode, budgets, meshes, programs)
+    host_gpus = 0 if tgt.platform == "tpu" else plan_targets.local_gpus()
+    if tgt.platform == "gpu" and (host_gpus or jax.device_count() < tgt.num_devices):
+        results = _gpu_candidates(config, overrides, tgt, mode, budgets, meshes, programs, host_gpus)
+    else:  # libtpu's devices, or the CPU stand-ins this process already has
+        devices = tpu_devices(tgt) if tgt.platform == "tpu" else jax.devices()[:tgt.num_devices]
+        results = _compile_candidates(config, overrides, tgt, mode, budgets, meshes, programs, devices)
     return _assemble(exp, ec, tgt, mode, results)
+
+
+def _figures(tgt: Target, results: dict[str, list[dict[str, Any]]]) -> str:
+    """Where the figures come from: XLA for the TPU topology or the mocked GPU topology, or CPU stand-ins."""
+    done = [r for tried in results.values() for r in tried if "compiled_on" in r]
+    if tgt.platform == "tpu":
+        return "every figure compiled by XLA for the TPU topology"
+    if done and done[0]["compiled_on"] == "gpu":
+        return (f"every figure compiled by XLA's GPU compiler for the mocked topology {done[0]['mock_gpu_topology']} "
+                "(slices x hosts x GPUs per host, mocked NCCL) on this GPU host")
+    return ("estimate (CPU stand-in devices): parameters / optimizer state / teacher exact from the shardings; "
+            "activations, temporaries and FLOPs compiled for CPU devices standing in for the GPUs (MoE layers as the "
+            "CPU expert loop, which holds the routed rows as a grouped GEMM does; FLOPs count a loop body once); "
+            "on a GPU host `plan` compiles with XLA's GPU compiler")
 
 
 def _assemble(exp: Any, ec: Any, tgt: Target, mode: str, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     total, active = count_params(exp.model)
-    compiled = ("every figure compiled by XLA for the TPU topology" if tgt.platform == "tpu" else
-                "parameters / optimizer state / teacher: exact from the shardings; activations, temporaries and FLOPs:"
-                " compiled for CPU devices standing in for the GPUs (an estimate of the GPU compiler's; MoE layers as "
-                "the CPU expert loop, which holds the routed rows as a grouped GEMM does; FLOPs count a loop body "
-                "once)")
     out: dict[str, Any] = {
         "target": tgt.name, "platform": tgt.platform, "topology": tgt.topology, "device_count": tgt.num_devices,
         "hbm_bytes_per_device": tgt.hbm_bytes, "mode": mode, "budgets": list(ec.budgets),
-        "model": {"total_params": total, "active_params": active}, "figures": compiled,
+        "model": {"total_params": total, "active_params": active}, "figures": _figures(tgt, results),
         "rematerialisation": f"train.remat={exp.train.remat}, train.scan_layers={exp.train.scan_layers} as "
                              "configured; when no mesh fits, the best mesh is compiled again with "
                              "train.remat=block and train.scan_layers=true, then with the estimated "
@@ -310,31 +321,16 @@ def _assemble(exp: Any, ec: Any, tgt: Target, mode: str, results: dict[str, list
         ok = [r for r in tried if "error" not in r]
         for r in ok:
             r["fits"] = r["total_bytes"] <= tgt.hbm_bytes
-            r["advice"] = _fit_advice(r, tgt.hbm_bytes)
+            r["advice"] = plan_targets.fit_advice(r, tgt.hbm_bytes)
         best = min(ok, key=lambda r: (not r["fits"], r["total_bytes"])) if ok else None
         out["programs"][program] = {"best": best, "tried": tried,
                                     "accounting_estimate_bytes_per_device": BYTES_PER_PARAM[program] * total
                                     // tgt.num_devices}
+        if best and not best["fits"]:
+            out["programs"][program]["smallest_change"] = plan_targets.smallest_change(best, tgt)
     out["fits"] = all(p["best"] is not None and p["best"]["fits"] for p in out["programs"].values())
-    out["host_memory_per_process"] = host_memory(exp.model, tgt, out["programs"])
+    out["host_memory_per_process"] = plan_targets.host_memory(exp.model, tgt, out["programs"])
     return out
-
-
-def host_memory(model: Any, tgt: Target, programs: dict[str, Any]) -> dict[str, Any]:
-    """Peak host RAM per process (bytes) of getting the parent onto the devices, by path (accounting, exact from
-    the shapes and the compiled plan's shardings):
-    - `import_hf`: `elastic-jax import-hf` holds one tensor at a time (the largest, in fp32, is the bound);
-    - `restore_sharded`: `model_io.load_model(path, mesh=...)` restores the teacher and the student straight into
-      their shardings, each process reading only its devices' shards: these bytes, on their way to device memory
-      (Orbax keeps at most its restore_concurrent_gb of them in host memory at once);
-    - `whole_parent`: the parent in fp32, what `elastify` holds on every host when its --parent is a Hugging Face
-      directory (a checkpoint, e.g. import-hf's output, is restored sharded and ranked and permuted on the mesh)."""
-    sizes = [math.prod(d.shape) * 4 for d in model_declarations(model)]
-    best = next((p["best"] for p in programs.values() if p.get("best")), None)
-    local = tgt.devices_per_process
-    sharded = None if best is None else (best["bytes"]["parameters"] + best["bytes"]["teacher"]) * local
-    return {"processes": tgt.num_devices // local, "devices_per_process": local, "import_hf": max(sizes),
-            "restore_sharded": sharded, "whole_parent": sum(sizes)}
 
 
 def parse_mesh(text: str) -> dict[str, int]:

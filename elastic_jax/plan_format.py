@@ -14,6 +14,24 @@ def _execution_name(r: dict[str, Any]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _batch_note(r: dict[str, Any]) -> str:
+    """The batch the mesh took, when it is not the configured one."""
+    if "configured_global_batch" not in r:
+        return ""
+    return (f"; global batch {r['global_batch']} compiled instead of the configured {r['configured_global_batch']} "
+            f"(this mesh takes multiples of {r['global_batch_multiple']})")
+
+
+def _change_lines(change: dict[str, Any], hbm: int) -> list[str]:
+    """The smallest change that would fit, and every alternative's bytes per device."""
+    head = (f"  smallest change that fits: {change['smallest']}" if change["smallest"] else
+            f"  no single change below fits: {change['note']}")
+    rows = [f"    {o['change']:60s}{o['total_bytes'] / GiB:8.2f} GiB  {'fits' if o['fits'] else 'does not fit'}"
+            for o in change["options"]]
+    return [head, f"    (per device, of {hbm / GiB:.1f} GiB; the stored state exact from the shardings, the rest as "
+            "compiled)", *rows]
+
+
 def format_plan(p: dict[str, Any]) -> str:
     """The plan as a human-readable table."""
     gib = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
@@ -32,13 +50,15 @@ def format_plan(p: dict[str, Any]) -> str:
                 continue
             lines.append(f"  mesh {r['mesh_name']}{_execution_name(r)}: total {gib(r['total_bytes'])} per device, "
                          f"{r['flops_per_step'] / 1e12:.3f} TFLOP per device per step, compiled in "
-                         f"{r['compile_seconds']} s; {r['advice']}")
+                         f"{r['compile_seconds']} s; {r['advice']}{_batch_note(r)}")
         best = entry["best"]
         if best:
             lines.append(f"  best: mesh {best['mesh_name']}{_execution_name(best)} (global batch "
-                         f"{best['global_batch']} x {best['seq_len']}), per device:")
+                         f"{best['global_batch']} x {best['seq_len']}{_batch_note(best)}), per device:")
             lines += [f"    {k.replace('_', ' '):30s}{gib(v)}" for k, v in best["bytes"].items()]
             lines.append(f"    {'total':30s}{gib(best['total_bytes'])}  fits: {best['fits']}")
+        if entry.get("smallest_change"):
+            lines += _change_lines(entry["smallest_change"], p["hbm_bytes_per_device"])
     host = p.get("host_memory_per_process")
     if host:
         lines.append(f"\nhost memory per process ({host['processes']} process(es), {host['devices_per_process']} "
