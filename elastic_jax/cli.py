@@ -146,7 +146,7 @@ def _elastify_args(p):
 @verb("plan", "compile the elastic and pretraining steps for a target cluster, no hardware: memory per device, "
       "FLOPs, compile time, whether it fits and on which mesh")
 def _plan_args(p):
-    from elastic_jax.plan import add_plan_args
+    from elastic_jax.plan_args import add_plan_args
 
     _config_arg(p)
     add_plan_args(p)
