@@ -40,7 +40,7 @@ def _check_results(workdir: Path, scale) -> dict:
     assert best in scale.settings and REFERENCE in summary["choice"]["eligible"]
     # Minitron-style students and twins have exactly the shapes of the curve's elastic run at E
     source = summary["rows"][f"elastic_{CURVE}_x1_s0"]["budgets"]
-    for name in ("twin_0.4_s0", "minitron_0.7_x0.5_s0", "minitron_0.4_x1_s0"):
+    for name in ("twin_0.4_s0", "twin_0.7_s0", "minitron_0.7_x1_s0", "minitron_0.4_x1_s0"):
         budget, entry = next(iter(summary["rows"][name]["budgets"].items()))
         assert entry["total_params"] == source[budget]["total_params"], name
     # the curve's Minitron pair at point p spends p x E, as the elastic run does

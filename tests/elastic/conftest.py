@@ -21,6 +21,7 @@ import pytest
 
 from elastic_jax import ModelConfig, init_params
 from elastic_jax.model.functional import build
+from tests.compile_flags import compile_optimised
 
 PARENT = ModelConfig(vocab_size=64, hidden_size=64, pattern="M*E-ME", mamba_num_heads=8, mamba_head_dim=8,
                      mamba_n_groups=2, ssm_state_size=16, chunk_size=16, num_attention_heads=8, num_key_value_heads=4,
@@ -84,8 +85,10 @@ def train_parent(cfg: ModelConfig = PARENT, steps: int = STEPS, seed: int = 0) -
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
+    batches = make_batches(seed + 1, steps)  # fresh data every step: the copy task must be learned, not memorised
+    step = compile_optimised(step, params, state, jnp.asarray(batches[0]))  # it runs 300 times
     loss = jnp.inf
-    for seqs in make_batches(seed + 1, steps):  # fresh data every step: the copy task must be learned, not memorised
+    for seqs in batches:
         params, state, loss = step(params, state, jnp.asarray(seqs))
     calibration = [b[:, :-1] for b in make_batches(seed + 2, 4, batch=16)]
     evaluation = make_batches(seed + 3, 2)
