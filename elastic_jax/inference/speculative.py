@@ -115,8 +115,8 @@ def decode(engine: Any, batch: SpeculativeBatch, max_new_tokens: int, *, stop_id
                          f"k={k} drafted tokens of headroom)")
     rows, stops = len(batch.tokens), tuple(int(s) for s in stop_ids)
     width = capacity + k + 1
-    draft_target = decode_target(rows, max_new_tokens)
-    settings = (k, float(temperature), int(top_k), float(top_p), stops, engine.cfg.pad_token_id, draft_target)
+    targets = (decode_target(rows, max_new_tokens), decode_target(rows, max_new_tokens, tokens=k + 1))
+    settings = (k, float(temperature), int(top_k), float(top_p), stops, engine.cfg.pad_token_id, *targets)
     cfg, tspec, dspec = engine.cfg, batch.target.spec, batch.draft.spec
     fn = engine.programs.get(("speculative", cfg, tspec, dspec, rows, capacity, *settings),
                              lambda: make_speculative(cfg, tspec, dspec, rows, width, *settings))

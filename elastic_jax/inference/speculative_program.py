@@ -32,11 +32,6 @@ from elastic_jax.model.cache import BY_POSITION
 from elastic_jax.model.functional import build
 
 
-def verify_target(rows: int) -> CompileTarget:
-    """The target's verification pass: XLA's products over the k+1 tokens, every position's Mamba state kept."""
-    return CompileTarget(jax.default_backend(), sequences=rows if rows > 1 else 0, step_states=True)
-
-
 def _states(cache: dict) -> list:
     """The leaves of a cache that are not indexed by position (Mamba conv windows and SSM states)."""
     return [None if layer is None else {key: v for key, v in layer.items() if key not in BY_POSITION}
@@ -54,12 +49,14 @@ def _pick(tree, index: jax.Array, axis: int):
 
 
 def make_round(cfg: ModelConfig, target_spec: ElasticSpec, draft_spec: ElasticSpec, k: int, temperature: float,
-               top_k: int, top_p: float, draft_target: CompileTarget, rows: int) -> tuple[Callable, Callable]:
+               top_k: int, top_p: float, draft_target: CompileTarget, verify_target: CompileTarget
+               ) -> tuple[Callable, Callable]:
     """(variables(parent) -> (draft variables, target variables), round(variables, carry, key, room, stops) ->
     (carry, emitted [k+1], kept n, accepted j)) for ONE row (caches of batch 1); carry = (draft cache, target
-    cache, last, prev, catch_up)."""
+    cache, last, prev, catch_up). The draft steps are built for `draft_target`, the verification pass for
+    `verify_target` (inference/programs.py `decode_target`: k+1 tokens keeping every position's Mamba state)."""
     draft_vars, draft_step = _single_step(cfg, draft_spec, draft_target)
-    verifier, target_cut = build(target_spec.apply_to(cfg), target=verify_target(rows)), _cut(cfg, target_spec)
+    verifier, target_cut = build(target_spec.apply_to(cfg), target=verify_target), _cut(cfg, target_spec)
     greedy = temperature <= 0.0
 
     def variables(parent):
@@ -126,14 +123,15 @@ def make_round(cfg: ModelConfig, target_spec: ElasticSpec, draft_spec: ElasticSp
 
 def make_speculative(cfg: ModelConfig, target_spec: ElasticSpec, draft_spec: ElasticSpec, rows: int, width: int,
                      k: int, temperature: float, top_k: int, top_p: float, stop_ids: tuple[int, ...], pad_id: int,
-                     draft_target: CompileTarget) -> Callable:
+                     draft_target: CompileTarget, verify_target: CompileTarget) -> Callable:
     """jit(parent, draft caches, target caches, last [B], keys [B], round0 [B], max_new) -> (tokens [B, width],
     counts [B], rounds [B], accepted [B], draft caches, target caches, last [B]): up to `max_new` (traced, <= width
     - k - 1) tokens per row, a row ending at any of `stop_ids`; the caches hold each row's text but its last token
     (module docstring) before and after. Row r's round i samples with fold_in(keys[r], round0[r] + i), so a later
     call goes on with fresh keys. `rounds`, `accepted`: each row's rounds and accepted drafts (k drafted per
     round)."""
-    variables_of, round_ = make_round(cfg, target_spec, draft_spec, k, temperature, top_k, top_p, draft_target, rows)
+    variables_of, round_ = make_round(cfg, target_spec, draft_spec, k, temperature, top_k, top_p, draft_target,
+                                      verify_target)
     stops = jnp.asarray(stop_ids, jnp.int32)
     if rows > 1:
         step = jax.vmap(round_, in_axes=(None, 0, 0, 0, None))
@@ -172,4 +170,4 @@ def make_speculative(cfg: ModelConfig, target_spec: ElasticSpec, draft_spec: Ela
     return jax.jit(run, donate_argnums=(1, 2))
 
 
-__all__ = ["make_round", "make_speculative", "verify_target"]
+__all__ = ["make_round", "make_speculative"]
