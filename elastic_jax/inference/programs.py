@@ -40,17 +40,20 @@ log = logging.getLogger(__name__)
 VIEWS_MIN_TOKENS = 16  # without the CPU decode kernels, batch-1 calls of this many tokens copy each expert once
 
 
-def decode_target(rows: int, new_tokens: int) -> CompileTarget:
-    """The target of a decode program over `rows` sequences making up to `new_tokens` tokens per call, on this
-    process's devices. One row on the CPU: the CPU decode kernels (kernels/cpu_gemv: products split over the
-    cores, routed experts read in place) when they are built, else decode views for calls long enough to repay
-    their copy (model/decode_views.py); otherwise XLA's products, several rows under vmap."""
-    platform = jax.default_backend()
+def decode_target(rows: int, new_tokens: int, tokens: int = 1) -> CompileTarget:
+    """The target of a decode program over `rows` sequences making up to `new_tokens` tokens per call, each step
+    feeding `tokens` tokens per sequence (a speculative verification pass of k drafted tokens: k+1, keeping every
+    position's Mamba state), on this process's devices. One row on the CPU: the CPU decode kernels
+    (kernels/cpu_gemv: products split over the cores, each weight read once for the step's tokens, routed experts
+    read in place) when they are built, else decode views for one-token calls long enough to repay their copy
+    (model/decode_views.py); otherwise XLA's products, several rows under vmap."""
+    platform, states = jax.default_backend(), tokens > 1
     if rows == 1 and platform == "cpu" and cpu_gemv.available():
-        return CompileTarget(platform, decode="kernels", kernels=cpu_gemv.KERNELS)
-    if rows == 1 and platform == "cpu" and new_tokens >= VIEWS_MIN_TOKENS:
+        return CompileTarget(platform, decode="kernels", kernels=cpu_gemv.KERNELS, step_states=states,
+                             decode_rows=tokens)
+    if rows == 1 and platform == "cpu" and new_tokens >= VIEWS_MIN_TOKENS and not states:
         return CompileTarget(platform, decode="views")
-    return CompileTarget(platform, sequences=rows if rows > 1 else 0)
+    return CompileTarget(platform, sequences=rows if rows > 1 else 0, step_states=states)
 
 
 def feed_target(rows: int) -> CompileTarget:

@@ -21,19 +21,26 @@ from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.functional import build
 
 
-def sample_row(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
-               top_p: jax.Array) -> jax.Array:
-    """One row's next token from logits [V] under traced settings: greedy where temperature is 0, else temperature,
-    then top-k (0: off), then top-p (1: off), as `sampling.sample_next` does with constants."""
+def filter_row(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """One row's logits [V] under traced settings, as `sampling.filter_logits` shapes them with constants:
+    divided by the temperature (0: left as they are), then top-k (0: off), then top-p (1: off); the tokens cut
+    are -inf."""
     vocab = logits.shape[-1]
-    greedy = jnp.argmax(logits).astype(jnp.int32)
     scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
     kth = jnp.sort(scaled)[::-1][jnp.clip(top_k - 1, 0, vocab - 1)]
     scaled = jnp.where((top_k > 0) & (scaled < kth), -jnp.inf, scaled)
     ordered = jnp.sort(scaled)[::-1]
     cum = jnp.cumsum(jax.nn.softmax(ordered))
     cutoff = ordered[jnp.sum(cum < top_p)]  # the smallest set whose mass reaches top_p, the best token always kept
-    scaled = jnp.where((top_p < 1.0) & (scaled < cutoff), -jnp.inf, scaled)
+    return jnp.where((top_p < 1.0) & (scaled < cutoff), -jnp.inf, scaled)
+
+
+def sample_row(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
+               top_p: jax.Array) -> jax.Array:
+    """One row's next token from logits [V] under traced settings: greedy where temperature is 0, else temperature,
+    then top-k (0: off), then top-p (1: off), as `sampling.sample_next` does with constants."""
+    greedy = jnp.argmax(logits).astype(jnp.int32)
+    scaled = filter_row(logits, temperature, top_k, top_p)
     sampled = jax.random.categorical(key, scaled[None], axis=-1)[0].astype(jnp.int32)
     return jnp.where(temperature > 0, sampled, greedy)
 
@@ -105,4 +112,4 @@ def make_decode_rows(sub_cfg: ModelConfig, rows: int, steps: int) -> Callable:
     return jax.jit(run, donate_argnums=(1,))
 
 
-__all__ = ["make_decode_rows", "make_feed_row", "make_reset", "sample_row"]
+__all__ = ["filter_row", "make_decode_rows", "make_feed_row", "make_reset", "sample_row"]

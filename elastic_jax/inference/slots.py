@@ -63,14 +63,16 @@ def pieces(length: int, largest: int) -> list[int]:
 class SlotBatch:
     """`rows` sequences of one budget's architecture over caches of `capacity` tokens."""
 
-    def __init__(self, engine: Engine, budget: float, rows: int, capacity: int):
+    def __init__(self, engine: Engine, budget: float, rows: int, capacity: int, weights=None):
+        """`weights`: the budget's sliced weights when another batch of the same budget holds them already."""
         if capacity > engine.cfg.max_position_embeddings:
             raise InputError(f"capacity {capacity} exceeds model.max_position_embeddings="
                              f"{engine.cfg.max_position_embeddings}")
         self.arch: Arch = engine.arch(budget)
         self.cfg, self.rows, self.capacity = self.arch.cfg, rows, capacity
-        self.weights = jax.jit(lambda p: slice_params(dequantize_params(p, jnp.float32), engine.cfg,
-                                                      self.arch.spec)[0])(engine.params)  # once, kept
+        self.weights = weights if weights is not None else jax.jit(
+            lambda p: slice_params(dequantize_params(p, jnp.float32), engine.cfg, self.arch.spec)[0])(
+            engine.params)  # once, kept
         one = init_cache(self.cfg, 1, capacity)
         self.caches = jax.tree.map(lambda x: jnp.zeros((rows, *x.shape), x.dtype), one)
         self.logits = jnp.zeros((rows, self.cfg.vocab_size), jnp.float32)
@@ -97,8 +99,7 @@ class SlotBatch:
         if len(settings.stop_ids) > MAX_STOP_IDS:
             raise InputError(f"at most {MAX_STOP_IDS} stop ids per row, got {len(settings.stop_ids)}")
         row = self.free.pop(0)
-        reset = PROGRAMS.get(("reset", self.cfg, self.rows, self.capacity), make_reset)
-        self.caches, self.logits = reset(self.caches, self.logits, jnp.asarray(row, jnp.int32))
+        self.clear(row)
         # the engine's row 0 key for this seed, so a request samples what Engine.generate samples for it
         key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 0)
         self.keys = self.keys.at[row].set(key)
@@ -108,6 +109,12 @@ class SlotBatch:
         self.stops[row] = -1
         self.stops[row, :len(settings.stop_ids)] = settings.stop_ids
         return row
+
+    def clear(self, row: int) -> None:
+        """Empty the row's caches (position 0, zero states) and logits."""
+        reset = PROGRAMS.get(("reset", self.cfg, self.rows, self.capacity), make_reset)
+        self.caches, self.logits = reset(self.caches, self.logits, jnp.asarray(row, jnp.int32))
+        self.lengths[row] = 0
 
     def feed(self, row: int, tokens: Sequence[int], largest: int = 64) -> None:
         """Append tokens to the row's cache in pieces of at most `largest` (a power of FEED_BASE)."""

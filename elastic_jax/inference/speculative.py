@@ -115,15 +115,15 @@ def decode(engine: Any, batch: SpeculativeBatch, max_new_tokens: int, *, stop_id
                          f"k={k} drafted tokens of headroom)")
     rows, stops = len(batch.tokens), tuple(int(s) for s in stop_ids)
     width = capacity + k + 1
-    draft_target = decode_target(rows, max_new_tokens)
-    settings = (k, float(temperature), int(top_k), float(top_p), stops, engine.cfg.pad_token_id, draft_target)
+    targets = (decode_target(rows, max_new_tokens), decode_target(rows, max_new_tokens, tokens=k + 1))
     cfg, tspec, dspec = engine.cfg, batch.target.spec, batch.draft.spec
-    fn = engine.programs.get(("speculative", cfg, tspec, dspec, rows, capacity, *settings),
-                             lambda: make_speculative(cfg, tspec, dspec, rows, width, *settings))
+    fn = engine.programs.get(("speculative", cfg, tspec, dspec, rows, capacity, k, *targets),
+                             lambda: make_speculative(cfg, tspec, dspec, rows, width, k, cfg.pad_token_id, *targets))
     last = jnp.asarray([t[-1] for t in batch.tokens], jnp.int32)
     out, count, rounds, accepted, batch.draft.caches, batch.target.caches, _ = fn(
         engine.params, batch.draft.caches, batch.target.caches, last, batch.target.keys, jnp.asarray(batch.rounds),
-        jnp.asarray(max_new_tokens, jnp.int32))
+        jnp.int32(max_new_tokens), jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p),
+        jnp.asarray(stops or (-1,), jnp.int32))
     out, count, rounds, accepted = (np.asarray(x) for x in (out, count, rounds, accepted))
     new = [out[r, :count[r]].tolist() for r in range(rows)]
     for r, toks in enumerate(new):

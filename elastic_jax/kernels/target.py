@@ -9,8 +9,9 @@ all-to-all of expert parallelism, the short SSD chunk; on GPU and TPU plain auto
 - "xla": plain XLA products (any platform, any batch);
 - "views": decode views (model/decode_views.py: per-expert arrays, the fused Mamba input projection) that the
   program builds once per call and passes as the variable collection `decode_views`;
-- "kernels": a single float32 row's products, the routed experts read in place, one query's attention and the
-  Mamba state update as `DecodeKernels` (the CPU's are kernels/cpu_gemv).
+- "kernels": the products of a single float32 row (or of up to `decode_rows` rows: a verification pass), the
+  routed experts read in place, the queries' attention over the cache and the Mamba state update as
+  `DecodeKernels` (the CPU's are kernels/cpu_gemv).
 `step_states` asks a cached pass of several tokens to keep every position's Mamba conv window and SSM state (the
 recurrence run token by token, the products over all the tokens at once), so that a caller can return to the
 state after any of them (speculative decoding's verification, inference/speculative.py).
@@ -34,9 +35,11 @@ DECODES = ("xla", "views", "kernels")
 @dataclasses.dataclass(frozen=True)
 class DecodeKernels:
     """Batch-1 float32 decode kernels (signatures of kernels/cpu_gemv/api.py):
-    products(x [..., K] one row, [w_i [K, N_i]]) -> (x @ w_i, ...);
-    experts(x [R, K], w [E, K, N], ids [k]) -> [k, N] (R = 1: one row for every expert, else one row per expert);
-    attention(q [kv, g, d], k, v [kv, d], key_cache, value_cache [1, S, kv, d], pos, scale) -> (out, keys, values);
+    products(x [..., K] a few rows, [w_i [K, N_i]]) -> (x @ w_i, ...);
+    experts(x [T, K] or [T, J, K], w [E, K, N], ids [T, J]) -> [T, J, N] (token t's J experts; x [T, K]: a
+    token's row for each of its experts, x [T, J, K]: one row per pick);
+    attention(q [L, kv, g, d], k, v [L, kv, d], key_cache, value_cache [1, S, kv, d], pos, scale) -> (out, keys,
+    values) for L queries at positions pos..pos+L-1;
     ssm_step(state, x [h, p], dt, a, d [h], b, c [g, n]) -> (y [h, p], new state)."""
 
     products: Callable
@@ -52,7 +55,9 @@ class CompileTarget:
     program runs the model under `vmap`, one sequence at a time, over that many sequences (the engine's
     programs): what a MoE layer sees is one sequence, the strategy is chosen for all of them; step_states: a cached
     pass returns each Mamba layer's conv window and SSM state after every one of its tokens (CONV [batch, length,
-    K-1, channels], SSM [batch, length, heads, head_dim, state]) instead of the last ones."""
+    K-1, channels], SSM [batch, length, heads, head_dim, state]) instead of the last ones; decode_rows: the most
+    rows (tokens of one sequence) a call computes on the decode kernels (1: a decode step; k+1: the verification
+    of k drafted tokens)."""
 
     platform: str = "cpu"
     host_devices: bool = False
@@ -60,6 +65,7 @@ class CompileTarget:
     kernels: DecodeKernels | None = None
     sequences: int = 0
     step_states: bool = False
+    decode_rows: int = 1
 
     def __post_init__(self):
         if self.platform not in PLATFORMS:
@@ -72,6 +78,8 @@ class CompileTarget:
             raise ValueError(f"CompileTarget.sequences: an integer >= 0, got {self.sequences!r}")
         if not isinstance(self.step_states, bool):
             raise ValueError(f"CompileTarget.step_states: True or False, got {self.step_states!r}")
+        if isinstance(self.decode_rows, bool) or not isinstance(self.decode_rows, int) or self.decode_rows < 1:
+            raise ValueError(f"CompileTarget.decode_rows: an integer >= 1, got {self.decode_rows!r}")
 
     @property
     def cpu_backward(self) -> bool:
@@ -96,10 +104,11 @@ class CompileTarget:
         return self.decode == "views"
 
     def row_kernels(self, x: jax.Array, dtype=jnp.float32) -> DecodeKernels | None:
-        """The decode kernels when they apply to `x` [..., K]: a single float32 row computed in float32."""
+        """The decode kernels when they apply to `x` [..., K]: at most `decode_rows` float32 rows computed in
+        float32."""
         if self.kernels is None or x.dtype != jnp.float32 or jnp.dtype(dtype) != jnp.float32:
             return None
-        return self.kernels if math.prod(x.shape[:-1]) == 1 else None
+        return self.kernels if math.prod(x.shape[:-1]) <= self.decode_rows else None
 
 
 def local_target() -> CompileTarget:

@@ -67,10 +67,9 @@ class Attention(nn.Module):
         new_cache, out = None, None
         groups = self.num_heads // self.num_kv_heads
         kernels = self.target.row_kernels(x, self.dtype) if cache is not None else None
-        if kernels is not None and cache[KEYS].dtype == jnp.float32:  # one query, batch 1: attend in place
-            out, k, v = kernels.attention(q[0, 0], k[0, 0], v[0, 0], cache[KEYS], cache[VALUES], pos,
-                                          self.head_dim ** -0.5)
-            out, new_cache = out[None, None], {KEYS: k, VALUES: v}
+        if kernels is not None and cache[KEYS].dtype == jnp.float32:  # a few queries, batch 1: attend in place
+            out, k, v = kernels.attention(q[0], k[0], v[0], cache[KEYS], cache[VALUES], pos, self.head_dim ** -0.5)
+            out, new_cache = out[None], {KEYS: k, VALUES: v}
         elif cache is not None:
             start = jnp.asarray(pos, jnp.int32)
             k = jax.lax.dynamic_update_slice(cache[KEYS], k.astype(cache[KEYS].dtype), (0, start, 0, 0))

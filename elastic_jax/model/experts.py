@@ -6,7 +6,7 @@ Every form computes, for each (token, expert) row, down_e(relu(up_e(x))^2) with 
   (`experts_looped.py`);
 - gathered: `experts_gathered` (each row's expert weights gathered, XLA), `experts_switched` (each row's expert
   picked from per-expert views with `lax.switch`, no copy; model/decode_views.py), `experts_in_place` (a decode
-  kernel reads the stacked weights in place);
+  kernel reads the stacked weights in place, each chosen expert once for a few tokens);
 - dense: `experts_dense` (every expert on every token, the unchosen dropped).
 """
 
@@ -56,13 +56,14 @@ def experts_switched(x_rows: jax.Array, group_sizes: jax.Array, ups: tuple, down
     return jnp.concatenate([jax.lax.switch(expert_of_row[r], branches, x_rows[r:r + 1]) for r in range(rows)])
 
 
-def experts_in_place(kernels: DecodeKernels, token: jax.Array, idx: jax.Array, weights: jax.Array, up: jax.Array,
+def experts_in_place(kernels: DecodeKernels, tokens: jax.Array, idx: jax.Array, weights: jax.Array, up: jax.Array,
                      down: jax.Array, ffn_mask: jax.Array | None = None) -> jax.Array:
-    """The weighted routed output [1, D] of one token [1, D] routed to experts idx [1, k] (weights [1, k]): the
-    decode kernels read the chosen experts' weights in place, one call for the ups and one for the downs."""
-    hidden = _scaled(relu2(kernels.experts(token, up, idx[0])), ffn_mask)
-    y = kernels.experts(hidden, down, idx[0])
-    return (y * weights[0][:, None]).sum(0, keepdims=True)
+    """The weighted routed output [T, D] of a few tokens [T, D] routed to experts idx [T, k] (weights [T, k]): the
+    decode kernels read the chosen experts' weights in place, each once for all the tokens that chose it, one call
+    for the ups and one for the downs."""
+    hidden = _scaled(relu2(kernels.experts(tokens, up, idx)), ffn_mask)
+    y = kernels.experts(hidden, down, idx)
+    return (y * weights[:, :, None]).sum(1)
 
 
 def experts_dense(tokens: jax.Array, idx: jax.Array, weights: jax.Array, up: jax.Array, down: jax.Array,

@@ -211,7 +211,7 @@ class Mamba2Mixer(nn.Module):
         if cache is not None and self.target.step_states:  # every position's state, for a caller to return to
             y, ssm = ssd_steps(cache[SSM], x, dt, a, b_, c_, d_skip)
             new_conv_state = conv_windows(xs_all, self.conv_kernel, length)
-        elif kernels is not None:  # batch 1 on the decode kernels: the state updated in place
+        elif kernels is not None and length == 1:  # batch 1 on the decode kernels: the state updated in place
             y, ssm = kernels.ssm_step(cache[SSM], x[0, 0], dt[0, 0], a, b_[0, 0], c_[0, 0], d_skip)
             y = y[None, None]
         elif cache is not None and length == 1:

@@ -195,7 +195,8 @@ class MoE(nn.Module):
             strategy = choose_strategy(tokens * max(1, self.target.sequences), self.top_k, self.num_experts)
         recording = self.is_mutable_collection("intermediates")  # importance reads every routed row, sorted
         strategy = "grouped" if recording else strategy
-        if recording or (strategy == "gathered" and self.target.decode != "xla"):  # one device: no mesh
+        in_place = self.target.row_kernels(x.reshape(-1, self.hidden_size), self.dtype) is not None
+        if recording or in_place or (strategy == "gathered" and self.target.decode != "xla"):  # one device: no mesh
             routed = self._routed(x, *weights, strategy=strategy, recording=recording)
         else:
             tensor = _tensor_axis(self.expert_size)
@@ -218,11 +219,11 @@ class MoE(nn.Module):
                              topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
                              scaling=self.routed_scaling_factor, expert_mask=expert_mask)
         up, down = up.astype(self.dtype), down.astype(self.dtype)
-        kernels = self.target.row_kernels(tokens, self.dtype) if strategy == "gathered" else None
-        if strategy == "dense":
-            routed = experts_dense(tokens.astype(self.dtype), idx, weights, up, down, ffn_mask)
-        elif kernels is not None:
+        kernels = None if recording else self.target.row_kernels(tokens, self.dtype)
+        if kernels is not None:  # the decode kernels' few tokens, whatever the strategy: each expert read once
             routed = experts_in_place(kernels, tokens, idx, weights, up, down, ffn_mask)
+        elif strategy == "dense":
+            routed = experts_dense(tokens.astype(self.dtype), idx, weights, up, down, ffn_mask)
         else:
             order, token_of_row, group_sizes = _sort_assignments(idx, self.num_experts)
             x_rows = tokens[token_of_row].astype(self.dtype)

@@ -32,6 +32,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-tpot-ms", type=float, help="target time per output token for <name>@auto (ms)")
     p.add_argument("--slo-ttft-ms", type=float, help="target time to first token for <name>@auto (ms)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest accepted request body")
+    p.add_argument("--draft-budget", type=float,
+                   help="nested self-speculative decoding: this smaller budget drafts tokens that every larger served "
+                        "budget verifies in one pass (greedy output unchanged)")
+    p.add_argument("--draft-tokens", type=int, default=4, help="with --draft-budget: tokens drafted per round")
     p.add_argument("--grace-s", type=float, default=30.0,
                    help="on SIGTERM / Ctrl-C: seconds to finish the requests in flight before ending them")
 
@@ -73,6 +77,26 @@ def _check_args(args, context_limit: int) -> int:
     return length
 
 
+def _draft_strategy(args, engine):
+    """SpeculativeDecode for --draft-budget (None without it), after one clear error for a bad setting."""
+    from elastic_jax.elastic.spec import ElasticError
+    from elastic_jax.model.functional import InputError
+    from elastic_jax.serve.speculative import SpeculativeDecode
+
+    if getattr(args, "draft_budget", None) is None:
+        return None
+    if args.draft_tokens < 1:
+        raise InputError(f"--draft-tokens: must be >= 1, got {args.draft_tokens}")
+    if not 0.0 < args.draft_budget < 1.0:
+        raise InputError(f"--draft-budget: a budget in (0, 1) smaller than the served ones, got {args.draft_budget}")
+    try:
+        engine.arch(args.draft_budget)
+    except (ElasticError, InputError) as err:
+        raise InputError(f"--draft-budget: {err}") from None
+    log.info("drafting with budget %g, %d tokens per round", args.draft_budget, args.draft_tokens)
+    return SpeculativeDecode(engine, args.draft_budget, args.draft_tokens)
+
+
 def build_state(args):
     """The engine, scheduler and HTTP state of a server, from the verb's arguments (nothing listens yet)."""
     from elastic_jax.data.chat import chat_prompt, resolve_template
@@ -98,7 +122,10 @@ def build_state(args):
     scaler = AutoScaler(names.trained, args.slo_tpot_ms, args.slo_ttft_ms, on_change=changed)
     metrics.auto_budget.set(scaler.budget)
     config = SchedulerConfig(args.slots, context, args.max_waiting, args.prefill_chunk, args.decode_steps)
-    scheduler = Scheduler(engine, names, config, metrics, scaler)
+    strategy = _draft_strategy(args, engine)
+    if strategy is not None:  # a round writes up to k drafted tokens beyond the text: requests leave room for them
+        context -= strategy.k
+    scheduler = Scheduler(engine, names, config, metrics, scaler, strategy)
     tokenizer, template = engine.tokenizer, resolve_template(None, engine.tokenizer)
     return ServerState(scheduler, names, metrics, encode=lambda text: tokenizer.encode(text, add_bos=True),
                        chat=lambda messages: chat_prompt(messages, tokenizer, template),

@@ -107,3 +107,25 @@ def test_the_draft_tokens_must_fit_the_context(engine):
     limit = engine.cfg.max_position_embeddings
     with pytest.raises(InputError, match=r"\+ k \(4 drafted"):
         speculative_generate(engine, [[1] * 8], 1.0, 0.4, k=4, max_new_tokens=limit - 10)
+
+
+def test_the_verification_pass_on_the_decode_kernels_equals_xla(engine):
+    """k+1 = 3 tokens through the CPU decode kernels of a few rows (each weight read once for the 3 rows, the
+    routed experts grouped by expert, the queries' attention in place) keep the logits and every position's Mamba
+    state of XLA's verification pass, to float tolerance."""
+    from elastic_jax.inference.programs import _cut, decode_target
+    from elastic_jax.kernels.target import CompileTarget
+    from elastic_jax.model.functional import build
+
+    target = decode_target(1, 0, tokens=3)
+    assert (target.decode, target.decode_rows, target.step_states) == ("kernels", 3, True)
+    spec = engine.arch(1.0).spec
+    params = _cut(engine.cfg, spec)(engine.params)
+    cache = jax.tree.map(lambda x: x[0], engine.start(1.0, [PROMPTS[0]], 16).caches)
+    tokens = jax.numpy.asarray([[7, 8, 9]], jax.numpy.int32)
+    outs = [jax.jit(build(spec.apply_to(engine.cfg), target=t).apply)({"params": params}, tokens, cache)
+            for t in (target, CompileTarget("cpu", step_states=True))]
+    lowered = jax.jit(build(spec.apply_to(engine.cfg), target=target).apply).lower(
+        {"params": params}, tokens, cache).as_text()
+    assert all(f"elastic_jax_{name}" in lowered for name in ("products", "experts", "attention"))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5), *outs)

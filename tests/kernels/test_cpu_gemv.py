@@ -77,13 +77,15 @@ def test_the_kernels_are_never_built_while_tracing(monkeypatch):
 
 
 @needs_kernels
-def test_vector_products_equal_matmul_and_do_not_depend_on_the_thread_count():
-    x = normal(1, 1, 300)
-    weights = [normal(300, n) for n in (7, 16, 513, 1000)]
+@pytest.mark.parametrize("rows", [1, 3, 5, 11])
+def test_vector_products_equal_matmul_and_do_not_depend_on_the_thread_count(rows):
+    """A few rows (11: a group of 8 and one of 3) times weights of odd widths, split over 1, 2 and 3 threads."""
+    x = normal(1, rows, 301)
+    weights = [normal(301, n) for n in (7, 16, 513, 1000)]
     run = jax.jit(cpu_gemv.vector_products)
     outs = run(x, weights)
     for out, w in zip(outs, weights):
-        assert out.shape == (1, 1, w.shape[1])
+        assert out.shape == (1, rows, w.shape[1])
         np.testing.assert_allclose(out, x @ w, rtol=1e-5, atol=1e-4)
     try:
         set_threads(1)
@@ -127,50 +129,59 @@ def test_changing_the_thread_count_joins_the_old_teams_threads():
 
 
 @needs_kernels
-def test_expert_products_read_the_chosen_experts():
-    w = normal(6, 300, 129)
-    experts = jnp.array([5, 0, 3, 3], jnp.int32)
-    one = normal(1, 300)
-    got = jax.jit(cpu_gemv.expert_products)(one, w, experts)
-    np.testing.assert_allclose(got, jnp.stack([one[0] @ w[e] for e in experts]), rtol=1e-5, atol=1e-4)
-    rows = normal(4, 300)
-    got = jax.jit(cpu_gemv.expert_products)(rows, w, experts)
-    np.testing.assert_allclose(got, jnp.stack([rows[j] @ w[e] for j, e in enumerate(experts)]), rtol=1e-5,
-                               atol=1e-4)
+@pytest.mark.parametrize("tokens", [1, 3, 7])
+def test_expert_products_read_the_chosen_experts(tokens):
+    """Up (one row per token for all its experts) and down (one row per pick) for tokens that share experts: each
+    chosen expert is read once for all of its tokens (10 tokens of one expert: a group of 8 and one of 2)."""
+    w = normal(6, 301, 129)
+    experts = jnp.asarray(RNG.choice(6, (tokens, 4)), jnp.int32).at[:, 0].set(3)  # repeats within a token too
+    x = normal(tokens, 301)
+    got = jax.jit(cpu_gemv.expert_products)(x, w, experts)
+    np.testing.assert_allclose(got, jnp.einsum("tk,tjkn->tjn", x, w[experts]), rtol=1e-5, atol=1e-4)
+    rows = normal(tokens, 4, 129)
+    down = jnp.transpose(w, (0, 2, 1))
+    got = jax.jit(cpu_gemv.expert_products)(rows, down, experts)
+    np.testing.assert_allclose(got, jnp.einsum("tjk,tjkn->tjn", rows, down[experts]), rtol=1e-5, atol=1e-4)
 
 
 @needs_kernels
-@pytest.mark.parametrize("ids, message", [([5, 6], r"idx\[1\] = 6 is not an expert of w \(allowed: 0 to 5\)"),
-                                          ([-1, 0], r"idx\[0\] = -1 is not an expert of w")])
+@pytest.mark.parametrize("ids, message", [
+    ([[5, 6]], r"idx\[0, 1\] = 6 is not an expert of w \(allowed: 0 to 5\)"),
+    ([[0, 1], [-1, 0]], r"idx\[1, 0\] = -1 is not an expert of w")])
 def test_an_expert_id_out_of_range_is_an_error_not_a_clamp(ids, message):
+    ids = jnp.array(ids, jnp.int32)
     with pytest.raises(Exception, match=message):
-        jax.block_until_ready(cpu_gemv.expert_products(normal(1, 32), normal(6, 32, 16), jnp.array(ids, jnp.int32)))
+        jax.block_until_ready(cpu_gemv.expert_products(normal(ids.shape[0], 32), normal(6, 32, 16), ids))
 
 
 @needs_kernels
-@pytest.mark.parametrize("position", [0, 5, 15])
-def test_attention_writes_the_slot_and_attends_to_the_prefix(position):
+@pytest.mark.parametrize("position, length", [(0, 1), (5, 1), (15, 1), (0, 3), (9, 5)])
+def test_attention_writes_the_slots_and_attends_to_the_prefix(position, length):
     kv, groups, d, slots = 2, 3, 8, 16
-    q, k, v = normal(kv, groups, d), normal(kv, d), normal(kv, d)
+    q, k, v = normal(length, kv, groups, d), normal(length, kv, d), normal(length, kv, d)
     key_cache, value_cache = normal(1, slots, kv, d), normal(1, slots, kv, d)
     out, keys, values = jax.jit(cpu_gemv.attention, static_argnums=6)(q, k, v, key_cache, value_cache,
                                                                         jnp.int32(position), d ** -0.5)
-    want_keys = key_cache.at[0, position].set(k)
-    want_values = value_cache.at[0, position].set(v)
+    want_keys = key_cache.at[0, position:position + length].set(k)
+    want_values = value_cache.at[0, position:position + length].set(v)
     np.testing.assert_array_equal(keys, want_keys)  # the other slots are untouched
     np.testing.assert_array_equal(values, want_values)
-    seen_k, seen_v = want_keys[0, :position + 1], want_values[0, :position + 1]  # [s, kv, d]
-    scores = jnp.einsum("hgd,shd->hgs", q, seen_k) * d ** -0.5
-    want = jnp.einsum("hgs,shd->hgd", jax.nn.softmax(scores, -1), seen_v)
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    for i in range(length):  # query i sees slots 0..position + i
+        seen_k, seen_v = want_keys[0, :position + i + 1], want_values[0, :position + i + 1]  # [s, kv, d]
+        scores = jnp.einsum("hgd,shd->hgs", q[i], seen_k) * d ** -0.5
+        want = jnp.einsum("hgs,shd->hgd", jax.nn.softmax(scores, -1), seen_v)
+        np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels
-def test_attention_outside_the_cache_is_an_error_not_a_write():
-    q, k = normal(2, 1, 8), normal(2, 8)
+@pytest.mark.parametrize("position, length", [(4, 1), (2, 3)])
+def test_attention_outside_the_cache_is_an_error_not_a_write(position, length):
+    q, k = normal(length, 2, 1, 8), normal(length, 2, 8)
     cache = normal(1, 4, 2, 8)
-    with pytest.raises(Exception, match=r"position 4 outside the cache \(allowed: 0 to 3\)"):
-        jax.block_until_ready(jax.jit(cpu_gemv.attention, static_argnums=6)(q, k, k, cache, cache, jnp.int32(4), 1.0))
+    message = rf"positions {position} to {position + length - 1} outside the cache \(allowed: 0 to 3\)"
+    with pytest.raises(Exception, match=message):
+        jax.block_until_ready(jax.jit(cpu_gemv.attention, static_argnums=6)(q, k, k, cache, cache,
+                                                                            jnp.int32(position), 1.0))
 
 
 @needs_kernels
@@ -189,14 +200,14 @@ def test_ssm_step_equals_the_reference_recurrence():
 # Each target's buffers, well formed: (arguments, results, attributes), named as the handlers name them, in order.
 I32 = jnp.int32
 BUFFERS = {
-    "elastic_jax_products": ({"x": ((16,), F32), "weight 0": ((16, 8), F32), "weight 1": ((16, 24), F32)},
-                             {"output 0": ((8,), F32), "output 1": ((24,), F32)}, {}),
-    "elastic_jax_experts": ({"x": ((1, 16), F32), "w": ((3, 16, 8), F32), "idx": ((2,), I32)},
-                            {"y": ((2, 8), F32)}, {}),
-    "elastic_jax_attention": ({"q": ((2, 3, 8), F32), "k": ((2, 8), F32), "v": ((2, 8), F32),
+    "elastic_jax_products": ({"x": ((3, 16), F32), "weight 0": ((16, 8), F32), "weight 1": ((16, 24), F32)},
+                             {"output 0": ((3, 8), F32), "output 1": ((3, 24), F32)}, {}),
+    "elastic_jax_experts": ({"x": ((2, 16), F32), "w": ((3, 16, 8), F32), "idx": ((2, 2), I32)},
+                            {"y": ((2, 2, 8), F32)}, {}),
+    "elastic_jax_attention": ({"q": ((2, 2, 3, 8), F32), "k": ((2, 2, 8), F32), "v": ((2, 2, 8), F32),
                                "key_cache": ((1, 4, 2, 8), F32), "value_cache": ((1, 4, 2, 8), F32),
                                "position": ((), I32)},
-                              {"out": ((2, 3, 8), F32), "new_keys": ((1, 4, 2, 8), F32),
+                              {"out": ((2, 2, 3, 8), F32), "new_keys": ((1, 4, 2, 8), F32),
                                "new_values": ((1, 4, 2, 8), F32)}, {"scale": np.float32(1.0)}),
     "elastic_jax_ssm_step": ({"state": ((4, 2, 8), F32), "x": ((4, 2), F32), "dt": ((4,), F32), "A": ((4,), F32),
                               "B": ((2, 8), F32), "C": ((2, 8), F32), "D": ((4,), F32)},
@@ -204,11 +215,11 @@ BUFFERS = {
 }
 # One wrong shape for each buffer (the others as above).
 WRONG_SHAPES = {
-    "elastic_jax_products": {"x": (1, 16), "weight 0": (15, 8), "weight 1": (16,), "output 0": (9,),
-                             "output 1": (24, 1)},
-    "elastic_jax_experts": {"x": (3, 16), "w": (3, 16), "idx": (2, 1), "y": (2, 9)},
-    "elastic_jax_attention": {"q": (2, 3), "k": (2, 7), "v": (3, 8), "key_cache": (1, 4, 2, 7),
-                              "value_cache": (1, 5, 2, 8), "position": (1,), "out": (2, 3, 7),
+    "elastic_jax_products": {"x": (16,), "weight 0": (15, 8), "weight 1": (16,), "output 0": (3, 9),
+                             "output 1": (2, 24)},
+    "elastic_jax_experts": {"x": (3, 16), "w": (3, 16), "idx": (2,), "y": (2, 2, 9)},
+    "elastic_jax_attention": {"q": (2, 3, 8), "k": (1, 2, 8), "v": (2, 3, 8), "key_cache": (1, 4, 2, 7),
+                              "value_cache": (1, 5, 2, 8), "position": (1,), "out": (2, 2, 3, 7),
                               "new_keys": (1, 5, 2, 8), "new_values": (4, 2, 8)},
     "elastic_jax_ssm_step": {"state": (2, 4, 2, 8), "x": (4, 3), "dt": (3,), "A": (4, 1), "B": (3, 8),
                              "C": (2, 7), "D": (5,), "y": (4, 2, 1), "new_state": (1, 4, 2, 8)},

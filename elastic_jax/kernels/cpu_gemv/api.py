@@ -37,28 +37,32 @@ def _call(target: str, results, **options):
 
 
 def vector_products(x: jax.Array, weights) -> tuple[jax.Array, ...]:
-    """x [..., K] (one row) times each float32 w [K, N_i] -> x @ w_i [..., N_i], all in one call."""
-    lead = x.shape[:-1]
+    """x [..., K] (a few rows) times each float32 w [K, N_i] -> x @ w_i [..., N_i], all in one call; each weight
+    is read once for every 8 rows."""
+    lead, rows = x.shape[:-1], x.reshape(-1, x.shape[-1]).astype(jnp.float32)
     outs = _call("elastic_jax_products",
-                            [jax.ShapeDtypeStruct((w.shape[1],), jnp.float32) for w in weights])(
-        x.reshape(-1).astype(jnp.float32), *(w.astype(jnp.float32) for w in weights))
-    return tuple(o.reshape(*lead, o.shape[0]) for o in outs)
+                 [jax.ShapeDtypeStruct((rows.shape[0], w.shape[1]), jnp.float32) for w in weights])(
+        rows, *(w.astype(jnp.float32) for w in weights))
+    return tuple(o.reshape(*lead, o.shape[1]) for o in outs)
 
 
 def expert_products(x: jax.Array, w: jax.Array, experts: jax.Array) -> jax.Array:
-    """x [R, K] (R = 1: the same row for every expert, else one row per expert) times w[experts[j]] of the stacked
-    w [E, K, N] -> [len(experts), N]. An expert id outside [0, E) is an error."""
-    picks = experts.reshape(-1).astype(jnp.int32)
-    return _call("elastic_jax_experts", jax.ShapeDtypeStruct((picks.shape[0], w.shape[2]), jnp.float32))(
+    """Rows x times w[experts[t, j]] of the stacked w [E, K, N] -> [T, J, N] for experts [T, J] (token t's J
+    experts): x [T, K] is each token's row for all of its experts (an up projection), x [T, J, K] one row per pick
+    (a down projection). Each chosen expert's weights are read once for all the tokens that chose it. An expert id
+    outside [0, E) is an error."""
+    picks = experts.astype(jnp.int32)
+    return _call("elastic_jax_experts", jax.ShapeDtypeStruct((*picks.shape, w.shape[2]), jnp.float32))(
         x.astype(jnp.float32), w.astype(jnp.float32), picks)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_cache: jax.Array, value_cache: jax.Array,
               position: jax.Array, scale: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One query's attention in batch-1 decoding: its key and value k, v [kv, d] are written to slot `position`
-    of the caches [1, S, kv, d], then q [kv, g, d] (the g query heads of each KV head) attends to slots
-    0..position -> (out [kv, g, d], new key cache, new value cache). The new caches take the old ones' buffers
-    (pass the cache arrays as they are, so that XLA need not copy them); scores are scaled by `scale`."""
+    """L queries' attention in batch-1 decoding: their keys and values k, v [L, kv, d] are written to slots
+    position..position+L-1 of the caches [1, S, kv, d], then query i of q [L, kv, g, d] (the g query heads of each
+    KV head) attends to slots 0..position+i -> (out [L, kv, g, d], new key cache, new value cache). The new caches
+    take the old ones' buffers (pass the cache arrays as they are, so that XLA need not copy them); scores are
+    scaled by `scale`."""
     f32 = jnp.float32
     results = (jax.ShapeDtypeStruct(q.shape, f32), jax.ShapeDtypeStruct(key_cache.shape, f32),
                jax.ShapeDtypeStruct(value_cache.shape, f32))

@@ -31,7 +31,7 @@ import jaxlib
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.cc", "mixers.cc"))
-HEADERS = (Path(__file__).with_name("checks.h"),)
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("checks.h", "gemm.h"))
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 TARGETS = {"elastic_jax_products": "EjProducts", "elastic_jax_experts": "EjExperts",
            "elastic_jax_attention": "EjAttention", "elastic_jax_ssm_step": "EjSsmStep"}

@@ -1,12 +1,14 @@
-// Vector x matrix products for batch-1 decoding on the CPU, as XLA FFI custom calls.
+// Matrix products of a few rows for decoding on the CPU, as XLA FFI custom calls.
 //
-// A decode step multiplies one row by every weight, so it is bound by reading the weights. XLA:CPU runs such a
-// product on one thread (Eigen shards a matrix-vector product over one thread) and one product after another, so
-// two cores read at one core's speed. Here every call splits its columns over a team of threads (the caller and
-// helpers that spin between calls, as a decode step issues its products back to back, then sleep), and
-// `ej_experts` reads routed experts in place from the stacked [E, K, N] weights (no copy of the chosen experts).
-// Each output column is one thread's dot product over K in index order, so results do not depend on the number
-// of threads.
+// A decode step multiplies one row (a verification pass of speculative decoding: a few rows) by every weight, so
+// it is bound by reading the weights. XLA:CPU runs such a product on one thread (Eigen shards a matrix-vector
+// product over one thread) and one product after another, so two cores read at one core's speed, and a product
+// of a few rows costs it several times one row's. Here every call splits its columns over a team of threads (the
+// caller and helpers that spin between calls, as a decode step issues its products back to back, then sleep),
+// each weight row is read once for up to 8 input rows, and `Experts` reads routed experts in place from the
+// stacked [E, K, N] weights (no copy of the chosen experts), each chosen expert once for all the tokens that chose
+// it (gemm.h). Each output column is one thread's dot product over K in index order, so results do not depend on
+// the number of threads.
 #include <immintrin.h>
 #include <sched.h>
 
@@ -21,49 +23,22 @@
 #include <vector>
 
 #include "checks.h"
+#include "gemm.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// y[n0:n1] = x[0:k] . w[0:k, n0:n1] for a row-major w with leading dimension ldw.
-void gemv_columns(const float* x, const float* w, float* y, long k, long ldw, long n0, long n1) {
-  for (long n = n0; n < n1; ++n) y[n] = 0.f;
-  long r = 0;
-  for (; r + 4 <= k; r += 4) {
-    const float a0 = x[r], a1 = x[r + 1], a2 = x[r + 2], a3 = x[r + 3];
-    const float* w0 = w + r * ldw;
-    const float* w1 = w0 + ldw;
-    const float* w2 = w1 + ldw;
-    const float* w3 = w2 + ldw;
-#pragma GCC ivdep
-    for (long n = n0; n < n1; ++n) y[n] += a0 * w0[n] + a1 * w1[n] + a2 * w2[n] + a3 * w3[n];
-  }
-  for (; r < k; ++r) {
-    const float a = x[r];
-    const float* wr = w + r * ldw;
-#pragma GCC ivdep
-    for (long n = n0; n < n1; ++n) y[n] += a * wr[n];
-  }
-}
-
-// One product of a call: y[n] = x . w[:, n] for n < n.
-struct Segment {
-  const float* x;
-  const float* w;
-  float* y;
-  long k;
-  long n;
-};
+using ej::kMaxRows;
+using ej::Segment;
 
 // Columns [c0, c1) of the call's products laid end to end.
 void run_columns(const Segment* segments, int count, long c0, long c1) {
   long base = 0;
   for (int s = 0; s < count; ++s) {
     long lo = std::max(c0, base), hi = std::min(c1, base + segments[s].n);
-    if (lo < hi) gemv_columns(segments[s].x, segments[s].w, segments[s].y, segments[s].k, segments[s].n, lo - base,
-                              hi - base);
+    if (lo < hi) ej::segment_columns(segments[s], lo - base, hi - base);
     base += segments[s].n;
   }
 }
@@ -186,16 +161,42 @@ Team& team() {
 constexpr const char* kProducts = "elastic_jax_products";
 constexpr const char* kExperts = "elastic_jax_experts";
 
-// x [K] times each w_i [K, N_i] -> y_i [N_i].
+// Appends the segments of `rows` rows (x[r] = x + r * x_step, y[r] = y + r * y_step) times w [k, n], kMaxRows rows
+// per segment.
+void add_rows(std::vector<Segment>& segments, const float* const* xs, float* const* ys, long rows, const float* w,
+              long k, long n) {
+  for (long r0 = 0; r0 < rows; r0 += kMaxRows) {
+    Segment s{};
+    s.rows = static_cast<int>(std::min<long>(kMaxRows, rows - r0));
+    for (int r = 0; r < s.rows; ++r) {
+      s.x[r] = xs[r0 + r];
+      s.y[r] = ys[r0 + r];
+    }
+    s.w = w;
+    s.k = k;
+    s.n = n;
+    segments.push_back(s);
+  }
+}
+
+long columns(const std::vector<Segment>& segments) {
+  long total = 0;
+  for (const Segment& s : segments) total += s.n;
+  return total;
+}
+
+// x [R, K] times each w_i [K, N_i] -> y_i [R, N_i]; each weight is read once for every 8 rows.
 ffi::Error Products(ffi::AnyBuffer x, ffi::RemainingArgs weights, ffi::RemainingRets outputs) {
-  EJ_CHECK(ej::expect_f32(kProducts, "x", x, {-1}));
+  EJ_CHECK(ej::expect_f32(kProducts, "x", x, {-1, -1}));
   if (weights.size() != outputs.size())
     return ffi::Error::InvalidArgument(std::string(kProducts) + ": one output per weight, got " +
                                        std::to_string(weights.size()) + " weights and " +
                                        std::to_string(outputs.size()) + " outputs");
-  const long k = x.dimensions()[0];
-  std::vector<Segment> segments(weights.size());
-  long total = 0;
+  const long rows = x.dimensions()[0], k = x.dimensions()[1];
+  std::vector<const float*> xs(rows);
+  for (long r = 0; r < rows; ++r) xs[r] = x.typed_data<float>() + r * k;
+  std::vector<float*> ys(rows);
+  std::vector<Segment> segments;
   for (size_t i = 0; i < weights.size(); ++i) {
     auto w = weights.get<ffi::AnyBuffer>(i);
     auto y = outputs.get<ffi::AnyBuffer>(i);
@@ -205,46 +206,65 @@ ffi::Error Products(ffi::AnyBuffer x, ffi::RemainingArgs weights, ffi::Remaining
                                          ej::buffer_name(w.has_value() ? "output" : "weight", index) + " unreadable");
     EJ_CHECK(ej::expect_f32(kProducts, "weight", *w, {k, -1}, index));
     const long n = w->dimensions()[1];
-    EJ_CHECK(ej::expect_f32(kProducts, "output", **y, {n}, index));
-    segments[i] = {x.typed_data<float>(), w->typed_data<float>(), (*y)->typed_data<float>(), k, n};
-    total += n;
+    EJ_CHECK(ej::expect_f32(kProducts, "output", **y, {rows, n}, index));
+    for (long r = 0; r < rows; ++r) ys[r] = (*y)->typed_data<float>() + r * n;
+    add_rows(segments, xs.data(), ys.data(), rows, w->typed_data<float>(), k, n);
   }
-  team().run(segments.data(), static_cast<int>(segments.size()), total);
+  team().run(segments.data(), static_cast<int>(segments.size()), columns(segments));
   return ffi::Error::Success();
 }
 
-// The shapes of Experts' buffers: x [R, K] (R = 1 or one row per pick), w [E, K, N], idx [picks], y [picks, N].
+// The shapes of Experts' buffers: w [E, K, N], idx [T, J], x [T, K] (a token's row for each of its experts) or
+// [T, J, K] (one row per pick), y [T, J, N].
 ffi::Error check_experts(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, const ffi::AnyBuffer& idx,
                          const ffi::AnyBuffer& y) {
   EJ_CHECK(ej::expect_f32(kExperts, "w", w, {-1, -1, -1}));
   const int64_t k = w.dimensions()[1], n = w.dimensions()[2];
-  EJ_CHECK(ej::expect(kExperts, "idx", idx, ffi::DataType::S32, {-1}));
-  const int64_t picks = idx.dimensions()[0];
-  EJ_CHECK(ej::expect_f32(kExperts, "x", x, {-1, k}));
-  if (x.dimensions()[0] != 1 && x.dimensions()[0] != picks)
-    return ej::mismatch(kExperts, "x", "float32 [1, " + std::to_string(k) + "] or [" + std::to_string(picks) +
-                        ", " + std::to_string(k) + "] (one row, or one per expert)",
-                        ej::describe(x.element_type(), x.dimensions()));
-  return ej::expect_f32(kExperts, "y", y, {picks, n});
+  EJ_CHECK(ej::expect(kExperts, "idx", idx, ffi::DataType::S32, {-1, -1}));
+  const int64_t tokens = idx.dimensions()[0], picks = idx.dimensions()[1];
+  if (x.dimensions().size() == 3) {
+    EJ_CHECK(ej::expect_f32(kExperts, "x", x, {tokens, picks, k}));
+  } else if (x.element_type() != ffi::DataType::F32 || x.dimensions().size() != 2 || x.dimensions()[0] != tokens ||
+             x.dimensions()[1] != k) {
+    return ej::mismatch(kExperts, "x", ej::describe(ffi::DataType::F32, std::vector<int64_t>{tokens, k}) + " or " +
+                        ej::describe(ffi::DataType::F32, std::vector<int64_t>{tokens, picks, k}) +
+                        " (one row per token, or one per pick)", ej::describe(x.element_type(), x.dimensions()));
+  }
+  return ej::expect_f32(kExperts, "y", y, {tokens, picks, n});
 }
 
-// Rows x [R, K] (R = 1: the same row for every expert) times the experts idx [k] of w [E, K, N] -> y [k, N].
+// Rows x times the experts idx [T, J] of w [E, K, N] -> y [T, J, N]: the picks are grouped by expert, so each
+// chosen expert's weights are read once for all the tokens that chose it (8 at a time).
 ffi::Error Experts(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer idx, ffi::Result<ffi::AnyBuffer> y) {
   EJ_CHECK(check_experts(x, w, idx, *y));
   const long experts = w.dimensions()[0], k = w.dimensions()[1], n = w.dimensions()[2];
-  const long picks = idx.dimensions()[0], rows = x.dimensions()[0];
-  std::vector<Segment> segments(picks);
+  const long picks = idx.element_count(), per_token = idx.dimensions()[1];
+  const bool shared = x.dimensions().size() == 2;  // a token's one row serves each of its picks
   const int32_t* chosen = idx.typed_data<int32_t>();
+  std::vector<long> first(experts + 1, 0);  // counting sort of the picks by expert
   for (long j = 0; j < picks; ++j) {
     const long e = chosen[j];
     if (e < 0 || e >= experts)
-      return ffi::Error::InvalidArgument(std::string(kExperts) + ": idx[" + std::to_string(j) + "] = " +
-                                         std::to_string(e) + " is not an expert of w (allowed: 0 to " +
-                                         std::to_string(experts - 1) + ")");
-    segments[j] = {x.typed_data<float>() + (rows == 1 ? 0 : j * k), w.typed_data<float>() + e * k * n,
-                   y->typed_data<float>() + j * n, k, n};
+      return ffi::Error::InvalidArgument(std::string(kExperts) + ": idx[" + std::to_string(j / per_token) + ", " +
+                                         std::to_string(j % per_token) + "] = " + std::to_string(e) +
+                                         " is not an expert of w (allowed: 0 to " + std::to_string(experts - 1) +
+                                         ")");
+    ++first[e + 1];
   }
-  team().run(segments.data(), static_cast<int>(picks), picks * n);
+  for (long e = 0; e < experts; ++e) first[e + 1] += first[e];
+  std::vector<const float*> xs(picks);
+  std::vector<float*> ys(picks);
+  std::vector<long> next(first.begin(), first.end() - 1);
+  for (long j = 0; j < picks; ++j) {
+    const long at = next[chosen[j]]++;
+    xs[at] = x.typed_data<float>() + (shared ? j / per_token : j) * k;
+    ys[at] = y->typed_data<float>() + j * n;
+  }
+  std::vector<Segment> segments;
+  for (long e = 0; e < experts; ++e)
+    add_rows(segments, xs.data() + first[e], ys.data() + first[e], first[e + 1] - first[e],
+             w.typed_data<float>() + e * k * n, k, n);
+  team().run(segments.data(), static_cast<int>(segments.size()), columns(segments));
   return ffi::Error::Success();
 }
 

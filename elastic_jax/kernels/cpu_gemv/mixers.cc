@@ -1,4 +1,4 @@
-// One decoded token's attention over its cache and Mamba state update, for batch-1 decoding on the CPU.
+// Decoded tokens' attention over their cache and one token's Mamba state update, for batch-1 decoding on the CPU.
 //
 // XLA:CPU hands the attention's small reductions over the cache to a library call that costs far more than their
 // arithmetic, and fuses the convolution that produces the Mamba inputs into the state update, recomputing it for
@@ -26,45 +26,29 @@ constexpr const char* kSsmStep = "elastic_jax_ssm_step";
 // The shapes of Attention's buffers, all float32 but the int32 scalar position.
 ffi::Error check_attention(const Buf& q, const Buf& k, const Buf& v, const Buf& key_cache, const Buf& value_cache,
                            const Buf& position, const Buf& out, const Buf& new_keys, const Buf& new_values) {
-  EJ_CHECK(ej::expect_f32(kAttention, "q", q, {-1, -1, -1}));
-  const int64_t kv = q.dimensions()[0], groups = q.dimensions()[1], d = q.dimensions()[2];
+  EJ_CHECK(ej::expect_f32(kAttention, "q", q, {-1, -1, -1, -1}));
+  const int64_t length = q.dimensions()[0], kv = q.dimensions()[1], groups = q.dimensions()[2],
+                d = q.dimensions()[3];
   EJ_CHECK(ej::expect_f32(kAttention, "key_cache", key_cache, {1, -1, kv, d}));
   const int64_t slots = key_cache.dimensions()[1];
   EJ_CHECK(ej::expect_f32(kAttention, "value_cache", value_cache, {1, slots, kv, d}));
-  EJ_CHECK(ej::expect_f32(kAttention, "k", k, {kv, d}));
-  EJ_CHECK(ej::expect_f32(kAttention, "v", v, {kv, d}));
+  EJ_CHECK(ej::expect_f32(kAttention, "k", k, {length, kv, d}));
+  EJ_CHECK(ej::expect_f32(kAttention, "v", v, {length, kv, d}));
   EJ_CHECK(ej::expect(kAttention, "position", position, ffi::DataType::S32, {}));
-  EJ_CHECK(ej::expect_f32(kAttention, "out", out, {kv, groups, d}));
+  EJ_CHECK(ej::expect_f32(kAttention, "out", out, {length, kv, groups, d}));
   EJ_CHECK(ej::expect_f32(kAttention, "new_keys", new_keys, {1, slots, kv, d}));
   return ej::expect_f32(kAttention, "new_values", new_values, {1, slots, kv, d});
 }
 
-// One query q [kv, g, d] whose key and value k, v [kv, d] go to slot `pos` of the caches [1, S, kv, d] (updated in
-// place), attending to slots 0..pos -> out [kv, g, d]; scores scaled by `scale`, softmax in float32.
-ffi::Error Attention(Buf q, Buf k, Buf v, Buf key_cache, Buf value_cache, Buf position, Out out, Out new_keys,
-                     Out new_values, float scale) {
-  EJ_CHECK(check_attention(q, k, v, key_cache, value_cache, position, *out, *new_keys, *new_values));
-  const long kv = q.dimensions()[0], groups = q.dimensions()[1], d = q.dimensions()[2];
-  const long slots = key_cache.dimensions()[1];
-  const long pos = position.typed_data<int32_t>()[0];
-  if (pos < 0 || pos >= slots)
-    return ffi::Error::InvalidArgument(std::string(kAttention) + ": position " + std::to_string(pos) +
-                                       " outside the cache (allowed: 0 to " + std::to_string(slots - 1) + ")");
-  float* kp = new_keys->typed_data<float>();  // aliases key_cache
-  float* vp = new_values->typed_data<float>();
-  if (kp != key_cache.typed_data<float>()) std::copy_n(key_cache.typed_data<float>(), key_cache.element_count(), kp);
-  if (vp != value_cache.typed_data<float>())
-    std::copy_n(value_cache.typed_data<float>(), value_cache.element_count(), vp);
-  std::copy_n(k.typed_data<float>(), kv * d, kp + pos * kv * d);
-  std::copy_n(v.typed_data<float>(), kv * d, vp + pos * kv * d);
-  const float* qp = q.typed_data<float>();
-  float* op = out->typed_data<float>();
-  std::vector<float> scores(pos + 1);
+// One query q [kv, g, d] at slot `last` attending to slots 0..last of the caches kp, vp [S, kv, d] -> o [kv, g, d];
+// scores scaled by `scale`, softmax in float32.
+void attend(const float* q, const float* kp, const float* vp, float* o, long kv, long groups, long d, long last,
+            float scale, std::vector<float>& scores) {
   for (long h = 0; h < kv; ++h) {
     for (long g = 0; g < groups; ++g) {
-      const float* qv = qp + (h * groups + g) * d;
+      const float* qv = q + (h * groups + g) * d;
       float top = -std::numeric_limits<float>::infinity();
-      for (long s = 0; s <= pos; ++s) {
+      for (long s = 0; s <= last; ++s) {
         const float* kr = kp + (s * kv + h) * d;
         float dot = 0.f;
         for (long i = 0; i < d; ++i) dot += qv[i] * kr[i];
@@ -72,19 +56,44 @@ ffi::Error Attention(Buf q, Buf k, Buf v, Buf key_cache, Buf value_cache, Buf po
         top = std::max(top, scores[s]);
       }
       float total = 0.f;
-      for (long s = 0; s <= pos; ++s) {
+      for (long s = 0; s <= last; ++s) {
         scores[s] = std::exp(scores[s] - top);
         total += scores[s];
       }
-      float* o = op + (h * groups + g) * d;
-      for (long i = 0; i < d; ++i) o[i] = 0.f;
-      for (long s = 0; s <= pos; ++s) {
+      float* out = o + (h * groups + g) * d;
+      for (long i = 0; i < d; ++i) out[i] = 0.f;
+      for (long s = 0; s <= last; ++s) {
         const float p = scores[s] / total;
         const float* vr = vp + (s * kv + h) * d;
-        for (long i = 0; i < d; ++i) o[i] += p * vr[i];
+        for (long i = 0; i < d; ++i) out[i] += p * vr[i];
       }
     }
   }
+}
+
+// L queries q [L, kv, g, d] whose keys and values k, v [L, kv, d] go to slots pos..pos+L-1 of the caches
+// [1, S, kv, d] (updated in place), query i attending to slots 0..pos+i -> out [L, kv, g, d].
+ffi::Error Attention(Buf q, Buf k, Buf v, Buf key_cache, Buf value_cache, Buf position, Out out, Out new_keys,
+                     Out new_values, float scale) {
+  EJ_CHECK(check_attention(q, k, v, key_cache, value_cache, position, *out, *new_keys, *new_values));
+  const long length = q.dimensions()[0], kv = q.dimensions()[1], groups = q.dimensions()[2], d = q.dimensions()[3];
+  const long slots = key_cache.dimensions()[1];
+  const long pos = position.typed_data<int32_t>()[0];
+  if (pos < 0 || pos + length > slots)
+    return ffi::Error::InvalidArgument(std::string(kAttention) + ": positions " + std::to_string(pos) + " to " +
+                                       std::to_string(pos + length - 1) + " outside the cache (allowed: 0 to " +
+                                       std::to_string(slots - 1) + ")");
+  float* kp = new_keys->typed_data<float>();  // aliases key_cache
+  float* vp = new_values->typed_data<float>();
+  if (kp != key_cache.typed_data<float>()) std::copy_n(key_cache.typed_data<float>(), key_cache.element_count(), kp);
+  if (vp != value_cache.typed_data<float>())
+    std::copy_n(value_cache.typed_data<float>(), value_cache.element_count(), vp);
+  std::copy_n(k.typed_data<float>(), length * kv * d, kp + pos * kv * d);
+  std::copy_n(v.typed_data<float>(), length * kv * d, vp + pos * kv * d);
+  std::vector<float> scores(pos + length);
+  for (long i = 0; i < length; ++i)
+    attend(q.typed_data<float>() + i * kv * groups * d, kp, vp, out->typed_data<float>() + i * kv * groups * d, kv,
+           groups, d, pos + i, scale, scores);
   return ffi::Error::Success();
 }
 
