@@ -108,7 +108,8 @@ def _generate_args(p):
     p.add_argument("--draft-budget", type=float,
                    help="with --budget: a smaller budget of the same checkpoint drafts tokens that --budget checks in "
                         "one pass (nested self-speculative decoding; docs/speculative.md)")
-    p.add_argument("--draft-tokens", type=int, default=4, help="with --draft-budget: tokens drafted per round")
+    p.add_argument("--draft-tokens", type=int, default=2,
+                   help="with --draft-budget: tokens drafted per round (2: the fastest measured, docs/speculative.md)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)

@@ -135,7 +135,7 @@ def decode(engine: Any, batch: SpeculativeBatch, max_new_tokens: int, *, stop_id
 
 
 def speculative_generate(engine: Any, prompts: Sequence[Sequence[int]], target_budget: float = 1.0,
-                         draft_budget: float = 0.4, k: int = 4, max_new_tokens: int = 32, *, temperature: float = 0.0,
+                         draft_budget: float = 0.4, k: int = 2, max_new_tokens: int = 32, *, temperature: float = 0.0,
                          top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                          stop_ids: Sequence[int] | None = None) -> tuple[list[list[int]], SpeculativeStats]:
     """New tokens per prompt at `target_budget`, drafted `k` at a time by `draft_budget`; each row ends at its
