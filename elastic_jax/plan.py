@@ -45,7 +45,7 @@ from elastic_jax.experiment import ExperimentConfig, load_experiment
 from elastic_jax.kernels.target import CompileTarget
 from elastic_jax.model.functional import build
 from elastic_jax.plan_format import format_plan
-from elastic_jax.plan_targets import GiB, PlanError, Target, parse_target, tpu_devices  # noqa: F401 (API)
+from elastic_jax.plan_targets import GiB, PlanError, Target, batch_shards, parse_target, tpu_devices  # noqa: F401 (API)
 from elastic_jax.schema import plain
 from elastic_jax.train.capacity import BYTES_PER_PARAM, check_fits_locally  # noqa: F401 (API)
 from elastic_jax.train.elastic_step import JointLossConfig, StepShardings, make_elastic_optimizer, make_elastic_step
@@ -224,7 +224,7 @@ def batch_for_mesh(global_batch: int, sizes: dict[str, int], micro_batches: int 
     """(the batch sizes the mesh takes: multiples of this, the nearest of them to `global_batch`): rows split over
     data x fsdp x expert shards (the batch's mesh axes, distributed.py), each shard's rows into `micro_batches`
     equal parts."""
-    multiple = sizes.get("data", 1) * sizes.get("fsdp", 1) * sizes.get("expert", 1) * micro_batches
+    multiple = batch_shards(sizes) * micro_batches
     return multiple, max(multiple, (global_batch + multiple // 2) // multiple * multiple)
 
 

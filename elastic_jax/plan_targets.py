@@ -214,12 +214,18 @@ def host_memory(model: Any, tgt: Target, programs: dict[str, Any]) -> dict[str, 
 
 
 # ---- fitting a compiled program into the target's memory ----------------------------------------------------
+def batch_shards(mesh: Mapping[str, int]) -> int:
+    """How many ways a mesh splits the global batch's rows: its data x fsdp x expert axes (distributed.py's batch
+    axes)."""
+    return math.prod(mesh.get(axis, 1) for axis in ("data", "fsdp", "expert"))
+
+
 def micro_batches_to_fit(result: dict[str, Any], hbm: int) -> int | None:
     """The smallest train.micro_batches that would fit, scaling the compiled temporaries down with the rows alive
     at once (an estimate), or None when even one row per device at a time would not."""
     fixed = result["total_bytes"] - result["bytes"]["activations_and_temporaries"]
     compiled = result.get("micro_batches", 1)
-    local_rows = result["global_batch"] // math.prod(result["mesh"].get(a, 1) for a in ("data", "fsdp", "expert"))
+    local_rows = result["global_batch"] // batch_shards(result["mesh"])
     per_micro = local_rows // compiled
     for k in (d for d in range(2, per_micro + 1) if per_micro % d == 0):
         if fixed + result["bytes"]["activations_and_temporaries"] / k <= hbm:
